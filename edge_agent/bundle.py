@@ -1,0 +1,339 @@
+"""The model bundle: the one contract between the central side and the device.
+
+A bundle is a folder holding ``manifest.json``, the model file(s) it lists and ``manifest.sig``, a
+detached Ed25519 signature of the exact manifest bytes. For transport the folder is packed into a single
+``.tar.gz`` archive. A device trusts a bundle only when the signature verifies against its public key,
+every listed file exists with the recorded sha256 and size, and the model reproduces the test vectors.
+
+Verification raises a specific :class:`~edge_agent.errors.BundleError` subclass naming what failed:
+unsigned, wrong key or edited manifest (:class:`SignatureError`), missing or altered file
+(:class:`IntegrityError`), unreadable archive or unknown format version (:class:`BundleFormatError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_agent.errors import BundleFormatError, IntegrityError, SignatureError
+from edge_agent.features import FeatureSpec
+from edge_agent.fsutil import atomic_write_bytes, fsync_dir
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+# An archive from the network is untrusted: refuse absurd sizes before unpacking anything.
+MAX_ARCHIVE_MEMBER_BYTES = 512 * 1024 * 1024
+
+Task = Literal["load_forecast", "pv_forecast", "anomaly"]
+Runtime = Literal["tflite", "onnx"]
+Precision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AnomalySpec(_Model):
+    """How a reconstruction becomes an anomaly decision."""
+
+    threshold: float = Field(description="Score above which a window is anomalous (normalised units).")
+    score_steps: int = Field(gt=0, description="Newest samples of the window that the score averages.")
+
+
+class OutputSpec(_Model):
+    """What the model's single output means."""
+
+    kind: Literal["forecast", "reconstruction"]
+    horizon_steps: int = Field(ge=0)
+    target_channels: tuple[str, ...] = Field(min_length=1)
+    target_units: tuple[str, ...] = Field(min_length=1)
+    anomaly: AnomalySpec | None = None
+
+
+class TensorQuantisation(_Model):
+    """Affine quantisation of one tensor: real = scale * (q - zero_point)."""
+
+    dtype: Literal["int8", "uint8", "int16"]
+    scale: float
+    zero_point: int
+
+
+class Latency(_Model):
+    p50_us: float
+    p99_us: float
+
+
+class Artefact(_Model):
+    """One runnable model file and what was proven about it at export time."""
+
+    file: str
+    runtime: Runtime
+    precision: Precision
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+    quantisation: dict[str, TensorQuantisation] = Field(
+        default_factory=dict, description="Per input/output tensor name, when the tensor is quantised."
+    )
+    compatibility_targets: tuple[str, ...] = Field(
+        default=(), description="Runtimes this file was loaded and run in, e.g. litert, ort-1.16."
+    )
+    min_runtime_versions: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="Test-split metrics of this file.")
+    latency: Latency | None = None
+    self_test_atol: float = Field(
+        gt=0, description="Largest absolute difference from the recorded test-vector outputs accepted."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _relative_plain_path(cls, value: str) -> str:
+        return _safe_relative(value)
+
+
+class TestVector(_Model):
+    """A real input window and the outputs expected from the float model and from each artefact."""
+
+    inputs: dict[str, list[Any]]
+    float_output: list[Any]
+    artefact_outputs: dict[str, list[Any]] = Field(
+        description="Output of each artefact (by file name) on these inputs, recorded at export time."
+    )
+
+
+class Provenance(_Model):
+    data_fingerprint: str
+    config: dict[str, Any]
+    seed: int
+    library_versions: dict[str, str]
+    trained_utc: str | None = None
+
+
+class Manifest(_Model):
+    """Everything a device needs to know to run, check and report on a model."""
+
+    format_version: int
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$", description="Semantic version.")
+    task: Task
+    source_framework: Literal["keras", "torch"]
+    created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    input: FeatureSpec
+    output: OutputSpec
+    artefacts: tuple[Artefact, ...] = Field(min_length=1)
+    metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Test metrics of the float model and the baselines, by name."
+    )
+    provenance: Provenance
+    test_vectors: tuple[TestVector, ...] = Field(default=(), description="Used by the device's self-test.")
+
+    def artefact(self, file: str) -> Artefact:
+        """The artefact entry for ``file``; raises IntegrityError naming the files that exist."""
+        for entry in self.artefacts:
+            if entry.file == file:
+                return entry
+        raise IntegrityError(
+            f"bundle has no artefact {file!r}; it has {[a.file for a in self.artefacts]}"
+        )
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes that are signed and written (sorted keys, so re-serialising is stable)."""
+        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=1) + "\n").encode()
+
+
+class Bundle(_Model):
+    """A verified bundle on disk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    root: Path
+    manifest: Manifest
+
+    def path_of(self, artefact: Artefact) -> Path:
+        return self.root / artefact.file
+
+
+def _safe_relative(value: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not path.parts or value != str(path):
+        raise ValueError(f"bundle file names must be plain relative paths, got {value!r}")
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large models don't need to fit in memory twice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_file(path: Path) -> tuple[str, int]:
+    """(sha256, size in bytes) of ``path``, as recorded in an artefact entry."""
+    return sha256_file(path), path.stat().st_size
+
+
+def write_bundle(out_dir: Path, manifest: Manifest, files: dict[str, Path], private_key: Ed25519PrivateKey) -> Path:
+    """Write a signed bundle folder: copy ``files`` (name in bundle -> source path), manifest, signature.
+
+    Hashes and sizes in ``manifest`` must match the files; they are checked here so that a bundle that
+    would fail on the device is never written. The folder is built beside ``out_dir`` and renamed into
+    place, so a crash never leaves a half-written bundle.
+    """
+    listed = {a.file for a in manifest.artefacts}
+    if listed != set(files):
+        raise IntegrityError(
+            f"manifest lists {sorted(listed)} but files given are {sorted(files)}; pass exactly the artefacts"
+        )
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for artefact in manifest.artefacts:
+            target = staging / artefact.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(files[artefact.file], target)
+            digest, size = describe_file(target)
+            if (digest, size) != (artefact.sha256, artefact.bytes):
+                raise IntegrityError(
+                    f"{artefact.file}: manifest records sha256 {artefact.sha256[:12]}… / {artefact.bytes} B "
+                    f"but the file is {digest[:12]}… / {size} B; rebuild the manifest from the file"
+                )
+        payload = manifest.to_bytes()
+        atomic_write_bytes(staging / MANIFEST_NAME, payload)
+        atomic_write_bytes(staging / SIGNATURE_NAME, private_key.sign(payload))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+        fsync_dir(out_dir.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
+
+def read_bundle(root: Path, public_key: Ed25519PublicKey) -> Bundle:
+    """Verify and load a bundle folder; raises the BundleError subclass that names what failed."""
+    root = Path(root)
+    manifest_path, signature_path = root / MANIFEST_NAME, root / SIGNATURE_NAME
+    if not manifest_path.is_file():
+        raise BundleFormatError(f"{root}: no {MANIFEST_NAME}; this is not a gridedge bundle folder")
+    payload = manifest_path.read_bytes()
+    if not signature_path.is_file():
+        raise SignatureError(
+            f"{root}: bundle is unsigned (no {SIGNATURE_NAME}); sign it with `gridedge export --key`"
+        )
+    try:
+        public_key.verify(signature_path.read_bytes(), payload)
+    except InvalidSignature as exc:
+        raise SignatureError(
+            f"{root}: manifest signature does not verify: the manifest was edited after signing or it "
+            "was signed with another key; re-export with the fleet's private key"
+        ) from exc
+    manifest = parse_manifest(payload, source=str(manifest_path))
+    for artefact in manifest.artefacts:
+        path = root / artefact.file
+        if not path.is_file():
+            raise IntegrityError(f"{root}: file {artefact.file!r} listed in the manifest is missing")
+        digest, size = describe_file(path)
+        if digest != artefact.sha256 or size != artefact.bytes:
+            raise IntegrityError(
+                f"{root}: {artefact.file!r} does not match the manifest (sha256 {digest[:12]}… vs "
+                f"{artefact.sha256[:12]}…, {size} vs {artefact.bytes} bytes); the file was altered or "
+                "truncated — fetch the bundle again"
+            )
+    return Bundle(root=root, manifest=manifest)
+
+
+def parse_manifest(payload: bytes, source: str = MANIFEST_NAME) -> Manifest:
+    """Parse manifest bytes, refusing unknown format versions before validating the rest."""
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleFormatError(f"{source}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise BundleFormatError(f"{source}: expected a JSON object at the top level")
+    version = raw.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise BundleFormatError(
+            f"{source}: bundle format_version {version!r} is not supported by this agent (supports "
+            f"{sorted(SUPPORTED_FORMAT_VERSIONS)}); upgrade gridedge on the device or export for it"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleFormatError(f"{source}: invalid manifest: {exc}") from exc
+
+
+def pack_archive(bundle_dir: Path, archive: Path) -> Path:
+    """Pack a bundle folder into one ``.tar.gz`` file for transport (written atomically)."""
+    bundle_dir = Path(bundle_dir)
+    if not (bundle_dir / MANIFEST_NAME).is_file():
+        raise BundleFormatError(f"{bundle_dir}: no {MANIFEST_NAME}; pack a folder written by write_bundle")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+            tar.add(path, arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
+    atomic_write_bytes(Path(archive), buffer.getvalue())
+    return Path(archive)
+
+
+def unpack_archive(archive: Path | bytes, out_dir: Path) -> Path:
+    """Unpack a bundle archive into ``out_dir`` (replaced atomically), refusing unsafe or broken archives.
+
+    The result is not yet trusted: call :func:`read_bundle` on it.
+    """
+    out_dir = Path(out_dir)
+    data = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
+    label = "archive" if isinstance(archive, bytes) else str(archive)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    if not member.isfile():
+                        raise BundleFormatError(f"{label}: entry {member.name!r} is not a regular file")
+                    try:
+                        _safe_relative(member.name)
+                    except ValueError as exc:
+                        raise BundleFormatError(f"{label}: unsafe entry name {member.name!r}") from exc
+                    if member.size > MAX_ARCHIVE_MEMBER_BYTES:
+                        raise BundleFormatError(f"{label}: entry {member.name!r} is implausibly large")
+                tar.extractall(staging, members=members, filter="data")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise BundleFormatError(
+                f"{label}: not a readable bundle archive ({exc.__class__.__name__}: {exc}); the transfer "
+                "was truncated or the file is not a gridedge bundle"
+            ) from exc
+        if not (staging / MANIFEST_NAME).is_file():
+            raise BundleFormatError(f"{label}: archive holds no {MANIFEST_NAME}")
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                with path.open("rb") as handle:
+                    os.fsync(handle.fileno())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+        fsync_dir(out_dir.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
