@@ -57,8 +57,7 @@ class ChannelSpec(_Strict):
     def _range_ordered(self) -> ChannelSpec:
         if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
             raise ValueError(
-                f"channel {self.name!r}: min_value {self.min_value} is above max_value {self.max_value}; "
-                "swap them"
+                f"channel {self.name!r}: min_value {self.min_value} is above max_value {self.max_value}; swap them"
             )
         return self
 
@@ -209,9 +208,9 @@ def calendar_features(timestamps_utc: NDArray[np.integer], timezone: str) -> Flo
     day_phase = 2 * np.pi * (local % SECONDS_PER_DAY) / SECONDS_PER_DAY
     # Epoch day 0 (1970-01-01) was a Thursday; shift so that Monday 00:00 has phase 0.
     week_phase = 2 * np.pi * ((local + 3 * SECONDS_PER_DAY) % SECONDS_PER_WEEK) / SECONDS_PER_WEEK
-    return np.stack(
-        [np.sin(day_phase), np.cos(day_phase), np.sin(week_phase), np.cos(week_phase)], axis=-1
-    ).astype(np.float32)
+    return np.stack([np.sin(day_phase), np.cos(day_phase), np.sin(week_phase), np.cos(week_phase)], axis=-1).astype(
+        np.float32
+    )
 
 
 class FeatureSpec(_Strict):
@@ -362,12 +361,8 @@ class FeaturePipeline:
             future_parts: list[FloatArray] = []
             if spec.known_future_channels:
                 if future_values is None:
-                    raise FeatureError(
-                        f"this model needs known-future values for {list(spec.future_channel_names)}"
-                    )
-                future = _batched(
-                    future_values, spec.horizon_steps, len(spec.known_future_channels), "future_values"
-                )
+                    raise FeatureError(f"this model needs known-future values for {list(spec.future_channel_names)}")
+                future = _batched(future_values, spec.horizon_steps, len(spec.known_future_channels), "future_values")
                 future_filled = fill_gaps(future, spec.gap_policy)
                 future_reasons = _gap_reasons(future_filled, spec.future_channel_names, spec.gap_policy)
                 reasons = [r or fr for r, fr in zip(reasons, future_reasons, strict=True)]
@@ -415,9 +410,7 @@ def _gap_reasons(filled: FloatArray, channels: Sequence[str], policy: GapPolicy)
             continue
         names = [c for c, b in zip(channels, bad, strict=True) if b]
         longest = max(_longest_run(window[:, i]) for i in np.flatnonzero(bad))
-        reasons.append(
-            f"gap of {longest} samples in {names} exceeds the fill limit of {policy.max_gap_steps}"
-        )
+        reasons.append(f"gap of {longest} samples in {names} exceeds the fill limit of {policy.max_gap_steps}")
     return reasons
 
 
@@ -470,7 +463,8 @@ def forecast_samples(
         )
     if origins is None:
         origins = np.arange(w, len(values) - h + 1)
-    origins = np.asarray(origins, dtype=np.int64)
+    origin_index: NDArray[np.int64] = np.asarray(origins, dtype=np.int64)
+    origins = origin_index
     if len(origins) == 0 or origins.min() < w or origins.max() > len(values) - h:
         raise FeatureError(f"forecast origins must lie in [{w}, {len(values) - h}]")
 
@@ -493,4 +487,4 @@ def forecast_samples(
         r if r is not None else ("target has missing values" if miss else None)
         for r, miss in zip(inputs.reasons, target_missing, strict=True)
     )
-    return ModelInputs(inputs.past, inputs.future, valid, reasons), targets, origins
+    return ModelInputs(inputs.past, inputs.future, valid, reasons), targets.astype(np.float32), origin_index

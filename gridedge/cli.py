@@ -12,7 +12,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from edge_agent.cli import agent_app
 from edge_agent.errors import GridedgeError
+from edge_agent.sensors.cli import sensors_app, sim_app
+from export.cli import app as export_app
+from fleet.cli import app as fleet_app
 
 app = typer.Typer(
     name="gridedge",
@@ -22,6 +26,11 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create the Ed25519 key pair that signs model bundles.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(agent_app, name="agent")
+app.add_typer(sim_app, name="sim")
+app.add_typer(sensors_app, name="sensors")
+app.add_typer(fleet_app, name="fleet")
+app.add_typer(export_app)
 
 _err = Console(stderr=True)
 
@@ -37,6 +46,22 @@ def keys_new(
     private_path, public_path = new_keypair(out, overwrite=force)
     typer.echo(f"private key: {private_path} (mode 0600, keep it secret)")
     typer.echo(f"public key:  {public_path} (copy to every device)")
+
+
+@app.command("provision")
+def provision_device(
+    profile: str = typer.Option(..., "--profile", help="Device profile name in firmware_configs/ or a file."),
+    site_values: Path = typer.Option(..., "--site", help="YAML with site, device, sensors and broker settings."),
+    bundle: Path = typer.Option(..., "--bundle", help="Signed bundle folder or .tar.gz from `gridedge export`."),
+    public_key: Path = typer.Option(..., "--public-key", help="The fleet's bundle-signing.pub."),
+    out: Path = typer.Option(..., "--out", help="Folder to build; copy it onto the device."),
+) -> None:
+    """Build the folder that goes onto a device: config, verified bundle, key, register maps, service."""
+    from gridedge.provision import provision
+
+    config, artefact = provision(profile, site_values, bundle, public_key, out)
+    typer.echo(f"device folder for {config.site}/{config.device} written to {out}")
+    typer.echo(f"the device will run {artefact}; next: copy it over and run `gridedge agent doctor` there")
 
 
 def main() -> None:

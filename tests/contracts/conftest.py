@@ -51,7 +51,11 @@ def manifest(model_file: Path) -> Manifest:
         output=OutputSpec(kind="forecast", horizon_steps=96, target_channels=("load_kw",), target_units=("kW",)),
         artefacts=(
             Artefact(
-                file="model_int8.tflite", runtime="tflite", precision="int8", sha256=digest, bytes=size,
+                file="model_int8.tflite",
+                runtime="tflite",
+                precision="int8",
+                sha256=digest,
+                bytes=size,
                 self_test_atol=0.05,
             ),
         ),

@@ -40,19 +40,19 @@ def test_round_trip_through_archive(
 
 def test_unsigned_bundle_is_refused(bundle_dir: Path, signing_key: Ed25519PrivateKey) -> None:
     (bundle_dir / SIGNATURE_NAME).unlink()
-    with pytest.raises(SignatureError, match="unsigned"):
+    with pytest.raises(SignatureError, match=r"unsigned"):
         read_bundle(bundle_dir, signing_key.public_key())
 
 
 def test_bundle_signed_with_another_key_is_refused(bundle_dir: Path) -> None:
-    with pytest.raises(SignatureError, match="signed with another key"):
+    with pytest.raises(SignatureError, match=r"signed with another key"):
         read_bundle(bundle_dir, Ed25519PrivateKey.generate().public_key())
 
 
 def test_edited_manifest_is_refused(bundle_dir: Path, signing_key: Ed25519PrivateKey) -> None:
     path = bundle_dir / MANIFEST_NAME
     path.write_bytes(path.read_bytes().replace(b'"1.0.0"', b'"1.0.1"'))
-    with pytest.raises(SignatureError, match="edited after signing"):
+    with pytest.raises(SignatureError, match=r"edited after signing"):
         read_bundle(bundle_dir, signing_key.public_key())
 
 
@@ -61,25 +61,23 @@ def test_altered_model_file_is_refused(bundle_dir: Path, signing_key: Ed25519Pri
     data = bytearray(model.read_bytes())
     data[100] ^= 0xFF
     model.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="'model_int8.tflite' does not match the manifest"):
+    with pytest.raises(IntegrityError, match=r"'model_int8.tflite' does not match the manifest"):
         read_bundle(bundle_dir, signing_key.public_key())
 
 
 def test_missing_model_file_is_refused(bundle_dir: Path, signing_key: Ed25519PrivateKey) -> None:
     (bundle_dir / "model_int8.tflite").unlink()
-    with pytest.raises(IntegrityError, match="'model_int8.tflite' listed in the manifest is missing"):
+    with pytest.raises(IntegrityError, match=r"'model_int8.tflite' listed in the manifest is missing"):
         read_bundle(bundle_dir, signing_key.public_key())
 
 
-def test_unknown_format_version_is_refused_even_when_signed(
-    bundle_dir: Path, signing_key: Ed25519PrivateKey
-) -> None:
+def test_unknown_format_version_is_refused_even_when_signed(bundle_dir: Path, signing_key: Ed25519PrivateKey) -> None:
     raw = json.loads((bundle_dir / MANIFEST_NAME).read_bytes())
     raw["format_version"] = 99
     payload = json.dumps(raw).encode()
     (bundle_dir / MANIFEST_NAME).write_bytes(payload)
     (bundle_dir / SIGNATURE_NAME).write_bytes(signing_key.sign(payload))
-    with pytest.raises(BundleFormatError, match="format_version 99 is not supported"):
+    with pytest.raises(BundleFormatError, match=r"format_version 99 is not supported"):
         read_bundle(bundle_dir, signing_key.public_key())
 
 
@@ -87,23 +85,21 @@ def test_writer_refuses_a_manifest_that_does_not_match_the_file(
     tmp_path: Path, manifest: Manifest, model_file: Path, signing_key: Ed25519PrivateKey
 ) -> None:
     model_file.write_bytes(b"other bytes")
-    with pytest.raises(IntegrityError, match="rebuild the manifest"):
+    with pytest.raises(IntegrityError, match=r"rebuild the manifest"):
         write_bundle(tmp_path / "b", manifest, {"model_int8.tflite": model_file}, signing_key)
     assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize("cut", [0, 10, 200, -50])
-def test_truncated_archive_is_refused_without_a_crash(
-    tmp_path: Path, bundle_dir: Path, cut: int
-) -> None:
+def test_truncated_archive_is_refused_without_a_crash(tmp_path: Path, bundle_dir: Path, cut: int) -> None:
     data = pack_archive(bundle_dir, tmp_path / "a.tar.gz").read_bytes()
-    with pytest.raises(BundleFormatError, match="not a readable bundle archive|no manifest"):
+    with pytest.raises(BundleFormatError, match=r"not a readable bundle archive|no manifest"):
         unpack_archive(data[:cut], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_garbage_archive_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BundleFormatError, match="not a readable bundle archive"):
+    with pytest.raises(BundleFormatError, match=r"not a readable bundle archive"):
         unpack_archive(b"\x1f\x8b" + b"garbage" * 100, tmp_path / "out")
 
 
@@ -113,7 +109,7 @@ def test_archive_escaping_its_folder_is_refused(tmp_path: Path) -> None:
         info = tarfile.TarInfo("../evil.sh")
         info.size = 4
         tar.addfile(info, io.BytesIO(b"boom"))
-    with pytest.raises(BundleFormatError, match="unsafe entry name '../evil.sh'"):
+    with pytest.raises(BundleFormatError, match=r"unsafe entry name '../evil.sh'"):
         unpack_archive(buffer.getvalue(), tmp_path / "out")
     assert not (tmp_path / "evil.sh").exists()
 
@@ -131,15 +127,13 @@ def test_key_files_round_trip_with_private_key_mode_0600(
 ) -> None:
     private_path, public_path = new_keypair(tmp_path / "keys")
     assert private_path.stat().st_mode & 0o777 == 0o600
-    signed = write_bundle(
-        tmp_path / "b2", manifest, {"model_int8.tflite": model_file}, load_private_key(private_path)
-    )
+    signed = write_bundle(tmp_path / "b2", manifest, {"model_int8.tflite": model_file}, load_private_key(private_path))
     assert read_bundle(signed, load_public_key(public_path)).manifest.name == "w1-load"
-    with pytest.raises(FileExistsError, match="refusing to replace a signing key"):
+    with pytest.raises(FileExistsError, match=r"refusing to replace a signing key"):
         new_keypair(tmp_path / "keys")
 
 
 def test_a_public_key_file_is_not_taken_for_a_private_key(tmp_path: Path) -> None:
     _, public_path = new_keypair(tmp_path / "keys")
-    with pytest.raises(SignatureError, match="not an unencrypted PEM private key"):
+    with pytest.raises(SignatureError, match=r"not an unencrypted PEM private key"):
         load_private_key(public_path)

@@ -19,20 +19,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("tensorflow", "keras", "torch", "tf_keras", "jax")
 
-IMPORT_ALL = """
+IMPORT_ALL = f"""
 import importlib, json, pkgutil, sys
 import edge_agent
-failed = {}
+failed = {{}}
 names = []
 for info in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
     names.append(info.name)
     try:
         importlib.import_module(info.name)
     except Exception as exc:  # report every failure, not just the first
-        failed[info.name] = f"{type(exc).__name__}: {exc}"
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r)
-print(json.dumps({"modules": names, "failed": failed, "heavy": heavy}))
-""" % (FRAMEWORKS,)
+        failed[info.name] = f"{{type(exc).__name__}}: {{exc}}"
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {FRAMEWORKS!r})
+print(json.dumps({{"modules": names, "failed": failed, "heavy": heavy}}))
+"""
 
 
 def _import_everything(python: str) -> dict[str, object]:
@@ -59,9 +59,7 @@ def _edge_venv() -> Path:
     python = env_dir / "bin" / "python"
     if not (env_dir / ".complete").exists():
         venv.create(env_dir, with_pip=True, clear=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", f"{REPO}[edge]"], check=True, timeout=900
-        )
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[edge]"], check=True, timeout=900)
         (env_dir / ".complete").write_text("ok")
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO)],

@@ -172,7 +172,9 @@ def test_device_window_equals_training_sample() -> None:
     assert batch.future is not None and batch.future.shape == (len(origins), 4, 4)
     assert targets.shape == (len(origins), 4, 1)
     k, origin = 17, int(origins[17])
-    one = FeaturePipeline(spec).build(values[origin - 8 : origin], ts[origin - 8 : origin], None, ts[origin : origin + 4])
+    one = FeaturePipeline(spec).build(
+        values[origin - 8 : origin], ts[origin - 8 : origin], None, ts[origin : origin + 4]
+    )
     np.testing.assert_array_equal(one.past[0], batch.past[k])
     assert one.future is not None
     np.testing.assert_array_equal(one.future[0], batch.future[k])
@@ -209,7 +211,7 @@ def test_reconstruction_samples_target_the_window_itself() -> None:
 
 
 def test_pipeline_decodes_to_physical_units() -> None:
-    values, ts = _ramp(40)
+    values, _ts = _ramp(40)
     spec = _spec()
     spec = spec.with_normalisation(NormalisationStats.fit(values, spec.past_channel_names))
     pipeline = FeaturePipeline(spec)

@@ -1,0 +1,223 @@
+"""The agent's configuration: one pydantic tree, loaded from YAML, the single source of truth.
+
+``firmware_configs/schema.json`` is generated from :class:`AgentConfig` (``gridedge agent schema``) and a
+test fails when the committed file is stale. Secrets never sit in the file: the MQTT section names the
+environment variables that hold them. Relative paths are resolved against the config file's folder, so a
+provisioned folder can be copied anywhere on a device.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from edge_agent.errors import ConfigError
+from edge_agent.reporting.config import TOPIC_LEVEL_PATTERN, MqttConfig
+from edge_agent.runtimes import RuntimeConfig
+from edge_agent.sensors.registry import SensorConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BundleSection(_Section):
+    """Which model bundle to run and the key that must have signed it."""
+
+    path: Path = Field(
+        title="Bundle folder", description="Folder holding manifest.json, manifest.sig and the model files."
+    )
+    public_key: Path = Field(
+        title="Public key", description="PEM Ed25519 public key of the fleet; bundles signed otherwise are refused."
+    )
+    artefact: str | None = Field(
+        default=None,
+        title="Artefact",
+        description="Model file to run; None picks the most compact one proven for the installed runtime.",
+    )
+
+
+class ClockSection(_Section):
+    """Which clock labels the samples: the device's own, or one a sensor serves (e.g. a site controller)."""
+
+    source: Literal["system", "sensor"] = Field(
+        default="system", title="Clock source", description="system: the device clock (UTC); sensor: a channel."
+    )
+    channel: str | None = Field(
+        default=None,
+        title="Clock channel",
+        description="Sensor channel holding UTC epoch seconds, when source is sensor.",
+    )
+
+    @model_validator(mode="after")
+    def _sensor_needs_channel(self) -> ClockSection:
+        if self.source == "sensor" and not self.channel:
+            raise ValueError("clock.source 'sensor' needs clock.channel naming the channel with UTC seconds")
+        return self
+
+
+class LoopSection(_Section):
+    """Timing of the control loop and the model supervision policy."""
+
+    cadence_s: float = Field(
+        default=1.0, gt=0, title="Cadence", description="Seconds between sensor reads (monotonic clock)."
+    )
+    latency_budget_ms: float = Field(
+        default=200.0, gt=0, title="Latency budget", description="Inference slower than this counts a strike."
+    )
+    latency_strikes: int = Field(
+        default=3, ge=1, title="Latency strikes", description="Consecutive strikes before falling back."
+    )
+    retry_every: int = Field(
+        default=10, ge=1, title="Retry every", description="While degraded, retry the model every N inferences."
+    )
+    recover_after: int = Field(
+        default=3, ge=1, title="Recover after", description="Good model inferences in a row to leave degraded."
+    )
+    max_cycles: int | None = Field(
+        default=None, ge=1, title="Stop after", description="Stop after this many cycles (tests, demos)."
+    )
+
+
+class AnomalySection(_Section):
+    """Hysteresis of anomaly alerts, so a noisy score does not flood the fleet."""
+
+    raise_after: int = Field(
+        default=2, ge=1, title="Raise after", description="Windows over threshold in a row that raise an alert."
+    )
+    clear_after: int = Field(
+        default=4, ge=1, title="Clear after", description="Windows under threshold in a row that clear it."
+    )
+
+
+class ChannelLink(_Section):
+    """Where a model channel comes from, with a linear unit conversion (model = source * scale + offset)."""
+
+    source: str = Field(min_length=1, title="Sensor channel", description="Sensor channel, e.g. meter.active_power.")
+    scale: float = Field(default=1.0, title="Scale", description="Multiplier, e.g. 0.001 to turn W into kW.")
+    offset: float = Field(default=0.0, title="Offset", description="Added after scaling.")
+
+
+class AgentConfig(_Section):
+    """Everything one device's agent needs: identity, sensors, model, runtime, loop and reporting."""
+
+    site: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Site", description="Site id; a topic level.")
+    device: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Device", description="Device id, unique in its site.")
+    state_dir: Path = Field(
+        default=Path("state"),
+        title="State folder",
+        description="Where the agent keeps its outbox, sequence counter and previous bundle.",
+    )
+    bundle: BundleSection = Field(title="Model bundle", description="The signed model to run.")
+    runtime: RuntimeConfig = Field(title="Runtime", description="Inference backend and its options.")
+    sensors: list[SensorConfig] = Field(
+        min_length=1, title="Sensor sources", description="Where measurements come from."
+    )
+    channels: dict[str, str | ChannelLink] = Field(
+        default_factory=dict,
+        title="Channel map",
+        description="Model channel -> sensor channel (a name, or source/scale/offset to convert units); "
+        "channels not listed are looked up by the same name.",
+    )
+    clock: ClockSection = Field(default_factory=ClockSection, title="Clock")
+    loop: LoopSection = Field(default_factory=LoopSection, title="Loop")
+    anomaly: AnomalySection = Field(default_factory=AnomalySection, title="Anomaly alerts")
+    mqtt: MqttConfig | None = Field(
+        default=None, title="MQTT", description="Reporting to the fleet; None keeps reports on the device log."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level")
+    # Set when loaded from a file: the folder that relative register-map and replay paths start from.
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    @model_validator(mode="before")
+    @classmethod
+    def _identity_once(cls, data: Any) -> Any:
+        """Site and device are written once at the top; the MQTT section inherits them."""
+        if isinstance(data, dict) and isinstance(data.get("mqtt"), dict):
+            mqtt = dict(data["mqtt"])
+            for key in ("site", "device"):
+                if key in mqtt and key in data and mqtt[key] != data[key]:
+                    raise ValueError(f"mqtt.{key} {mqtt[key]!r} differs from {key} {data[key]!r}; set it once")
+                if key in data:
+                    mqtt.setdefault(key, data[key])
+            data = {**data, "mqtt": mqtt}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> AgentConfig:
+        names = [s.name for s in self.sensors]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"sensor source names must be unique; repeated: {duplicates}")
+        return self
+
+    def channel_link(self, model_channel: str) -> ChannelLink:
+        """Where a model channel is read and how its unit is converted."""
+        link = self.channels.get(model_channel, model_channel)
+        return ChannelLink(source=link) if isinstance(link, str) else link
+
+    def resolve_paths(self, base: Path) -> AgentConfig:
+        """Return a copy whose relative paths are taken relative to ``base`` (the config's folder)."""
+
+        def fix(path: Path) -> Path:
+            return path if path.is_absolute() else (base / path).resolve()
+
+        update: dict[str, Any] = {
+            "state_dir": fix(self.state_dir),
+            "bundle": self.bundle.model_copy(
+                update={"path": fix(self.bundle.path), "public_key": fix(self.bundle.public_key)}
+            ),
+        }
+        if self.mqtt is not None:
+            outbox = self.mqtt.outbox
+            outbox_path = outbox.path if outbox.path.is_absolute() else fix(self.state_dir) / outbox.path.name
+            update["mqtt"] = self.mqtt.model_copy(update={"outbox": outbox.model_copy(update={"path": outbox_path})})
+        resolved = self.model_copy(update=update)
+        resolved._base_dir = base
+        return resolved
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem: the dotted field path, what is wrong, and the offending value."""
+    lines = [f"{source}: {exc.error_count()} problem(s) in the agent config:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  - {where}: {error['msg']}{shown}")
+    lines.append("Fix these fields; `gridedge agent schema` prints every field with its description.")
+    return "\n".join(lines)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read, validate and resolve an agent config file; every problem is reported with its field path."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found; pass --config with a file from `gridedge provision`") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        config = AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
+    return config.resolve_paths(path.resolve().parent)
+
+
+def config_json_schema() -> str:
+    """The JSON schema of the agent config, as committed in ``firmware_configs/schema.json``."""
+    schema = AgentConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "gridedge-agent-config.schema.json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,119 @@
+"""From raw readings to the model's input window.
+
+Readings arrive at the loop cadence (seconds); models work on samples of ``sample_period_s`` (minutes).
+:class:`SampleAggregator` averages the usable readings of each sample period on the *site's* clock, so a
+window built on the device holds the same numbers as the training data (period means, labelled with the
+start of the period). :class:`WindowBuffer` keeps the newest ``input_steps`` samples per channel on a
+regular grid: a period without readings becomes a row of NaN that the gap policy then fills or refuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One closed sample period: its start (UTC s) and the mean of each channel (NaN if none usable)."""
+
+    start: int
+    values: FloatArray
+
+
+class SampleAggregator:
+    """Averages readings into sample periods aligned to multiples of ``period_s`` since the epoch."""
+
+    def __init__(self, channels: Sequence[str], period_s: int) -> None:
+        self.channels = tuple(channels)
+        self.period_s = int(period_s)
+        self._start: int | None = None
+        self._sum = np.zeros(len(self.channels), dtype=np.float64)
+        self._count = np.zeros(len(self.channels), dtype=np.int64)
+
+    def add(self, timestamp: float, values: Mapping[str, float]) -> list[Sample]:
+        """Add one reading; returns the sample periods it closed (empty while the period is open).
+
+        A reading older than the open period (a clock step backwards) is ignored rather than
+        rewriting history that was already fed to the model.
+        """
+        start = int(timestamp // self.period_s) * self.period_s
+        closed: list[Sample] = []
+        if self._start is None:
+            self._start = start
+        elif start < self._start:
+            return closed
+        elif start > self._start:
+            closed.append(self._close())
+            self._start = start
+        row = np.array([values.get(c, np.nan) for c in self.channels], dtype=np.float64)
+        usable = np.isfinite(row)
+        self._sum[usable] += row[usable]
+        self._count[usable] += 1
+        return closed
+
+    def _close(self) -> Sample:
+        assert self._start is not None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(self._count > 0, self._sum / np.maximum(self._count, 1), np.nan)
+        sample = Sample(self._start, means.astype(np.float32))
+        self._sum[:] = 0
+        self._count[:] = 0
+        return sample
+
+
+class WindowBuffer:
+    """Ring buffer of the newest ``steps`` samples of every channel, on a regular time grid."""
+
+    def __init__(self, channels: Sequence[str], steps: int, period_s: int) -> None:
+        self.channels = tuple(channels)
+        self.steps = steps
+        self.period_s = period_s
+        self._values = np.full((steps, len(self.channels)), np.nan, dtype=np.float32)
+        self._starts = np.zeros(steps, dtype=np.int64)
+        self._filled = 0
+        self._newest: int | None = None
+
+    def __len__(self) -> int:
+        return self._filled
+
+    @property
+    def full(self) -> bool:
+        return self._filled >= self.steps
+
+    @property
+    def newest_start(self) -> int | None:
+        return self._newest
+
+    def append(self, sample: Sample) -> None:
+        """Append a sample; periods skipped since the previous one are appended as missing rows."""
+        if self._newest is not None:
+            if sample.start <= self._newest:
+                return
+            skipped = (sample.start - self._newest) // self.period_s - 1
+            for k in range(1, min(skipped, self.steps) + 1):
+                gap_start = sample.start - (min(skipped, self.steps) - k + 1) * self.period_s
+                self._push(gap_start, np.full(len(self.channels), np.nan, dtype=np.float32))
+        self._push(sample.start, sample.values)
+
+    def _push(self, start: int, values: FloatArray) -> None:
+        self._values = np.roll(self._values, -1, axis=0)
+        self._starts = np.roll(self._starts, -1)
+        self._values[-1] = values
+        self._starts[-1] = start
+        self._filled = min(self._filled + 1, self.steps)
+        self._newest = start
+
+    def window(self) -> tuple[FloatArray, NDArray[np.int64]]:
+        """The newest ``steps`` samples (oldest first) and their period starts (UTC s)."""
+        return self._values.copy(), self._starts.copy()
+
+    def seed(self, starts: NDArray[np.int64], values: FloatArray) -> None:
+        """Fill the buffer from history (e.g. the replayed days before the agent started)."""
+        for start, row in zip(starts, values, strict=True):
+            self.append(Sample(int(start), np.asarray(row, dtype=np.float32)))

@@ -1,0 +1,197 @@
+"""Build the folder a field technician copies onto a device.
+
+A device profile (``firmware_configs/<name>.yaml``: runtime, loop timing, compatibility target) is merged
+with the site's values (identity, sensors, broker), validated as a whole agent config, and checked
+against the bundle: the bundle must verify with the fleet key and hold an artefact proven on the
+profile's compatibility target. The output folder holds everything the agent needs, with relative paths,
+so it can be copied anywhere:
+
+    config.yaml                 the agent config
+    bundle/                     the verified model bundle
+    keys/bundle-signing.pub     the fleet's public key
+    registers/*.yaml            register maps the sensors use
+    systemd/gridedge-agent.service
+    INSTALL.md                  what to run on the device
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge_agent.bundle import Bundle, read_bundle, unpack_archive
+from edge_agent.config import AgentConfig, format_validation_error, load_config
+from edge_agent.errors import ConfigError, IntegrityError
+from edge_agent.fsutil import atomic_write_text
+from edge_agent.keys import PUBLIC_KEY_NAME, load_public_key
+
+PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_configs"
+RUNTIME_ARTEFACTS = {"litert": "tflite", "onnxruntime": "onnx"}
+
+
+class ProfileInfo(BaseModel):
+    """What a device profile targets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(title="Name", description="Profile name, as given to --profile.")
+    description: str = Field(title="Description", description="The hardware and OS image it is for.")
+    arch: str = Field(title="Architecture", description="CPU architecture, e.g. aarch64, armv7l, x86_64.")
+    compatibility_target: str = Field(
+        title="Compatibility target",
+        description="Runtime version the bundle's artefact must have been proven on, e.g. litert, ort-1.16.",
+    )
+    install: str = Field(title="Install", description="The pip command that installs the agent on this device.")
+
+
+class DeviceProfile(BaseModel):
+    """A firmware profile: target facts plus the agent settings every device of that kind shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: ProfileInfo
+    agent: dict[str, Any] = Field(description="Partial agent config; site values are merged over it.")
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A profile file: a path as given, or the named profile shipped in firmware_configs/."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        return path
+    shipped = PROFILE_DIR / f"{name_or_path}.yaml"
+    if shipped.exists():
+        return shipped
+    available = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+    raise ConfigError(f"unknown device profile {name_or_path!r}; use a file or one of {available}")
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """Read and validate a device profile."""
+    path = profile_path(name_or_path)
+    try:
+        return DeviceProfile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid device profile:\n{exc}") from exc
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Site values over profile defaults: mappings merge key by key, anything else is replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _copy_register_maps(raw: dict[str, Any], values_dir: Path, out_dir: Path) -> None:
+    """Copy register-map files the sensors name into out/registers and point the config at the copies."""
+    for source in raw.get("sensors", []):
+        for device in source.get("devices", []) if isinstance(source, dict) else []:
+            register_map = device.get("register_map")
+            if not isinstance(register_map, str):
+                continue
+            origin = Path(register_map)
+            origin = origin if origin.is_absolute() else values_dir / origin
+            if not origin.is_file():
+                raise ConfigError(
+                    f"sensor device {device.get('name')!r}: register_map {register_map!r} not found at {origin}"
+                )
+            target = out_dir / "registers" / origin.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(origin, target)
+            device["register_map"] = f"registers/{origin.name}"
+
+
+def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target: str) -> str:
+    wanted = RUNTIME_ARTEFACTS[config.runtime.type]
+    proven = [a for a in bundle.manifest.artefacts if a.runtime == wanted and target in a.compatibility_targets]
+    if config.bundle.artefact is not None:
+        proven = [a for a in proven if a.file == config.bundle.artefact]
+    if not proven:
+        have = {a.file: list(a.compatibility_targets) for a in bundle.manifest.artefacts}
+        raise IntegrityError(
+            f"bundle {bundle.manifest.name} {bundle.manifest.version} has no {wanted} artefact proven on "
+            f"{target!r} (it has {have}); re-export with `gridedge export --target {target}`"
+        )
+    return proven[0].file
+
+
+def provision(
+    profile_name: str,
+    site_values: Path,
+    bundle_source: Path,
+    public_key: Path,
+    out_dir: Path,
+) -> tuple[AgentConfig, str]:
+    """Write a device folder; returns the validated config and the artefact the device will run."""
+    profile = load_profile(profile_name)
+    try:
+        values = yaml.safe_load(Path(site_values).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"site values file {site_values} not found") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{site_values}: expected a mapping of settings")
+    raw = deep_merge(profile.agent, values)
+    raw["bundle"] = {**raw.get("bundle", {}), "path": "bundle", "public_key": f"keys/{PUBLIC_KEY_NAME}"}
+    try:
+        AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{profile_name} + {site_values}")) from exc
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _copy_register_maps(raw, Path(site_values).resolve().parent, out_dir)
+    key = load_public_key(public_key)
+    if Path(bundle_source).is_dir():
+        staged = out_dir / "bundle"
+        if staged.exists():
+            shutil.rmtree(staged)
+        shutil.copytree(bundle_source, staged)
+    else:
+        unpack_archive(Path(bundle_source), out_dir / "bundle")
+    bundle = read_bundle(out_dir / "bundle", key)
+    (out_dir / "keys").mkdir(exist_ok=True)
+    shutil.copyfile(public_key, out_dir / "keys" / PUBLIC_KEY_NAME)
+
+    config_path = out_dir / "config.yaml"
+    header = f"# gridedge agent config: profile {profile.profile.name}, built by `gridedge provision`\n"
+    atomic_write_text(config_path, header + yaml.safe_dump(raw, sort_keys=False))
+    config = load_config(config_path)
+    artefact = _check_artefact_for_target(bundle, config, profile.profile.compatibility_target)
+    _write_service(out_dir)
+    _write_install_notes(out_dir, profile, config, bundle, artefact)
+    return config, artefact
+
+
+def _write_service(out_dir: Path) -> None:
+    unit = (PROFILE_DIR / "systemd" / "gridedge-agent.service").read_text(encoding="utf-8")
+    target = out_dir / "systemd" / "gridedge-agent.service"
+    target.parent.mkdir(exist_ok=True)
+    atomic_write_text(target, unit)
+
+
+def _write_install_notes(
+    out_dir: Path, profile: DeviceProfile, config: AgentConfig, bundle: Bundle, artefact: str
+) -> None:
+    manifest = bundle.manifest
+    text = f"""# Installing gridedge on {config.site}/{config.device}
+
+Profile: {profile.profile.name} — {profile.profile.description}
+Model: {manifest.name} {manifest.version} ({manifest.task}), artefact `{artefact}`
+proven on `{profile.profile.compatibility_target}`.
+
+1. Copy this folder to the device as `/opt/gridedge` (e.g. `rsync -a ./ pi@device:/opt/gridedge/`).
+2. On the device: `{profile.profile.install}`
+3. Check everything in plain words: `gridedge agent doctor --config /opt/gridedge/config.yaml`
+4. Install the service: `sudo cp /opt/gridedge/systemd/gridedge-agent.service /etc/systemd/system/ &&
+   sudo systemctl daemon-reload && sudo systemctl enable --now gridedge-agent`
+5. Follow it: `journalctl -u gridedge-agent -f`
+"""
+    atomic_write_text(out_dir / "INSTALL.md", text)
