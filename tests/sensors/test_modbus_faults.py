@@ -1,0 +1,178 @@
+"""Modbus TCP source against the real simulated site with injected faults: one device never stops the rest."""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+
+import pytest
+
+from edge_agent.sensors.base import ChannelStatus
+from edge_agent.sensors.modbus import ModbusTcpConfig, ModbusTcpSource
+from edge_agent.sensors.registers import ReadBlock
+from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+
+pytestmark = pytest.mark.modbus
+
+
+def _channels_of(reading, device: str) -> dict:
+    return {name: value for name, value in reading.channels.items() if name.startswith(device + ".")}
+
+
+def test_a_device_that_stops_answering_times_out_and_the_others_are_still_read(
+    site: SimulatedSite, site_server: SiteServer, make_tcp_config
+) -> None:
+    with ModbusTcpSource(make_tcp_config(site_server.port, timeout_s=0.2, retries=1)) as source:
+        assert source.read().device_errors == {}
+        site.set_fault("battery", "hang")
+        started = time.monotonic()
+        reading = source.read()
+        elapsed = time.monotonic() - started
+        # Two attempts of 0.2 s for the one block of the silent device, plus the healthy reads.
+        assert 0.35 < elapsed < 1.5
+        assert set(reading.device_errors) == {"battery"}
+        assert "no answer within 0.2 s after 2 attempt(s)" in reading.device_errors["battery"]
+        battery = _channels_of(reading, "battery")
+        assert battery and all(v.status is ChannelStatus.MISSING for v in battery.values())
+        assert all(math.isnan(v) for k, v in reading.values().items() if k.startswith("battery."))
+        assert "no answer" in battery["battery.soc"].detail
+        others = {k: v for k, v in reading.channels.items() if not k.startswith("battery.")}
+        assert others and all(v.status is ChannelStatus.OK for v in others.values())
+        site.set_fault("battery", "none")
+        recovered = source.read()
+    assert recovered.device_errors == {} and recovered.flagged() == {}
+
+
+def test_garbage_values_are_flagged_out_of_range_and_hidden_from_the_model(
+    site: SimulatedSite, site_server: SiteServer, make_tcp_config
+) -> None:
+    site.set_fault("meter", "garbage")
+    with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
+        reading = source.read()
+    assert reading.device_errors == {}  # the device answered; what it said is nonsense
+    meter = _channels_of(reading, "meter")
+    for name in ("meter.active_power", "meter.voltage", "meter.current", "meter.grid_power"):
+        assert meter[name].status is ChannelStatus.OUT_OF_RANGE, name
+        assert "physical maximum" in meter[name].detail
+        assert math.isnan(reading.values()[name])
+        assert not math.isnan(meter[name].value)  # kept visible for a technician
+    assert reading.channels["battery.soc"].status is ChannelStatus.OK
+
+
+def test_garbage_from_a_sunspec_inverter_makes_scaled_values_missing(
+    site: SimulatedSite, site_server: SiteServer, make_tcp_config
+) -> None:
+    site.set_fault("inverter", "garbage")
+    with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
+        reading = source.read()
+    assert reading.channels["inverter.ac_power"].status is ChannelStatus.MISSING
+    assert "not a plausible exponent" in reading.channels["inverter.ac_power"].detail
+    assert reading.channels["inverter.ghi"].status is ChannelStatus.OUT_OF_RANGE
+
+
+def test_a_dropped_connection_is_reopened_on_a_later_read(
+    site: SimulatedSite, site_server: SiteServer, make_tcp_config
+) -> None:
+    with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
+        assert source.read().device_errors == {}
+        before = site_server.connections
+        site_server.drop_connections()
+        time.sleep(0.05)
+        readings = [source.read() for _ in range(2)]
+    assert readings[-1].device_errors == {} and readings[-1].flagged() == {}
+    assert site_server.connections >= before + 3  # every device opened a new connection
+
+
+def test_connections_are_kept_open_between_reads(site: SimulatedSite, site_server: SiteServer, make_tcp_config) -> None:
+    with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
+        source.read()
+        opened = site_server.connections
+        for _ in range(5):
+            source.read()
+    assert site_server.connections == opened
+
+
+def test_an_absent_unit_id_stays_silent_and_costs_only_its_timeout(
+    site: SimulatedSite, site_server: SiteServer, make_tcp_config, register_dir
+) -> None:
+    ghost = {"unit_id": 9, "register_map": str(register_dir / "load_meter.yaml"), "timeout_s": 0.15, "retries": 0}
+    with ModbusTcpSource(make_tcp_config(site_server.port, ghost=ghost)) as source:
+        started = time.monotonic()
+        reading = source.read()
+        elapsed = time.monotonic() - started
+    assert set(reading.device_errors) == {"ghost"}
+    assert elapsed < 1.0
+    assert reading.channels["meter.active_power"].status is ChannelStatus.OK
+
+
+def test_an_unreachable_host_is_reported_not_raised(register_dir) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    config = ModbusTcpConfig.model_validate(
+        {
+            "type": "modbus_tcp",
+            "port": closed_port,
+            "devices": [{"name": "bms", "register_map": str(register_dir / "battery_bms.yaml"), "timeout_s": 0.2}],
+        }
+    )
+    with ModbusTcpSource(config) as source:
+        reading = source.read()
+    assert "cannot connect" in reading.device_errors["bms"]
+    assert reading.channels["bms.soc"].status is ChannelStatus.MISSING
+
+
+def test_device_names_must_be_unique(register_dir) -> None:
+    device = {"name": "bms", "register_map": str(register_dir / "battery_bms.yaml")}
+    with pytest.raises(ValueError, match="must be unique"):
+        ModbusTcpConfig.model_validate({"type": "modbus_tcp", "devices": [device, device]})
+
+
+def test_an_address_the_device_rejects_loses_only_its_own_block(site: SimulatedSite, site_server: SiteServer) -> None:
+    register_map = {
+        "name": "bms_with_a_typo",
+        "word_order": "little",
+        "registers": [
+            {"name": "soc", "address": 0, "dtype": "float32", "unit": "%"},
+            {"name": "typo", "address": 500, "dtype": "uint16"},
+        ],
+    }
+    config = ModbusTcpConfig.model_validate(
+        {
+            "type": "modbus_tcp",
+            "port": site_server.port,
+            "devices": [{"name": "bms", "unit_id": 2, "register_map": register_map, "timeout_s": 0.3}],
+        }
+    )
+    with ModbusTcpSource(config) as source:
+        reading = source.read()
+    assert reading.channels["bms.soc"].status is ChannelStatus.OK
+    assert reading.channels["bms.typo"].status is ChannelStatus.MISSING
+    assert "exception 2 (illegal data address" in reading.channels["bms.typo"].detail
+    assert source.read_plan() == {"bms": [ReadBlock("holding", 0, 2), ReadBlock("holding", 500, 1)]}
+
+
+def test_a_dead_device_is_backed_off_so_it_does_not_cost_a_timeout_every_read(
+    site: SimulatedSite, site_server: SiteServer, register_dir
+) -> None:
+    bms = {
+        "name": "bms",
+        "unit_id": 2,
+        "register_map": str(register_dir / "battery_bms.yaml"),
+        "timeout_s": 0.2,
+        "retries": 0,
+        "backoff_max_s": 0.5,
+    }
+    config = ModbusTcpConfig.model_validate({"type": "modbus_tcp", "port": site_server.port, "devices": [bms]})
+    site.set_fault("battery", "hang")
+    with ModbusTcpSource(config) as source:
+        assert "no answer" in source.read().device_errors["bms"]
+        site.set_fault("battery", "none")
+        started = time.monotonic()
+        skipped = source.read()
+        assert time.monotonic() - started < 0.1  # not asked at all while backing off
+        assert "not asked" in skipped.device_errors["bms"]
+        assert "not asked" in skipped.channels["bms.soc"].detail
+        time.sleep(0.55)
+        assert source.read().device_errors == {}
