@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 import numpy as np
@@ -28,7 +29,7 @@ from edge_agent.anomaly import reconstruction_scores, rolling_zscore_flags, stal
 from edge_agent.baselines import persistence, seasonal_naive
 from edge_agent.bundle import Bundle
 from edge_agent.config import AgentConfig
-from edge_agent.errors import ConfigError
+from edge_agent.errors import BundleError, ConfigError
 from edge_agent.features import FeaturePipeline, fill_gaps
 from edge_agent.health import LatencyStats
 from edge_agent.messages import (
@@ -43,10 +44,12 @@ from edge_agent.messages import (
 )
 from edge_agent.messages import LatencyStats as LatencySummary
 from edge_agent.reporting.base import Reporter
+from edge_agent.reporting.commands import UpdateOutcome
 from edge_agent.sensors.base import Reading, SensorSource
 from edge_agent.sensors.registry import build_source
 from edge_agent.supervisor import FallbackPredictor, ModelSupervisor, Prediction, SupervisorPolicy
 from edge_agent.systemd import notify
+from edge_agent.updates import BundleStore
 from edge_agent.window import SampleAggregator, WindowBuffer
 
 logger = logging.getLogger(__name__)
@@ -171,6 +174,11 @@ class Agent:
         )
         self.health = AgentHealth()
         self.stop_event = threading.Event()
+        # Held for a whole cycle and for every change of model or config made by remote commands.
+        self.lock = threading.Lock()
+        self._probation = 0
+        self._fallback_bundle: Path | None = None
+        self._last_site_clock: tuple[float, float] | None = None
         self.latest_forecasts: list[Forecast] = []
         self.latest_prediction: Prediction | None = None
         self.anomaly_active = False
@@ -188,9 +196,16 @@ class Agent:
         return self.config.mqtt.summary_interval_s if self.config.mqtt else DEFAULT_SUMMARY_INTERVAL_S
 
     def start(self) -> None:
-        """Open the sensor sources, verify and self-test the model, announce the state."""
+        """Open the sensor sources, verify and self-test the model, announce the state.
+
+        A bundle installed by an earlier model update (``state_dir/bundles/current``) wins over the
+        provisioned one, so an update survives a restart.
+        """
         self._started_at = time.monotonic()
         self.sources = self._sources_given or [build_source(c, self.config.base_dir) for c in self.config.sensors]
+        installed = BundleStore(self.config.state_dir).current()
+        if installed is not None:
+            self.supervisor.bundle_dir = installed
         self._load_model()
         notify("READY=1")
 
@@ -220,6 +235,61 @@ class Agent:
         assert self.supervisor.bundle is not None
         if old == self.supervisor.bundle.manifest.input and buffer is not None and aggregator is not None:
             self.buffer, self.aggregator = buffer, aggregator
+
+    def switch_bundle(self, path: Path, probation: int, fallback_to: Path | None) -> None:
+        """Run the bundle at ``path`` from the next cycle; roll back to ``fallback_to`` if it degrades
+        within its first ``probation`` inferences. Call with :attr:`lock` held."""
+        self.supervisor.bundle_dir = path
+        self.reload_model()
+        self._probation = probation
+        self._fallback_bundle = fallback_to
+        if self.supervisor.degraded:
+            self._end_probation_with_rollback()
+
+    def rollback(self, reason: str) -> UpdateOutcome:
+        """Return to the previous bundle (call with :attr:`lock` held); raises when there is none."""
+        store = BundleStore(self.config.state_dir)
+        previous = store.previous()
+        if previous is None or not previous.exists():
+            raise BundleError("no previous bundle to roll back to on this device")
+        failed = self.supervisor.bundle
+        current = self.supervisor.bundle_dir
+        store.activate(previous, current)
+        self.supervisor.bundle_dir = previous
+        self._probation = 0
+        self.reload_model()
+        restored = self.supervisor.bundle
+        message = f"rolled back to {_describe(restored)} ({reason})"
+        self.reporter.publish_alert(AlertContent(severity="warning", code="model-rollback", message=message))
+        return UpdateOutcome(
+            active=ModelInfo(name=restored.manifest.name, version=restored.manifest.version)
+            if restored
+            else ModelInfo(),
+            previous=ModelInfo(name=failed.manifest.name, version=failed.manifest.version) if failed else None,
+            message=message,
+        )
+
+    def _end_probation_with_rollback(self) -> None:
+        reason = f"new model failed during its first inferences: {self.supervisor.degraded_reason}"
+        logger.error(reason)
+        self.rollback(reason)
+
+    def apply_config(self, config: AgentConfig) -> str:
+        """Take over loop, anomaly, channel and clock settings of a re-read config (lock held).
+
+        Identity, sensors, runtime and bundle need a restart; a change there is refused by name.
+        """
+        fixed = ("site", "device", "sensors", "runtime", "bundle", "mqtt", "state_dir")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            raise ConfigError(f"changes to {changed} need an agent restart (systemctl restart gridedge-agent)")
+        self.config = config
+        policy = self.supervisor.policy
+        policy.latency_budget_ms = config.loop.latency_budget_ms
+        policy.latency_strikes = config.loop.latency_strikes
+        policy.retry_every = config.loop.retry_every
+        policy.recover_after = config.loop.recover_after
+        return "loop, anomaly, channel and clock settings applied"
 
     def model_info(self) -> ModelInfo:
         """Name, version, runtime and precision of what is deciding now."""
@@ -281,13 +351,34 @@ class Agent:
         return self._site_time(merged), merged
 
     def _site_time(self, values: dict[str, float]) -> float:
-        if self.config.clock.source == "sensor":
-            assert self.config.clock.channel is not None
-            stamp = values.get(self.config.clock.channel, math.nan)
-            if math.isfinite(stamp) and stamp > 0:
-                return stamp
+        """The time that labels this reading: the device clock, or the site clock a sensor serves.
+
+        While the clock sensor is unreadable the site clock is carried forward on the monotonic clock
+        from its last good value; jumping to the device clock instead would put readings into another
+        period (or another year) and stall the window.
+        """
+        if self.config.clock.source == "system":
+            return self._wall_clock()
+        assert self.config.clock.channel is not None
+        stamp = values.get(self.config.clock.channel, math.nan)
+        now = time.monotonic()
+        if math.isfinite(stamp) and stamp > 0 and self._plausible_clock(stamp):
+            self._last_site_clock = (stamp, now)
+            return stamp
+        if self._last_site_clock is None:
             logger.warning("clock channel %s unreadable; using the device clock", self.config.clock.channel)
-        return self._wall_clock()
+            return self._wall_clock()
+        stamp, read_at = self._last_site_clock
+        return stamp + (now - read_at)
+
+    def _plausible_clock(self, stamp: float) -> bool:
+        if self._last_site_clock is None:
+            return True
+        last, _ = self._last_site_clock
+        plausible = last <= stamp <= last + self.config.clock.max_jump_s
+        if not plausible:
+            logger.warning("ignoring implausible site clock %.0f (last good %.0f)", stamp, last)
+        return plausible
 
     def _watch_flags(self, reading: Reading) -> None:
         flagged = reading.flagged()
@@ -313,6 +404,10 @@ class Agent:
     # ----------------------------------------------------------------------------------------------
     def cycle(self) -> list[Prediction]:
         """One loop iteration: read, aggregate, decide for every closed sample period, report if due."""
+        with self.lock:
+            return self._cycle()
+
+    def _cycle(self) -> list[Prediction]:
         self.health.cycles += 1
         timestamp, values = self.read_sensors()
         model_values = {c: self._model_value(c, values) for c in self.aggregator.channels}
@@ -348,12 +443,15 @@ class Agent:
             future_ts = (starts[-1] + spec.sample_period_s * np.arange(1, spec.horizon_steps + 1))[np.newaxis]
         inputs = self.supervisor.pipeline.build(raw, starts, None, future_ts)
         if not inputs.valid[0]:
+            # The model cannot see this window, but the site still needs a decision: the baseline
+            # (with its last-resort fill) makes it, and the skip is counted with its reason.
             self.health.skipped_inferences += 1
             self._summary_skipped += 1
             self.health.last_skip_reason = inputs.reasons[0]
-            logger.info("inference skipped: %s", inputs.reasons[0])
-            return None
-        prediction = self.supervisor.predict(inputs, raw, starts)
+            logger.info("model skipped, baseline decides: %s", inputs.reasons[0])
+            prediction = self.supervisor.baseline(raw, starts, inputs.reasons[0])
+        else:
+            prediction = self.supervisor.predict(inputs, raw, starts)
         self.latest_prediction = prediction
         self.health.inferences += 1
         if self.health.first_inference_s is None:
@@ -361,6 +459,11 @@ class Agent:
         if prediction.latency_ms is not None:
             self.health.latency.add(prediction.latency_ms)
             self._summary_latencies.append(prediction.latency_ms)
+        if self._probation > 0:
+            if self.supervisor.degraded and self._fallback_bundle is not None:
+                self._end_probation_with_rollback()
+                return prediction
+            self._probation -= 1
         self._announce()
         if spec.is_forecast:
             self._record_forecast(prediction, int(starts[-1]))
@@ -544,6 +647,10 @@ class Agent:
             for source in self.sources:
                 source.close()
             self.reporter.close()
+
+
+def _describe(bundle: Bundle | None) -> str:
+    return f"{bundle.manifest.name} {bundle.manifest.version}" if bundle else "no bundle"
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -146,9 +146,7 @@ class Manifest(_Model):
         for entry in self.artefacts:
             if entry.file == file:
                 return entry
-        raise IntegrityError(
-            f"bundle has no artefact {file!r}; it has {[a.file for a in self.artefacts]}"
-        )
+        raise IntegrityError(f"bundle has no artefact {file!r}; it has {[a.file for a in self.artefacts]}")
 
     def to_bytes(self) -> bytes:
         """Canonical bytes that are signed and written (sorted keys, so re-serialising is stable)."""
@@ -229,15 +227,24 @@ def write_bundle(out_dir: Path, manifest: Manifest, files: dict[str, Path], priv
 
 def read_bundle(root: Path, public_key: Ed25519PublicKey) -> Bundle:
     """Verify and load a bundle folder; raises the BundleError subclass that names what failed."""
+    manifest = verify_manifest(root, public_key)
+    verify_files(root, manifest)
+    return Bundle(root=Path(root), manifest=manifest)
+
+
+def verify_manifest(root: Path, public_key: Ed25519PublicKey) -> Manifest:
+    """Check the signature and format of a bundle's manifest, without looking at the model files.
+
+    A manifest that verifies is trustworthy on its own: a device whose model file is damaged can still
+    use its feature spec to run the baseline predictor while it reports the damage.
+    """
     root = Path(root)
     manifest_path, signature_path = root / MANIFEST_NAME, root / SIGNATURE_NAME
     if not manifest_path.is_file():
         raise BundleFormatError(f"{root}: no {MANIFEST_NAME}; this is not a gridedge bundle folder")
     payload = manifest_path.read_bytes()
     if not signature_path.is_file():
-        raise SignatureError(
-            f"{root}: bundle is unsigned (no {SIGNATURE_NAME}); sign it with `gridedge export --key`"
-        )
+        raise SignatureError(f"{root}: bundle is unsigned (no {SIGNATURE_NAME}); sign it with `gridedge export --key`")
     try:
         public_key.verify(signature_path.read_bytes(), payload)
     except InvalidSignature as exc:
@@ -245,7 +252,12 @@ def read_bundle(root: Path, public_key: Ed25519PublicKey) -> Bundle:
             f"{root}: manifest signature does not verify: the manifest was edited after signing or it "
             "was signed with another key; re-export with the fleet's private key"
         ) from exc
-    manifest = parse_manifest(payload, source=str(manifest_path))
+    return parse_manifest(payload, source=str(manifest_path))
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Check that every file the manifest lists exists with its recorded sha256 and size."""
+    root = Path(root)
     for artefact in manifest.artefacts:
         path = root / artefact.file
         if not path.is_file():
@@ -257,7 +269,6 @@ def read_bundle(root: Path, public_key: Ed25519PublicKey) -> Bundle:
                 f"{artefact.sha256[:12]}…, {size} vs {artefact.bytes} bytes); the file was altered or "
                 "truncated — fetch the bundle again"
             )
-    return Bundle(root=root, manifest=manifest)
 
 
 def parse_manifest(payload: bytes, source: str = MANIFEST_NAME) -> Manifest:
@@ -336,4 +347,3 @@ def unpack_archive(archive: Path | bytes, out_dir: Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
     return out_dir
-

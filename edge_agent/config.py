@@ -53,6 +53,14 @@ class ClockSection(_Section):
         description="Sensor channel holding UTC epoch seconds, when source is sensor.",
     )
 
+    max_jump_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        title="Largest clock jump",
+        description="A sensor clock that moves backwards or jumps further ahead than this is treated as "
+        "unreadable (a garbled register must not throw the window into another year).",
+    )
+
     @model_validator(mode="after")
     def _sensor_needs_channel(self) -> ClockSection:
         if self.source == "sensor" and not self.channel:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from edge_agent import __version__
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.reporting.base import Reporter
 from edge_agent.reporting.log import LogReporter
+from edge_agent.updates import AgentCommands
 
 logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
@@ -22,6 +24,9 @@ def build_agent(config_path: Path) -> Agent:
         return Agent(config, reporter)
     from edge_agent.reporting.mqtt import MqttReporter
 
-    mqtt_reporter = MqttReporter(config.mqtt)
+    commands = AgentCommands(config_path)
+    mqtt_reporter = MqttReporter(config.mqtt, control=commands, updater=commands, agent_version=__version__)
+    agent = Agent(config, mqtt_reporter)
+    commands.bind(agent)
     mqtt_reporter.start()
-    return Agent(config, mqtt_reporter)
+    return agent

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.bundle import Artefact, Bundle, read_bundle
+from edge_agent.bundle import Artefact, Bundle, verify_files, verify_manifest
 from edge_agent.errors import GridedgeError
 from edge_agent.features import FeaturePipeline, ModelInputs
 from edge_agent.keys import load_public_key
@@ -85,20 +85,22 @@ class ModelSupervisor:
     def load(self) -> None:
         """Verify the bundle and self-test its model; on failure keep what can run and say why.
 
-        A bundle that fails verification leaves no pipeline (nothing can be computed safely). A model
-        that fails to load or self-test still leaves the verified pipeline and the fallback running.
+        A manifest that fails verification leaves no pipeline (nothing can be computed safely). A signed
+        manifest whose model file is damaged, or a model that fails to load or self-test, still leaves
+        the verified pipeline and the fallback running.
         """
         self.runtime = None
         try:
-            public_key = load_public_key(self.public_key)
-            self.bundle = read_bundle(self.bundle_dir, public_key)
+            manifest = verify_manifest(self.bundle_dir, load_public_key(self.public_key))
         except GridedgeError as exc:
             self.bundle, self.pipeline, self.fallback = None, None, None
             self.degraded_reason = f"bundle refused: {exc}"
             return
-        self.pipeline = FeaturePipeline(self.bundle.manifest.input)
+        self.bundle = Bundle(root=self.bundle_dir, manifest=manifest)
+        self.pipeline = FeaturePipeline(manifest.input)
         self.fallback = self._make_fallback(self.bundle)
         try:
+            verify_files(self.bundle_dir, manifest)
             self.artefact, runtime = load_model(self.bundle, self.artefact_file, self.runtime_config)
             self.self_test_error = run_self_test(runtime, self.bundle.manifest, self.artefact)
         except (GridedgeError, OSError, RuntimeError, ValueError) as exc:
@@ -116,8 +118,13 @@ class ModelSupervisor:
             prediction = self._run_model(inputs)
             if prediction is not None:
                 return prediction
-        output = self.fallback(raw_window, starts)
-        return Prediction(output=output, source="baseline", latency_ms=None, fault=self.degraded_reason)
+        return self.baseline(raw_window, starts, self.degraded_reason)
+
+    def baseline(self, raw_window: FloatArray, starts: NDArray[np.int64], reason: str | None) -> Prediction:
+        """Decide with the fallback predictor regardless of the model's health (e.g. a window with gaps)."""
+        if self.fallback is None:
+            raise GridedgeError(f"no verified bundle to decide with ({self.degraded_reason})")
+        return Prediction(output=self.fallback(raw_window, starts), source="baseline", latency_ms=None, fault=reason)
 
     def _retry_due(self) -> bool:
         self._cycles_degraded += 1

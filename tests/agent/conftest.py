@@ -1,0 +1,140 @@
+"""A real chain for the agent tests: the trainer's W1 model (small), exported and signed by the exporter,
+served by the simulated site over real Modbus TCP, run by the agent in LiteRT and ONNX Runtime.
+
+Simulated time is driven by the test (a settable clock for the site), so every agent cycle reads the
+data sample the test expects and the agent's forecasts can be compared with the exporter's model on
+exactly the same windows.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edge_agent.config import AgentConfig
+from edge_agent.keys import load_private_key, new_keypair
+from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+
+REPO = Path(__file__).resolve().parents[2]
+W1_CHANNELS = {
+    "Global_active_power": {"source": "meter.active_power", "scale": 0.001},
+    "Global_reactive_power": {"source": "meter.reactive_power", "scale": 0.001},
+    "Voltage": "meter.voltage",
+    "Global_intensity": "meter.current",
+    "Sub_metering_1": "meter.sub_metering_1",
+    "Sub_metering_2": "meter.sub_metering_2",
+    "Sub_metering_3": "meter.sub_metering_3",
+}
+
+
+def tiny_w1_config() -> dict[str, Any]:
+    """The shipped W1 config cut to a quarter of data and a few epochs: trains in seconds."""
+    config = yaml.safe_load((REPO / "configs" / "w1_load.yaml").read_text())
+    config = copy.deepcopy(config)
+    config["name"] = "w1-agent-test"
+    config["data"]["end"] = "2007-04-30"
+    config["model"].update({"filters": 8, "hidden": 16})
+    config["training"].update({"epochs": 2, "patience": 1})
+    config.setdefault("baselines", {}).setdefault("lightgbm", {})["enabled"] = False
+    return config
+
+
+@dataclass
+class Bundles:
+    keys: Path
+    keras: Path
+    torch: Path
+
+    def for_runtime(self, runtime: str) -> Path:
+        return self.keras if runtime == "litert" else self.torch
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    """Train and export both frameworks once per session (about a minute on 2 cores)."""
+    from export.pipeline import ExportOptions, export_bundle
+    from export.run_loader import load_source
+    from trainer.config import parse_config
+    from trainer.training import train
+
+    root = tmp_path_factory.mktemp("chain")
+    private, _ = new_keypair(root / "keys")
+    task = parse_config(tiny_w1_config())
+    bundles = {}
+    for framework, targets in (("keras", ("litert",)), ("torch", ("ort",))):
+        run = root / f"run-{framework}"
+        train(task, framework, run, plots=False)  # type: ignore[arg-type]
+        result = export_bundle(
+            load_source(run),
+            root / f"bundle-{framework}",
+            load_private_key(private),
+            ExportOptions(name=f"w1-{framework}", targets=targets, max_degradation=0.5, latency_runs=20),
+        )
+        bundles[framework] = result.bundle_dir
+    return Bundles(keys=root / "keys", keras=bundles["keras"], torch=bundles["torch"])
+
+
+class SettableClock:
+    """Simulated wall time of the site; the test moves it one sample period per agent cycle."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def site() -> tuple[SimulatedSite, SettableClock]:
+    clock = SettableClock()
+    return SimulatedSite(speed=1.0, start_offset_s=0.0, clock=clock), clock
+
+
+@pytest.fixture
+def site_server(site: tuple[SimulatedSite, SettableClock]) -> Any:
+    server = SiteServer(site[0], port=0).start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def make_config() -> Any:
+    """A factory for agent configs (fixtures cannot be imported under --import-mode=importlib)."""
+    return agent_config
+
+
+def agent_config(tmp_path: Path, bundle: Path, keys: Path, port: int, runtime: str, **overrides: Any) -> AgentConfig:
+    """An agent reading the site's meter over Modbus TCP, on the site's clock."""
+    raw: dict[str, Any] = {
+        "site": "test-site",
+        "device": "ctrl-1",
+        "state_dir": str(tmp_path / "state"),
+        "bundle": {"path": str(bundle), "public_key": str(keys / "bundle-signing.pub")},
+        "runtime": {"type": runtime},
+        "sensors": [
+            {
+                "type": "modbus_tcp",
+                "name": "site",
+                "port": port,
+                "devices": [
+                    {
+                        "name": "meter",
+                        "unit_id": 3,
+                        "register_map": str(REPO / "firmware_configs" / "registers" / "load_meter.yaml"),
+                        "timeout_s": 0.3,
+                        "retries": 1,
+                    }
+                ],
+            }
+        ],
+        "channels": W1_CHANNELS,
+        "clock": {"source": "sensor", "channel": "meter.clock"},
+        "loop": {"cadence_s": 0.01, "retry_every": 2, "recover_after": 2},
+    }
+    raw.update(overrides)
+    return AgentConfig.model_validate(raw)

@@ -1,0 +1,227 @@
+"""The agent against the simulated site over real Modbus TCP, with real exported bundles."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.bundle import read_bundle
+from edge_agent.datafiles import read_series
+from edge_agent.features import FeaturePipeline
+from edge_agent.keys import load_public_key
+from edge_agent.reporting.base import MemoryReporter
+from edge_agent.runtimes import load_model
+from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+
+pytestmark = [pytest.mark.modbus, pytest.mark.slow]
+PERIOD = 900
+
+
+def _run_cycles(agent: Agent, clock: Any, cycles: int) -> list[tuple[int, np.ndarray]]:
+    """One agent cycle per sample period; returns (forecast origin, forecast) for each decision."""
+    forecasts = []
+    for _ in range(cycles):
+        predictions = agent.cycle()
+        if predictions and agent.latest_forecasts:
+            origin = int(agent.latest_forecasts[0].origin.timestamp())
+            forecasts.append((origin, np.array(agent.latest_forecasts[0].values, dtype=np.float64)))
+        clock.now += PERIOD
+    return forecasts
+
+
+def _reference(bundle_dir: Path, keys: Path, runtime: str, artefact: str, origins: list[int]) -> np.ndarray:
+    """The same artefact, run outside the agent on the exact data windows of each origin."""
+    bundle = read_bundle(bundle_dir, load_public_key(keys / "bundle-signing.pub"))
+    spec = bundle.manifest.input
+    times, columns = read_series("w1_load_uci_15min")
+    values = np.stack([columns[c] for c in spec.past_channel_names], axis=1)
+    index = {int(t): i for i, t in enumerate(times)}
+    pipeline = FeaturePipeline(spec)
+    from edge_agent.runtimes.litert import LiteRTConfig
+    from edge_agent.runtimes.ort import OnnxRuntimeConfig
+
+    config = LiteRTConfig() if runtime == "litert" else OnnxRuntimeConfig()
+    _, model = load_model(bundle, artefact, config)
+    out = []
+    for origin in origins:
+        i = index[origin]
+        window = values[i - spec.input_steps : i]
+        future_ts = times[i : i + spec.horizon_steps]
+        inputs = pipeline.build(window, times[i - spec.input_steps : i], None, future_ts)
+        out.append(pipeline.decode(model.run(inputs.as_feeds())[0])[:, 0])
+    return np.asarray(out, dtype=np.float64)
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+@pytest.mark.parametrize("runtime", ["litert", "onnxruntime"])
+def test_agent_forecasts_match_the_exported_model_on_the_same_windows(
+    tmp_path: Path,
+    make_config: Any,
+    exported: Any,
+    site: tuple[SimulatedSite, Any],
+    site_server: SiteServer,
+    runtime: str,
+    precision: str,
+) -> None:
+    bundle = exported.for_runtime(runtime)
+    manifest = read_bundle(bundle, load_public_key(exported.keys / "bundle-signing.pub")).manifest
+    artefact = next(a.file for a in manifest.artefacts if a.precision == precision)
+    config = make_config(tmp_path, bundle, exported.keys, site_server.port, runtime)
+    config = config.model_copy(update={"bundle": config.bundle.model_copy(update={"artefact": artefact})})
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    forecasts = _run_cycles(agent, site[1], steps + 12)
+    agent.close()
+
+    assert agent.supervisor.artefact is not None and agent.supervisor.artefact.precision == precision
+    assert not agent.supervisor.degraded, agent.supervisor.degraded_reason
+    assert len(forecasts) == 12
+    origins = [o for o, _ in forecasts]
+    assert np.all(np.diff(origins) == PERIOD)
+    expected = _reference(bundle, exported.keys, runtime, artefact, origins)
+    got = np.stack([f for _, f in forecasts])
+    # Only the meter's register resolution (0.1 W, 0.01 V, 1 mA, 0.01 Wh/min) separates the two inputs. A float model
+    # passes that through almost unchanged; an int8 model may round an output to the neighbouring
+    # quantisation level (~0.017 kW here), rarely two.
+    difference = np.abs(got - expected)
+    if precision == "fp32":
+        assert np.max(difference) < 0.005
+    else:
+        assert np.max(difference) < 0.1
+        assert np.mean(difference) < 0.03
+    statuses = [m.state for m in reporter.of_kind("status")]
+    assert statuses[0] == "online" and statuses[-1] == "offline"
+    summary = reporter.of_kind("summary")[-1]
+    assert summary.forecasts and summary.latency and summary.latency.count == 12
+    assert summary.drift["Global_active_power"].z_mean is not None
+    assert summary.channels["meter.active_power"].unit == "W"
+
+
+def test_meter_faults_never_stop_the_loop(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    sim, clock = site
+    config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    assert len(_run_cycles(agent, clock, steps + 2)) == 2
+
+    sim.set_fault("meter", "hang")  # a short outage: the gap policy fills it, decisions continue
+    _run_cycles(agent, clock, 2)
+    sim.set_fault("meter", "none")
+    assert len(_run_cycles(agent, clock, 3)) == 3
+    assert agent.health.sensor_errors >= 2
+
+    sim.set_fault("meter", "garbage")  # nonsense values are flagged and kept away from the model
+    _run_cycles(agent, clock, 2)
+    assert any(a.code == "sensor-out-of-range" for a in reporter.of_kind("alert"))
+    sim.set_fault("meter", "none")
+
+    site_server.drop_connections()  # a gateway reboot: the next read reconnects
+    assert len(_run_cycles(agent, clock, 3)) == 3
+
+    sim.set_fault("meter", "hang")  # a long outage: the model is skipped with a reason, the baseline decides
+    _run_cycles(agent, clock, 8)
+    sim.set_fault("meter", "none")
+    after_outage = _run_cycles(agent, clock, 3)
+    assert len(after_outage) == 3 and all(np.isfinite(f).all() for _, f in after_outage)
+    assert agent.health.skipped_inferences >= 2
+    assert "exceeds the fill limit" in (agent.health.last_skip_reason or "")
+    assert agent.latest_prediction is not None and agent.latest_prediction.source == "baseline"
+    assert not agent.supervisor.degraded  # the model is healthy; only its input was incomplete
+    agent.close()
+    assert reporter.of_kind("summary")[-1].skipped_inferences >= 2
+
+
+def test_corrupted_model_runs_the_baseline_degraded_and_keeps_deciding(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(exported.keras, damaged)
+    model = next(damaged.glob("*int8*.tflite"))
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    config = make_config(tmp_path, damaged, exported.keys, site_server.port, "litert")
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    forecasts = _run_cycles(agent, site[1], steps + 3)
+    agent.close()
+
+    assert agent.supervisor.degraded and "does not match the manifest" in (agent.supervisor.degraded_reason or "")
+    assert len(forecasts) == 3 and all(np.isfinite(f).all() for _, f in forecasts)
+    status = reporter.of_kind("status")[0]
+    assert status.state == "degraded" and status.model is not None and status.model.runtime == "baseline"
+    assert [a.code for a in reporter.of_kind("alert")].count("model-fallback") == 1
+    assert reporter.of_kind("summary")[-1].fallback_active
+
+
+def test_a_model_failing_at_run_time_falls_back_then_recovers(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    _run_cycles(agent, site[1], steps + 1)
+    healthy = agent.supervisor.runtime
+    assert healthy is not None
+
+    class Broken:
+        """The real runtime, fed inputs it was not built for (a model/spec mismatch after a bad update)."""
+
+        info = healthy.info
+
+        def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+            return healthy.run({k: v[:, :-1] for k, v in feeds.items()})
+
+    agent.supervisor.runtime = Broken()
+    assert len(_run_cycles(agent, site[1], 3)) == 3
+    assert agent.supervisor.degraded and "model raised" in (agent.supervisor.degraded_reason or "")
+    agent.supervisor.runtime = healthy
+    _run_cycles(agent, site[1], 6)
+    agent.close()
+    assert not agent.supervisor.degraded
+    assert [m.state for m in reporter.of_kind("status")][:3] == ["online", "degraded", "online"]
+    assert {"model-fallback", "model-recovered"} <= {a.code for a in reporter.of_kind("alert")}
+
+
+def test_agent_run_never_imports_a_training_framework(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any]
+) -> None:
+    """`gridedge agent run` in a fresh process: after real cycles, no tensorflow/keras/torch was loaded."""
+    with SiteServer(SimulatedSite(speed=3600.0), port=0).start_in_thread() as server:
+        for runtime, bundle in (("litert", exported.keras), ("onnxruntime", exported.torch)):
+            config = make_config(
+                tmp_path / runtime,
+                bundle,
+                exported.keys,
+                server.port,
+                runtime,
+                loop={"cadence_s": 0.05, "max_cycles": 40},
+            )
+            path = tmp_path / f"{runtime}.yaml"
+            path.write_text(config.model_dump_json())
+            script = (
+                "import sys; from edge_agent.runner import build_agent\n"
+                f"agent = build_agent({str(path)!r}); agent.start(); agent.run()\n"
+                "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow','keras','torch'))\n"
+                "print('HEAVY', heavy, 'CYCLES', agent.health.cycles)\n"
+            )
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+            assert out.returncode == 0, out.stderr[-2000:]
+            assert "HEAVY [] CYCLES 40" in out.stdout, out.stdout + out.stderr[-2000:]
