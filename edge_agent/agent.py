@@ -208,6 +208,7 @@ class Agent:
             self.supervisor.bundle_dir = installed
         self._load_model()
         notify("READY=1")
+        self.decide_now()
 
     def _load_model(self) -> None:
         self.supervisor.load()
@@ -225,7 +226,18 @@ class Agent:
         channels = spec.past_channel_names
         self.aggregator = SampleAggregator(channels, spec.sample_period_s)
         self.buffer = WindowBuffer(channels, spec.input_steps, spec.sample_period_s)
+        if self.buffer.restore(self.window_path):
+            logger.info("window of %d samples restored from %s", len(self.buffer), self.window_path)
         self._announce()
+
+    @property
+    def window_path(self) -> Path:
+        return self.config.state_dir / "window.npz"
+
+    def decide_now(self) -> Prediction | None:
+        """Decide on the current window right away (after a restart with a restored window)."""
+        with self.lock:
+            return self._decide() if self.buffer.full else None
 
     def reload_model(self) -> None:
         """Load the bundle again (after a model update or rollback); the window is rebuilt if it changed."""
@@ -412,12 +424,15 @@ class Agent:
         timestamp, values = self.read_sensors()
         model_values = {c: self._model_value(c, values) for c in self.aggregator.channels}
         predictions = []
-        for sample in self.aggregator.add(timestamp, model_values):
+        closed = self.aggregator.add(timestamp, model_values)
+        for sample in closed:
             self.buffer.append(sample)
             if self.buffer.full:
                 prediction = self._decide()
                 if prediction is not None:
                     predictions.append(prediction)
+        if closed:
+            self.buffer.save(self.window_path)
         if self.config.mqtt and self.config.mqtt.telemetry.enabled:
             self.reporter.publish_telemetry(
                 TelemetryContent(

@@ -9,11 +9,16 @@ regular grid: a period without readings becomes a row of NaN that the gap policy
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+from edge_agent.fsutil import atomic_write_bytes
 
 FloatArray = NDArray[np.float32]
 
@@ -112,6 +117,38 @@ class WindowBuffer:
     def window(self) -> tuple[FloatArray, NDArray[np.int64]]:
         """The newest ``steps`` samples (oldest first) and their period starts (UTC s)."""
         return self._values.copy(), self._starts.copy()
+
+    def save(self, path: Path) -> None:
+        """Persist the window (atomically) so that a restart after a power cut decides at once."""
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            values=self._values,
+            starts=self._starts,
+            filled=np.int64(self._filled),
+            channels=np.array(self.channels),
+            period_s=np.int64(self.period_s),
+        )
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def restore(self, path: Path) -> bool:
+        """Load a window saved by :meth:`save` if it was kept for the same channels, length and period."""
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                same = (
+                    tuple(str(c) for c in saved["channels"]) == self.channels
+                    and int(saved["period_s"]) == self.period_s
+                    and saved["values"].shape == self._values.shape
+                )
+                if not same:
+                    return False
+                self._values = saved["values"].astype(np.float32)
+                self._starts = saved["starts"].astype(np.int64)
+                self._filled = int(saved["filled"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return False
+        self._newest = int(self._starts[-1]) if self._filled else None
+        return True
 
     def seed(self, starts: NDArray[np.int64], values: FloatArray) -> None:
         """Fill the buffer from history (e.g. the replayed days before the agent started)."""

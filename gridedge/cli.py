@@ -64,6 +64,20 @@ def provision_device(
     typer.echo(f"the device will run {artefact}; next: copy it over and run `gridedge agent doctor` there")
 
 
+@app.command("demo")
+def demo(
+    workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Folder for every artefact of the demo."),
+    framework: str = typer.Option("keras", "--framework", help="keras (-> TFLite int8) or torch (-> ONNX int8)."),
+    quick: bool = typer.Option(False, "--quick", help="Train on 6 months for 4 epochs, skip LightGBM."),
+    days: float = typer.Option(2.0, "--days", help="Simulated days the agent forecasts after its warm-up."),
+) -> None:
+    """Run the whole chain on real data: train, export, sign, provision, run the agent, watch the fleet."""
+    from gridedge.demo import run_demo
+
+    result = run_demo(workdir, framework, quick, days)
+    typer.echo(f"demo finished: {result.workdir / 'demo_report.md'}")
+
+
 def main() -> None:
     """Console entry point: run the app and turn gridedge's own errors into one clear line and exit 2."""
     try:

@@ -225,3 +225,24 @@ def test_agent_run_never_imports_a_training_framework(
             out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
             assert out.returncode == 0, out.stderr[-2000:]
             assert "HEAVY [] CYCLES 40" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_restart_after_a_power_cut_decides_at_once_from_the_saved_window(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
+    first = Agent(config, MemoryReporter())
+    first.start()
+    steps = first.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    _run_cycles(first, site[1], steps + 1)
+    for source in first.sources:  # no clean shutdown: the process just dies
+        source.close()
+
+    second = Agent(config, MemoryReporter())
+    second.start()
+    assert second.latest_forecasts, "no decision right after the restart"
+    assert second.health.first_inference_s is not None and second.health.first_inference_s < 2.0
+    assert second.latest_forecasts[0].origin == first.latest_forecasts[0].origin
+    np.testing.assert_allclose(second.latest_forecasts[0].values, first.latest_forecasts[0].values)
+    assert len(_run_cycles(second, site[1], 2)) == 2
+    second.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edge_agent.window import Sample, SampleAggregator, WindowBuffer
@@ -50,3 +52,19 @@ def test_buffer_ignores_duplicates_and_a_long_outage_resets_the_window() -> None
     values, starts = buffer.window()
     np.testing.assert_array_equal(starts, [60 * 98, 60 * 99, 60 * 100])
     assert np.isnan(values[:2, 0]).all() and values[2, 0] == 2.0
+
+
+def test_window_survives_a_restart_and_refuses_another_model_shape(tmp_path: Path) -> None:
+    buffer = WindowBuffer(["p", "q"], steps=3, period_s=60)
+    for k in range(4):
+        buffer.append(Sample(60 * k, np.array([k, -k], dtype=np.float32)))
+    buffer.save(tmp_path / "window.npz")
+    restored = WindowBuffer(["p", "q"], steps=3, period_s=60)
+    assert restored.restore(tmp_path / "window.npz") and restored.full
+    for got, want in zip(restored.window(), buffer.window(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert restored.newest_start == 180
+    assert not WindowBuffer(["p"], steps=3, period_s=60).restore(tmp_path / "window.npz")
+    assert not WindowBuffer(["p", "q"], steps=4, period_s=60).restore(tmp_path / "window.npz")
+    (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 half a file")
+    assert not WindowBuffer(["p", "q"], steps=3, period_s=60).restore(tmp_path / "torn.npz")
