@@ -15,7 +15,7 @@ from rich.console import Console
 from edge_agent.cli import agent_app
 from edge_agent.errors import GridedgeError
 from edge_agent.sensors.cli import sensors_app, sim_app
-from export.cli import app as export_app
+from export.cli import export_command
 from fleet.cli import app as fleet_app
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(sim_app, name="sim")
 app.add_typer(sensors_app, name="sensors")
 app.add_typer(fleet_app, name="fleet")
-app.add_typer(export_app)
+app.command("export")(export_command)
 
 _err = Console(stderr=True)
 

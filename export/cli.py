@@ -1,0 +1,69 @@
+"""`gridedge export`: trained run folder -> signed model bundle (+ .tar.gz) and an export report.
+
+Heavy libraries are imported inside the command so `gridedge --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Quantise, check parity, prove runtimes and sign a model bundle.")
+
+
+@app.command("export")
+def export_command(
+    train_dir: Annotated[Path, typer.Argument(help="Folder written by `gridedge train`.")],
+    key: Annotated[Path, typer.Option("--key", help="Ed25519 private key (PEM) that signs the bundle.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle folder to write; BUNDLE.tar.gz is written too.")],
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="Compatibility target, repeatable: litert, tflite-runtime-2.14, ort, ort-1.16 "
+            "(default: litert+ort for Keras, ort for PyTorch).",
+        ),
+    ] = None,
+    max_degradation: Annotated[
+        float, typer.Option(help="Largest relative loss of the test metric any artefact may show.")
+    ] = 0.02,
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: the training folder's name).")] = None,
+    version: Annotated[str, typer.Option(help="Semantic version of the bundle.")] = "0.1.0",
+    onnx_dynamic_int8: Annotated[
+        bool, typer.Option(help="Also write a dynamic-int8 ONNX artefact (often slower than fp32).")
+    ] = False,
+) -> None:
+    """Export TRAIN_DIR into a signed bundle; exits 1 with the reason when anything is refused."""
+    from rich.console import Console
+
+    from edge_agent.bundle import pack_archive
+    from edge_agent.errors import GridedgeError
+    from edge_agent.keys import load_private_key
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        private_key = load_private_key(key)
+        from export.pipeline import ExportOptions, export_bundle
+        from export.report import write_report
+        from export.run_loader import check_run_dir, load_source
+
+        check_run_dir(train_dir)
+        options = ExportOptions(
+            name=name or train_dir.resolve().name,
+            version=version,
+            targets=tuple(target) if target else None,
+            max_degradation=max_degradation,
+            onnx_dynamic_int8=onnx_dynamic_int8,
+        )
+        console.print(f"loading {train_dir}")
+        source = load_source(train_dir)
+        result = export_bundle(source, out, private_key, options, progress=lambda m: console.print(m))
+        archive = pack_archive(result.bundle_dir, out.with_name(out.name + ".tar.gz"))
+        paths = write_report(result, out.with_name(out.name + "-report"))
+    except (GridedgeError, ValueError) as exc:
+        console.print(f"[red]export failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(paths["md"].read_text())
+    typer.echo(f"bundle: {result.bundle_dir}\narchive: {archive}\nreport: {paths['json']}")

@@ -1,0 +1,313 @@
+"""Model converters: Keras -> TFLite (fp32, fp16, dynamic-range, full int8), Keras -> ONNX (tf2onnx),
+PyTorch -> ONNX (single file), and ONNX Runtime int8 quantisation (static QDQ, or dynamic).
+
+Every converter writes one self-contained file and keeps the model I/O contract: inputs named "past"
+(and "future"), one float output in normalised units (TFLite int8 models take int8 I/O whose
+quantisation parameters the runtime reads from the file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edge_agent.features import FloatArray
+from export.errors import CalibrationError, ConversionError
+
+TflitePrecision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
+# Old runtimes (onnxruntime 1.16 on JetPack 5) read IR <= 9 and opset <= 17; newer ones read both.
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 9
+MIN_CALIBRATION_WINDOWS = 16
+
+
+def calibration_batches(feeds: dict[str, FloatArray], limit: int = 200) -> list[dict[str, FloatArray]]:
+    """Split calibration feeds into single-window feed dicts, evenly spread over the training split."""
+    count = len(next(iter(feeds.values())))
+    if count < MIN_CALIBRATION_WINDOWS:
+        raise CalibrationError(
+            f"only {count} valid training window(s) to calibrate int8 quantisation; at least "
+            f"{MIN_CALIBRATION_WINDOWS} are needed — train on a longer span or shorten the window"
+        )
+    picks = np.unique(np.linspace(0, count - 1, num=min(limit, count)).astype(int))
+    return [{name: value[i : i + 1] for name, value in feeds.items()} for i in picks]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """TF and ORT converters print progress to stdout; keep the CLI's output readable."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def keras_to_tflite(
+    model: Any,
+    precision: TflitePrecision,
+    calibration: Sequence[dict[str, FloatArray]] = (),
+    disable_per_channel_dense: bool = False,
+) -> bytes:
+    """Convert a Keras 3 functional model to a TFLite flatbuffer of the given precision.
+
+    ``disable_per_channel_dense`` makes dynamic-range and int8 models loadable by tflite-runtime 2.14,
+    whose FULLY_CONNECTED kernel predates per-channel weights.
+    """
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        saved = Path(tmp) / "saved_model"
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        if precision != "fp32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if precision == "fp16":
+            converter.target_spec.supported_types = [tf.float16]
+        if precision == "int8":
+            if not calibration:
+                raise CalibrationError("full int8 conversion needs calibration windows from the training split")
+            windows = list(calibration)
+            converter.representative_dataset = lambda: iter(windows)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        if disable_per_channel_dense:
+            # Private but the documented way to keep FULLY_CONNECTED at a version tflite-runtime 2.14 has.
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+        try:
+            flatbuffer: bytes = converter.convert()
+        except Exception as exc:  # the converter raises ConverterError, RuntimeError or worse
+            raise ConversionError(
+                f"TFLite {precision} conversion failed: {exc}. Recurrent Keras layers need unroll=True "
+                "for int8; prefer convolutional or dense forecasters"
+            ) from exc
+    return flatbuffer
+
+
+def keras_to_onnx(model: Any, path: Path, input_shapes: Mapping[str, tuple[int, ...]]) -> Path:
+    """Convert a Keras functional model to ONNX with tf2onnx (opset 17, IR 9, one file).
+
+    tf2onnx's ``from_keras`` feeds Keras 3 models a list and breaks on dict inputs, so the model is
+    wrapped in a ``tf.function`` whose arguments carry the contract's names.
+    """
+    try:
+        import tf2onnx
+    except ImportError as exc:
+        raise ConversionError(
+            "Keras -> ONNX needs tf2onnx; install it with `pip install 'gridedge[train]'`"
+        ) from exc
+    import tensorflow as tf
+
+    names = list(input_shapes)
+    signature = [tf.TensorSpec((None, *input_shapes[n]), tf.float32, name=n) for n in names]
+
+    structured = len(model.inputs) > 1 or isinstance(model.input, dict)
+
+    @tf.function(input_signature=signature)
+    def serve(*args: Any) -> Any:
+        return model(dict(zip(names, args, strict=True)) if structured else args[0], training=False)
+
+    try:
+        with _quiet():
+            proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=ONNX_OPSET)
+    except Exception as exc:  # tf2onnx surfaces TF graph errors of many types
+        raise ConversionError(f"Keras -> ONNX conversion with tf2onnx failed: {exc}") from exc
+    return _save_onnx(proto, path)
+
+
+def torch_to_onnx(module: Any, path: Path, example: dict[str, FloatArray]) -> Path:
+    """Export a PyTorch module ``forward(past, future=None)`` to a single ONNX file (opset 17, IR 9)."""
+    import torch
+
+    names = list(example)
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    dynamic = {n: {0: "batch"} for n in names}
+    module = module.eval()
+    with tempfile.TemporaryDirectory() as tmp, _quiet(), torch.no_grad():
+        raw = Path(tmp) / "model.onnx"
+        try:
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                input_names=names,
+                output_names=["output"],
+                dynamic_axes={**dynamic, "output": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+                external_data=False,
+            )
+        except Exception as exc:  # torch.onnx raises a mix of RuntimeError/TorchExportError/UnsupportedOp
+            raise ConversionError(f"PyTorch -> ONNX export failed: {exc}") from exc
+        import onnx
+
+        proto = onnx.load(str(raw))
+    return _save_onnx(proto, path)
+
+
+def _compact(proto: Any) -> None:
+    """Drop what a device never needs: unused opset imports, doc strings and long internal names.
+
+    The quantiser stamps every domain it knows (ai.onnx.ml opset 5 is rejected by onnxruntime 1.16)
+    and QDQ graphs carry ~100 long tensor names, which is a fifth of a small int8 file.
+    """
+    used = {node.domain or "" for node in proto.graph.node}
+    keep = [o for o in proto.opset_import if (o.domain or "") in used | {""}]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
+    graph = proto.graph
+    boundary = {v.name for v in graph.input} | {v.name for v in graph.output}
+    renames: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in boundary:
+            return name
+        return renames.setdefault(name, f"t{len(renames)}")
+
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+        tensor.doc_string = ""
+    for info in graph.value_info:
+        info.name = short(info.name)
+    for node in graph.node:
+        node.name = ""
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    proto.doc_string = ""
+    graph.doc_string = ""
+
+
+def _save_onnx(proto: Any, path: Path) -> Path:
+    import onnx
+
+    _compact(proto)
+    proto.ir_version = min(proto.ir_version, ONNX_IR_VERSION)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError(f"{path.name}: onnx.checker rejects the exported model: {exc}") from exc
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return path
+
+
+def quantise_onnx(
+    source: Path,
+    path: Path,
+    mode: Literal["static", "dynamic"],
+    calibration: Sequence[dict[str, FloatArray]] = (),
+    notes: list[str] | None = None,
+) -> Path:
+    """Quantise an ONNX model to int8: static QDQ (calibrated on training windows) or dynamic.
+
+    Static QDQ keeps float inputs and outputs and runs on every onnxruntime from 1.16; dynamic needs no
+    calibration but quantises activations at run time, which is often slower on small models.
+
+    onnxruntime (1.16 to 1.32 measured) mis-fuses QDQ MatMul+Add graphs such as tf2onnx writes for Keras
+    Dense layers: the fused int8 kernels then disagree with the same graph run unfused. When that is
+    detected on calibration windows, the model is re-quantised with only Conv layers in int8 and a note
+    is appended to ``notes``.
+    """
+    _quantise_onnx(source, path, mode, calibration, None)
+    if mode == "static" and not _fusion_consistent(source, path, calibration):
+        _quantise_onnx(source, path, mode, calibration, ["Conv"])
+        if notes is not None:
+            notes.append(
+                f"{path.name}: onnxruntime's fused int8 MatMul disagreed with the unfused QDQ graph; "
+                "layers other than Conv were left in float"
+            )
+    return path
+
+
+def _fusion_consistent(source: Path, path: Path, calibration: Sequence[dict[str, FloatArray]]) -> bool:
+    """Whether ORT's fused int8 kernels are about as accurate as the same QDQ graph run unfused."""
+    import onnxruntime as ort
+
+    def session(model: Path, level: Any) -> Any:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+    windows = list(calibration)[:32]
+    feeds = {name: np.concatenate([w[name] for w in windows]) for name in windows[0]}
+    reference = session(source, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC).run(None, feeds)[0]
+    unfused = session(path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC).run(None, feeds)[0]
+    fused = session(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, feeds)[0]
+    unfused_error = float(np.mean(np.abs(unfused - reference)))
+    fused_error = float(np.mean(np.abs(fused - reference)))
+    # Fused kernels round intermediate results differently, so some spread is normal; a mis-fusion
+    # (measured: 20x the quantisation error) is not.
+    return fused_error <= 2 * unfused_error + 1e-4
+
+
+def _quantise_onnx(
+    source: Path,
+    path: Path,
+    mode: Literal["static", "dynamic"],
+    calibration: Sequence[dict[str, FloatArray]],
+    op_types: list[str] | None,
+) -> Path:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, windows: Sequence[dict[str, FloatArray]]) -> None:
+            self._windows = iter(windows)
+
+        def get_next(self) -> dict[str, FloatArray] | None:
+            return next(self._windows, None)
+
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            if mode == "static":
+                if not calibration:
+                    raise CalibrationError("static int8 quantisation needs calibration windows")
+                quantize_static(
+                    str(prepared),
+                    str(path),
+                    _Reader(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    op_types_to_quantize=op_types,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                )
+            else:
+                quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+        except CalibrationError:
+            raise
+        except Exception as exc:  # the quantiser raises whatever its graph passes raise
+            raise ConversionError(f"ONNX {mode} int8 quantisation failed: {exc}") from exc
+    proto = onnx.load(str(path))
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > ONNX_OPSET:
+        raise ConversionError(
+            f"the quantiser raised the opset to {opset}; onnxruntime 1.16 reads at most {ONNX_OPSET}"
+        )
+    return _save_onnx(proto, path)
+
+
+def onnx_description(path: Path) -> dict[str, int]:
+    """IR version and default-domain opset of an ONNX file (recorded in the export report)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return {"ir_version": int(proto.ir_version), "opset": int(opset)}

@@ -1,0 +1,112 @@
+"""Parity evaluation: every artefact next to the float model on the test split, and the latency probe."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_agent.anomaly import reconstruction_scores
+from edge_agent.bundle import AnomalySpec, Latency, OutputSpec
+from edge_agent.features import FeaturePipeline, FeatureSpec, FloatArray
+from edge_agent.runtimes.base import ModelRuntime
+from export.errors import ParityError
+
+Predict = Callable[[Mapping[str, FloatArray]], FloatArray]
+
+
+@dataclass(frozen=True)
+class TestSplit:
+    """The test windows an artefact is judged on: normalised feeds plus what the task metric needs.
+
+    ``targets`` are raw physical values (forecasts). Anomaly tasks give ``labels`` (one bool per window,
+    the label of the window's newest sample), ``groups`` (which labelled series each window comes from;
+    F1 is the mean over series, as the trainer reports it) and ``unscored_positives`` (labelled samples
+    per series with no usable window: always missed).
+    """
+
+    feeds: dict[str, FloatArray]
+    targets: FloatArray
+    labels: NDArray[np.bool_] | None = None
+    groups: NDArray[np.int64] | None = None
+    unscored_positives: tuple[int, ...] = ()
+    normalised_targets: FloatArray | None = None
+
+    def __len__(self) -> int:
+        return len(self.feeds["past"])
+
+
+def predict_batched(predict: Predict, feeds: Mapping[str, FloatArray], batch: int = 256) -> FloatArray:
+    """Run ``predict`` over ``feeds`` in batches, concatenating the outputs."""
+    count = len(feeds["past"])
+    parts = [
+        predict({k: v[start : start + batch] for k, v in feeds.items()}) for start in range(0, count, batch)
+    ]
+    return np.concatenate(parts, axis=0).astype(np.float32)
+
+
+def anomaly_scores(reconstruction: FloatArray, past: FloatArray, spec: FeatureSpec, anomaly: AnomalySpec) -> FloatArray:
+    """The device's score (edge_agent.anomaly) of each window: the targets are the normalised inputs."""
+    columns = [spec.past_feature_names.index(t) for t in spec.target_channels]
+    return reconstruction_scores(past[:, :, columns], reconstruction, anomaly.score_steps)
+
+
+def f1_score(predicted: NDArray[np.bool_], labels: NDArray[np.bool_], missed: int = 0) -> float:
+    """F1 of the positive (anomalous) class, ``missed`` extra positives never scored; 0 if nothing to find."""
+    true_pos = float(np.sum(predicted & labels))
+    denominator = float(np.sum(predicted) + np.sum(labels) + missed)
+    return 0.0 if denominator == 0 else 2 * true_pos / denominator
+
+
+def mean_series_f1(predicted: NDArray[np.bool_], split: TestSplit) -> float:
+    """F1 per labelled series, averaged (each fault type counts once)."""
+    assert split.labels is not None
+    groups = split.groups if split.groups is not None else np.zeros(len(predicted), dtype=np.int64)
+    scores = []
+    for group in np.unique(groups):
+        mask = groups == group
+        missed = split.unscored_positives[group] if group < len(split.unscored_positives) else 0
+        scores.append(f1_score(predicted[mask], split.labels[mask], missed))
+    return float(np.mean(scores))
+
+
+def task_metrics(outputs: FloatArray, split: TestSplit, spec: FeatureSpec, output: OutputSpec) -> dict[str, float]:
+    """Test metrics of one set of model outputs: MAE in units for forecasts, F1 for anomaly models."""
+    if output.anomaly is not None:
+        if split.labels is None:
+            raise ParityError("an anomaly model needs labelled test windows to compute F1")
+        if split.normalised_targets is not None:
+            scores = reconstruction_scores(split.normalised_targets, outputs, output.anomaly.score_steps)
+        else:
+            scores = anomaly_scores(outputs, split.feeds["past"], spec, output.anomaly)
+        return {"f1": mean_series_f1(scores > output.anomaly.threshold, split)}
+    decoded = FeaturePipeline(spec).decode(outputs)
+    return {"mae": float(np.mean(np.abs(decoded - split.targets)))}
+
+
+def primary_metric(output: OutputSpec) -> tuple[str, bool]:
+    """Name of the metric the gate watches and whether higher is better."""
+    return ("f1", True) if output.anomaly is not None else ("mae", False)
+
+
+def degradation(artefact_value: float, float_value: float, higher_is_better: bool) -> float:
+    """Relative loss of the artefact against the float model (positive = worse)."""
+    if higher_is_better:
+        return (float_value - artefact_value) / max(abs(float_value), 1e-12)
+    return (artefact_value - float_value) / max(abs(float_value), 1e-12)
+
+
+def measure_latency(runtime: ModelRuntime, feeds: Mapping[str, FloatArray], runs: int = 300) -> Latency:
+    """Single-window inference latency (p50/p99 over ``runs`` timed calls after a warm-up)."""
+    one = {k: np.ascontiguousarray(v[:1]) for k, v in feeds.items()}
+    for _ in range(20):
+        runtime.run(one)
+    timings = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        runtime.run(one)
+        timings[i] = time.perf_counter_ns() - start
+    return Latency(p50_us=float(np.percentile(timings, 50) / 1e3), p99_us=float(np.percentile(timings, 99) / 1e3))

@@ -1,0 +1,165 @@
+"""End-to-end export of real (small) W1 and W3 models from both frameworks, proven in each runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.bundle import pack_archive, read_bundle, unpack_archive
+from edge_agent.errors import IntegrityError, SelfTestError, SignatureError
+from edge_agent.keys import load_private_key, load_public_key, new_keypair
+from edge_agent.runtimes import load_model, run_self_test
+from edge_agent.runtimes.litert import LiteRTConfig
+from edge_agent.runtimes.ort import OnnxRuntimeConfig
+from export.errors import ParityError
+from export.pipeline import ExportOptions, ExportResult, export_bundle
+from export.report import write_report
+
+pytestmark = pytest.mark.slow
+ALL_TARGETS = ("litert", "tflite-runtime-2.14", "ort", "ort-1.16")
+
+
+def _export(source, out: Path, key: Path, targets, name: str) -> ExportResult:
+    options = ExportOptions(name=name, targets=targets, latency_runs=50)
+    return export_bundle(source, out, load_private_key(key), options)
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, signing_keys, w1_keras_source, w1_torch_source, w3_keras_source, w3_torch_source):
+    root = tmp_path_factory.mktemp("bundles")
+    private, _ = signing_keys
+    return {
+        "w1-keras": _export(w1_keras_source, root / "w1-keras", private, ALL_TARGETS, "w1-keras"),
+        "w1-torch": _export(w1_torch_source, root / "w1-torch", private, ("ort", "ort-1.16"), "w1-torch"),
+        "w3-keras": _export(w3_keras_source, root / "w3-keras", private, ("litert", "ort"), "w3-keras"),
+        "w3-torch": _export(w3_torch_source, root / "w3-torch", private, ("ort",), "w3-torch"),
+    }
+
+
+@pytest.mark.parametrize("name", ["w1-keras", "w1-torch", "w3-keras", "w3-torch"])
+def test_int8_artefacts_keep_the_metric_and_shrink(exports, name) -> None:
+    result = exports[name]
+    manifest = result.manifest
+    metric = "f1" if manifest.output.anomaly else "mae"
+    fp32 = {a.runtime: a for a in manifest.artefacts if a.precision == "fp32"}
+    int8 = [a for a in manifest.artefacts if a.precision == "int8"]
+    assert {a.runtime for a in int8} == set(fp32)
+    for artefact in int8:
+        assert artefact.metrics[f"{metric}_degradation"] <= 0.02, artefact.file
+        # Below ~100 KB the fixed flatbuffer/graph overhead dominates (W3's 16-step model: 55 %).
+        if fp32[artefact.runtime].bytes >= 100_000:
+            assert artefact.bytes <= 0.35 * fp32[artefact.runtime].bytes, artefact.file
+        assert artefact.latency is not None and artefact.latency.p50_us > 0
+    assert manifest.metrics["float"][metric] == pytest.approx(result.float_metrics[metric])
+
+
+def test_every_target_was_run_in_its_exact_runtime(exports) -> None:
+    manifest = exports["w1-keras"].manifest
+    by_target: dict[str, list[str]] = {}
+    for artefact in manifest.artefacts:
+        for target in artefact.compatibility_targets:
+            by_target.setdefault(target, []).append(artefact.file)
+            assert target in artefact.min_runtime_versions
+    assert set(by_target) == set(ALL_TARGETS)
+    versions = {t: v for a in manifest.artefacts for t, v in a.min_runtime_versions.items()}
+    assert versions["tflite-runtime-2.14"] == "2.14.0"
+    assert versions["ort-1.16"] == "1.16.3"
+    assert any(f.endswith(".int8.tflite") for f in by_target["tflite-runtime-2.14"])
+    assert any(f.endswith(".int8.onnx") for f in by_target["ort-1.16"])
+
+
+def test_onnx_files_are_single_and_readable_by_old_runtimes(exports) -> None:
+    import onnx
+
+    for name in ("w1-keras", "w1-torch"):
+        result = exports[name]
+        assert not list(result.bundle_dir.glob("*.data"))
+        for artefact in result.manifest.artefacts:
+            if artefact.runtime == "onnx":
+                proto = onnx.load(str(result.bundle_dir / artefact.file), load_external_data=False)
+                onnx.checker.check_model(proto)
+                assert proto.ir_version <= 9
+                assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 17
+
+
+def test_tflite_int8_records_quantisation_of_inputs_and_output(exports) -> None:
+    int8 = exports["w1-keras"].manifest.artefact("w1-keras.int8.tflite")
+    assert set(int8.quantisation) == {"past", "future", "output"}
+    assert all(q.dtype == "int8" and q.scale > 0 for q in int8.quantisation.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [("w1-keras", LiteRTConfig()), ("w1-keras", OnnxRuntimeConfig()), ("w1-torch", OnnxRuntimeConfig()),
+     ("w3-keras", LiteRTConfig()), ("w3-torch", OnnxRuntimeConfig())],
+)
+def test_bundle_round_trip_verifies_loads_and_self_tests(exports, signing_keys, tmp_path, name, config) -> None:
+    result = exports[name]
+    archive = pack_archive(result.bundle_dir, tmp_path / "bundle.tar.gz")
+    unpacked = unpack_archive(archive, tmp_path / "device")
+    bundle = read_bundle(unpacked, load_public_key(signing_keys[1]))
+    artefact, runtime = load_model(bundle, None, config)
+    assert artefact.precision == "int8"
+    assert run_self_test(runtime, bundle.manifest, artefact) <= artefact.self_test_atol
+    for other in bundle.manifest.artefacts:
+        if other.runtime == artefact.runtime:
+            _, runtime = load_model(bundle, other.file, config)
+            run_self_test(runtime, bundle.manifest, other)
+
+
+def test_tampered_bundles_are_refused(exports, signing_keys, tmp_path) -> None:
+    public = load_public_key(signing_keys[1])
+    edited = shutil.copytree(exports["w1-torch"].bundle_dir, tmp_path / "edited")
+    model = next(edited.glob("*.int8.onnx"))
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"int8\.onnx"):
+        read_bundle(edited, public)
+
+    relabelled = shutil.copytree(exports["w1-torch"].bundle_dir, tmp_path / "relabelled")
+    manifest = json.loads((relabelled / "manifest.json").read_text())
+    manifest["artefacts"][0]["self_test_atol"] = 1.0
+    (relabelled / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SignatureError, match="does not verify"):
+        read_bundle(relabelled, public)
+
+    _, other_public = new_keypair(tmp_path / "other-keys")
+    with pytest.raises(SignatureError):
+        read_bundle(exports["w1-torch"].bundle_dir, load_public_key(other_public))
+
+
+def test_self_test_names_the_artefact_vector_and_error(exports, signing_keys) -> None:
+    bundle = read_bundle(exports["w1-torch"].bundle_dir, load_public_key(signing_keys[1]))
+    artefact, runtime = load_model(bundle, None, OnnxRuntimeConfig())
+    vector = bundle.manifest.test_vectors[1]
+    wrong = vector.model_copy(
+        update={"artefact_outputs": {artefact.file: (np.asarray(vector.artefact_outputs[artefact.file]) + 1).tolist()}}
+    )
+    manifest = bundle.manifest.model_copy(update={"test_vectors": (bundle.manifest.test_vectors[0], wrong)})
+    with pytest.raises(SelfTestError, match=r"int8\.onnx: test vector 1 max abs error .* exceeds self_test_atol"):
+        run_self_test(runtime, manifest, artefact)
+
+
+def test_parity_gate_refuses_badly_calibrated_int8_and_writes_nothing(w1_keras_source, signing_keys, tmp_path):
+    # Calibrating on windows shrunk 100x makes every real input saturate the int8 range.
+    from dataclasses import replace
+
+    shrunk = replace(w1_keras_source, calibration={k: v / 100 for k, v in w1_keras_source.calibration.items()})
+    out = tmp_path / "refused"
+    with pytest.raises(ParityError, match=r"int8\.tflite: test mae .* worse, bound 2\.00 %"):
+        _export(shrunk, out, signing_keys[0], ("litert",), "refused")
+    assert not out.exists()
+
+
+def test_report_has_json_markdown_and_plot(exports, tmp_path) -> None:
+    paths = write_report(exports["w3-keras"], tmp_path / "report")
+    payload = json.loads(paths["json"].read_text())
+    assert payload["metric"] == "f1"
+    assert {row["precision"] for row in payload["artefacts"]} >= {"fp32", "int8"}
+    assert "| w3-keras.int8.tflite | int8 |" in paths["md"].read_text()
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,60 @@
+"""`gridedge export` on a real run folder written by the trainer (W3 config, one epoch, Keras)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edge_agent.bundle import read_bundle
+from edge_agent.keys import load_public_key
+from edge_agent.runtimes import load_model, run_self_test
+from edge_agent.runtimes.litert import LiteRTConfig
+from export.cli import app
+
+pytestmark = pytest.mark.slow
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "w3_anomaly.yaml"
+
+
+@pytest.fixture(scope="session")
+def w3_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from trainer.api import train
+    from trainer.config import load_config
+
+    config = load_config(CONFIG)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 1})})
+    out = tmp_path_factory.mktemp("runs") / "w3-keras"
+    train(config, "keras", out, plots=False)
+    return out
+
+
+def test_cli_exports_a_trainer_run_into_a_verified_bundle(w3_run, signing_keys, tmp_path) -> None:
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        # One epoch, six labelled outliers: F1 moves in ~10 % steps, so the bound here is loose; the
+        # gate itself is tested in test_export.py.
+        app, [str(w3_run), "--key", str(signing_keys[0]), "--out", str(out), "--target", "litert",
+              "--max-degradation", "0.3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "bundle.tar.gz").is_file()
+    report = json.loads((tmp_path / "bundle-report.json").read_text())
+    assert report["metric"] == "f1"
+    bundle = read_bundle(out, load_public_key(signing_keys[1]))
+    assert bundle.manifest.task == "anomaly" and bundle.manifest.output.anomaly is not None
+    artefact, runtime = load_model(bundle, None, LiteRTConfig())
+    assert artefact.precision == "int8"
+    run_self_test(runtime, bundle.manifest, artefact)
+
+
+def test_model_config_mismatch_is_named(w3_run, signing_keys, tmp_path) -> None:
+    edited = shutil.copytree(w3_run, tmp_path / "edited")
+    spec = json.loads((edited / "feature_spec.json").read_text())
+    spec["input_steps"] = spec["input_steps"] * 2
+    (edited / "feature_spec.json").write_text(json.dumps(spec))
+    result = CliRunner().invoke(app, [str(edited), "--key", str(signing_keys[0]), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert "feature_spec.json differs" in result.output
