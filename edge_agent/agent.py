@@ -471,6 +471,7 @@ class Agent:
         self.health.inferences += 1
         if self.health.first_inference_s is None:
             self.health.first_inference_s = time.monotonic() - self._started_at
+            logger.warning("first inference %.3f s after start (%s)", self.health.first_inference_s, prediction.source)
         if prediction.latency_ms is not None:
             self.health.latency.add(prediction.latency_ms)
             self._summary_latencies.append(prediction.latency_ms)

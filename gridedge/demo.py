@@ -59,7 +59,8 @@ def _gridedge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     return result
 
 
-def _task_config(quick: bool) -> Any:
+def w1_task_config(quick: bool) -> Any:
+    """The shipped W1 config; ``quick`` trains on six months for a few epochs without LightGBM."""
     from trainer.config import parse_config
 
     raw = yaml.safe_load((REPO / "configs" / "w1_load.yaml").read_text(encoding="utf-8"))
@@ -86,7 +87,7 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
     console.print(f"{private_key} (0600), {public_key}")
 
     _step(f"2/6 train the W1 load forecaster ({framework}) on the UCI household data")
-    report = train(_task_config(quick), framework, workdir / "run")  # type: ignore[arg-type]
+    report = train(w1_task_config(quick), framework, workdir / "run")  # type: ignore[arg-type]
     model_mae = float(report["metrics"]["test"]["mae"])
     naive = {k: float(v["test"]["mae"]) for k, v in report["baselines"].items() if k.startswith("seasonal_naive")}
     best_naive = min(naive.values())
