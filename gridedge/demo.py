@@ -51,7 +51,7 @@ def _step(text: str) -> None:
 
 def _gridedge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "gridedge.cli", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "150"})
     console.print(result.stdout.rstrip(), highlight=False, markup=False)
     if check and result.returncode != 0:
         console.print(result.stderr[-3000:], markup=False)
@@ -169,7 +169,7 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
         model_mae=model_mae,
         seasonal_naive_mae=best_naive,
         bundle=workdir / "bundle",
-        artefact=result.manifest.artefacts[0].file,
+        artefact=next(a.file for a in result.manifest.artefacts if a.precision == "int8"),
         summaries=len(summaries),
         forecast_mae_kw=forecast_mae,
     )
