@@ -23,8 +23,9 @@ UCI_COLUMNS = [
     "Sub_metering_3",
 ]
 UCI_START, UCI_END = "2007-01-01 00:00", "2008-12-31 23:45"
-# One calendar year of the PV site in its local standard time (MST, UTC-07:00), expressed in UTC.
-PV_START_UTC, PV_END_UTC = "2013-01-01 07:00", "2014-01-01 06:45"
+# One year of the PV site, July to June in its local standard time (MST, UTC-07:00), expressed in UTC:
+# time-ordered splits then train on every season and test on late spring rather than snowy December.
+PV_START_UTC, PV_END_UTC = "2012-07-01 07:00", "2013-07-01 06:45"
 PV_WEATHER = ["ghi", "ghi_clear", "dni_clear", "dhi_clear", "temp_air"]
 ISO_UTC = "%Y-%m-%dT%H:%M:%S+00:00"
 

@@ -108,9 +108,7 @@ def read_csv_series(
         except StopIteration as exc:
             raise FeatureError(f"{path} is empty; rebuild it with data/make_slices.py") from exc
         if not header or header[0] not in ("timestamp_utc", "timestamp"):
-            raise FeatureError(
-                f"{path}: first column must be 'timestamp_utc' or 'timestamp', found {header[:1]}"
-            )
+            raise FeatureError(f"{path}: first column must be 'timestamp_utc' or 'timestamp', found {header[:1]}")
         rows = list(reader)
     times = parse_timestamps([row[0] for row in rows], naive_utc_offset_s)
     columns: dict[str, NDArray[np.float32]] = {}

@@ -17,6 +17,7 @@ from edge_agent.errors import GridedgeError
 from edge_agent.sensors.cli import sensors_app, sim_app
 from export.cli import export_command
 from fleet.cli import app as fleet_app
+from trainer.cli import train_command
 
 app = typer.Typer(
     name="gridedge",
@@ -30,6 +31,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(sim_app, name="sim")
 app.add_typer(sensors_app, name="sensors")
 app.add_typer(fleet_app, name="fleet")
+app.command("train")(train_command)
 app.command("export")(export_command)
 
 _err = Console(stderr=True)

@@ -52,7 +52,9 @@ def test_garbage_values_are_flagged_out_of_range_and_hidden_from_the_model(
         reading = source.read()
     assert reading.device_errors == {}  # the device answered; what it said is nonsense
     meter = _channels_of(reading, "meter")
-    for name in ("meter.active_power", "meter.voltage", "meter.current", "meter.grid_power"):
+    # The current register (mA) decodes garbage as 32.767 A, a plausible household current: no range check
+    # can catch it, so it is not listed here.
+    for name in ("meter.active_power", "meter.voltage", "meter.grid_power"):
         assert meter[name].status is ChannelStatus.OUT_OF_RANGE, name
         assert "physical maximum" in meter[name].detail
         assert math.isnan(reading.values()[name])

@@ -1,0 +1,115 @@
+"""A technician's two commands: `gridedge provision` builds the device folder, `gridedge agent doctor` checks it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edge_agent.keys import new_keypair
+from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.cli import app
+
+pytestmark = [pytest.mark.modbus, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _site_values(tmp_path: Path, port: int, broker_port: int = 1) -> Path:
+    values = {
+        "site": "alpine-hut",
+        "device": "ctrl-1",
+        "sensors": [
+            {
+                "type": "modbus_tcp",
+                "name": "site",
+                "port": port,
+                "devices": [
+                    {
+                        "name": "meter",
+                        "unit_id": 3,
+                        "register_map": str(REPO / "firmware_configs" / "registers" / "load_meter.yaml"),
+                        "timeout_s": 0.3,
+                        "retries": 0,
+                    }
+                ],
+            }
+        ],
+        "channels": {
+            "Global_active_power": {"source": "meter.active_power", "scale": 0.001},
+            "Global_reactive_power": {"source": "meter.reactive_power", "scale": 0.001},
+            "Voltage": "meter.voltage",
+            "Global_intensity": "meter.current",
+            "Sub_metering_1": "meter.sub_metering_1",
+            "Sub_metering_2": "meter.sub_metering_2",
+            "Sub_metering_3": "meter.sub_metering_3",
+        },
+        "clock": {"source": "sensor", "channel": "meter.clock"},
+        "mqtt": {"broker": {"host": "127.0.0.1", "port": broker_port}},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, exported: Any) -> None:
+    runner = CliRunner(env={"COLUMNS": "400"})
+    public_key = exported.keys / "bundle-signing.pub"
+    with SiteServer(SimulatedSite(speed=60.0), port=0).start_in_thread() as server:
+        from fleet.mosquitto import LocalMosquitto
+
+        with LocalMosquitto(tmp_path / "broker") as broker:
+            values = _site_values(tmp_path, server.port, broker.port)
+            refused = runner.invoke(
+                app,
+                ["provision", "--profile", "x86-gateway", "--site", str(values), "--bundle", str(exported.keras),
+                 "--public-key", str(public_key), "--out", str(tmp_path / "wrong")],
+            )  # fmt: skip
+            assert refused.exit_code != 0
+            assert "no onnx artefact proven on 'ort'" in _plain(str(refused.exception))
+
+            device = tmp_path / "device"
+            made = runner.invoke(
+                app,
+                ["provision", "--profile", "raspberry-pi-4", "--site", str(values), "--bundle", str(exported.keras),
+                 "--public-key", str(public_key), "--out", str(device)],
+            )  # fmt: skip
+            assert made.exit_code == 0, made.output
+            assert {p.name for p in device.iterdir()} >= {"config.yaml", "bundle", "keys", "registers", "systemd"}
+            config = yaml.safe_load((device / "config.yaml").read_text())
+            assert config["sensors"][0]["devices"][0]["register_map"] == "registers/load_meter.yaml"
+            assert config["state_dir"] == "/var/lib/gridedge"
+            local = yaml.safe_load((device / "config.yaml").read_text())
+            local["state_dir"] = str(tmp_path / "state")
+            (device / "config.yaml").write_text(yaml.safe_dump(local))
+
+            healthy = runner.invoke(app, ["agent", "doctor", "--config", str(device / "config.yaml")])
+            text = _plain(healthy.output)
+            assert healthy.exit_code == 0, healthy.output
+            assert "All checks passed" in text
+            assert "meter.voltage=" in text and " V" in text
+            assert "signature and" in text and "file hash(es) verified" in text
+
+            server.site.set_fault("meter", "hang")
+            broken = runner.invoke(app, ["agent", "doctor", "--config", str(device / "config.yaml")])
+            assert broken.exit_code == 1
+            assert "no answer" in _plain(broken.output) and "check(s) failed" in _plain(broken.output)
+            server.site.set_fault("meter", "none")
+
+        no_broker = runner.invoke(app, ["agent", "doctor", "--config", str(device / "config.yaml")])
+        assert no_broker.exit_code == 1 and "cannot open TCP 127.0.0.1" in _plain(no_broker.output)
+
+    other = tmp_path / "other-keys"
+    new_keypair(other)
+    shutil.copyfile(other / "bundle-signing.pub", device / "keys" / "bundle-signing.pub")
+    wrong_key = runner.invoke(
+        app, ["agent", "doctor", "--config", str(device / "config.yaml"), "--broker-timeout", "1"]
+    )
+    assert wrong_key.exit_code == 1 and "signed with another key" in _plain(wrong_key.output)

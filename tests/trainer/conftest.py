@@ -1,0 +1,84 @@
+"""Tiny versions of the shipped task configs, small enough to train in seconds."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trainer.config import TaskConfig, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+TINY: dict[str, dict[str, Any]] = {
+    "w1_load": {
+        "data": {"start": "2007-01-01", "end": "2007-03-10"},
+        "protocol": {"train_stride_steps": 24},
+        "features": {"input_steps": 192, "horizon_steps": 96},
+        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride_steps": 48}},
+    },
+    "w2_pv": {
+        "data": {"start": "2013-05-01", "end": "2013-07-10"},
+        "protocol": {"train_stride_steps": 24},
+        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride_steps": 48}},
+    },
+    "w3_anomaly": {
+        "data": {"start": "2013-04-01", "end": "2013-05-15"},
+        "anomaly": {"train_stride_steps": 8},
+    },
+}
+TINY_MODEL = {"filters": 4, "hidden": 8, "decoder_channels": 2, "latent_channels": 2}
+TINY_TRAINING = {"epochs": 2, "batch_size": 64, "patience": 2}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _shipped(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    return data
+
+
+def _tiny_dict(name: str, **overrides: Any) -> dict[str, Any]:
+    data = _merge(_shipped(name), TINY[name])
+    data = _merge(data, {"model": TINY_MODEL, "training": TINY_TRAINING})
+    return _merge(data, overrides)
+
+
+@pytest.fixture
+def tiny() -> Callable[..., TaskConfig]:
+    """Build a tiny, validated task config: ``tiny("w1_load", seed=3)``."""
+
+    def build(name: str, **overrides: Any) -> TaskConfig:
+        return parse_config(_tiny_dict(name, **overrides))
+
+    return build
+
+
+@pytest.fixture
+def tiny_dict() -> Callable[..., dict[str, Any]]:
+    """The raw mapping of a tiny config, for tests that write YAML or break fields."""
+    return _tiny_dict
+
+
+@pytest.fixture
+def shipped() -> Callable[[str], dict[str, Any]]:
+    """The raw mapping of a shipped config in configs/."""
+    return _shipped
+
+
+@pytest.fixture
+def configs_dir() -> Path:
+    return CONFIGS

@@ -1,0 +1,88 @@
+"""Task configs: shipped ones validate, the schema is current, bad configs fail early and say why."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from edge_agent.errors import ConfigError
+from trainer.config import SCHEMA_PATH, TaskConfig, load_config, parse_config, schema_json
+from trainer.tasks import prepare_task
+
+SHIPPED = ["w1_load", "w2_pv", "w3_anomaly"]
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DictBuilder = Callable[..., dict[str, Any]]
+
+
+def test_committed_schema_is_current() -> None:
+    assert SCHEMA_PATH.read_text() == schema_json(), (
+        "configs/task.schema.json is stale: regenerate it with "
+        "`python -c 'from trainer.config import write_schema; write_schema()'`"
+    )
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_validate_against_model_and_schema(name: str, shipped: Callable[[str], dict[str, Any]]) -> None:
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert isinstance(config, TaskConfig)
+    jsonschema.validate(shipped(name), json.loads(SCHEMA_PATH.read_text()))
+
+
+def test_unknown_field_is_named(tiny_dict: DictBuilder) -> None:
+    with pytest.raises(ConfigError, match=r"training\.epoch"):
+        parse_config(tiny_dict("w1_load", training={"epoch": 3}))
+
+
+def test_target_must_be_an_input_channel(tiny_dict: DictBuilder) -> None:
+    with pytest.raises(ConfigError, match=r"features\.targets"):
+        parse_config(tiny_dict("w1_load", features={"targets": ["Voltage_typo"]}))
+
+
+def test_unknown_column_names_field_and_choices(tiny: Callable[..., TaskConfig]) -> None:
+    config = tiny("w1_load")
+    config.features.past[1].column = "Global_reactive_pwr"
+    with pytest.raises(ConfigError, match=r"features\.past\[1\]\.column.*Global_reactive_power"):
+        prepare_task(config)
+
+
+def test_too_few_rows_for_window(tiny: Callable[..., TaskConfig]) -> None:
+    config = tiny("w1_load", data={"start": "2007-01-01", "end": "2007-01-05"})
+    with pytest.raises(ConfigError, match="input_steps"):
+        prepare_task(config)
+
+
+def test_horizon_longer_than_data(tiny: Callable[..., TaskConfig]) -> None:
+    config = tiny("w1_load", features={"horizon_steps": 20000})
+    with pytest.raises(ConfigError, match=r"horizon_steps.*longer than the .* rows"):
+        prepare_task(config)
+
+
+def test_nan_only_channel(tiny: Callable[..., TaskConfig], tmp_path: Path) -> None:
+    source = CONFIGS.parent / "data"
+    shutil.copy(source / "w3_inv7539_outliers.csv", tmp_path)
+    shutil.copy(source / "w3_inv2173_stale.csv", tmp_path)
+    # A data folder whose PV power channel was never recorded.
+    with gzip.open(source / "w2_pv_system50_15min.csv.gz", "rt") as handle:
+        lines = handle.read().splitlines()
+    blanked = [lines[0]] + [",".join([row.split(",")[0], "", *row.split(",")[2:]]) for row in lines[1:]]
+    with gzip.open(tmp_path / "w2_pv_system50_15min.csv.gz", "wt") as handle:
+        handle.write("\n".join(blanked) + "\n")
+    with pytest.raises(ConfigError, match=r"features\.past\[0\] \('ac_power'\) has no valid value"):
+        prepare_task(tiny("w2_pv"), data_dir=tmp_path)
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(["not", "a", "mapping"]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)

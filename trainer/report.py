@@ -1,0 +1,121 @@
+"""The human-readable side of a run: report.md and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.tasks import PreparedTask
+
+FORECAST_DAYS_PLOTTED = 4
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A short markdown summary: headline metric next to every baseline."""
+    lines = [
+        f"# {report['name']} — {report['task']} ({report['framework']})",
+        "",
+        f"- protocol: {report['protocol']}",
+        f"- seed {report['seed']}, {report['n_params']:,} parameters, trained {report['train_seconds']:.1f} s "
+        f"({report['epochs_run']} epochs, best {report['best_epoch']})",
+        f"- samples: train {report['samples']['train']}, val {report['samples']['val']}, "
+        f"test {report['samples']['test']}",
+        f"- data: `{report['data']['slice']}` sha256 `{report['data']['fingerprint_sha256'][:16]}…`",
+        "",
+    ]
+    test = report["metrics"]["test"]
+    if "mae" in test:
+        lines += ["| model | test MAE | test RMSE | model's MAE relative to it |", "|---|---|---|---|"]
+        lines.append(f"| **{report['framework']} model** | {_fmt(test['mae'])} | {_fmt(test['rmse'])} | — |")
+        for name, result in report["baselines"].items():
+            base = result["test"]
+            relative = test["mae"] / base["mae"] - 1 if base["mae"] else float("nan")
+            lines.append(f"| {name} | {_fmt(base['mae'])} | {_fmt(base['rmse'])} | {relative:+.1%} |")
+    else:
+        lines += ["| detector | F1 (mean) | precision | recall | pooled F1 |", "|---|---|---|---|---|"]
+        rows = [(f"**{report['framework']} autoencoder**", test)]
+        rows += [(name, result["test"]) for name, result in report["baselines"].items()]
+        for name, m in rows:
+            lines.append(
+                f"| {name} | {_fmt(m['f1'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | "
+                f"{_fmt(m['pooled']['f1'])} |"
+            )
+        lines += ["", "Per labelled series (model): "]
+        for series, m in test["per_series"].items():
+            lines.append(
+                f"- `{series}`: F1 {_fmt(m['f1'])}, precision {_fmt(m['precision'])}, "
+                f"recall {_fmt(m['recall'])} (tp {m['tp']}, fp {m['fp']}, fn {m['fn']})"
+            )
+    if report.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(prepared: PreparedTask, data: dict[str, Any], out_dir: Path) -> list[str]:
+    """Write the task's PNG plots into ``out_dir`` and return their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files: list[str] = []
+    if prepared.spec.is_forecast:
+        test = prepared.test
+        predicted = data["predictions"]["test"]
+        unit = prepared.output_spec["target_units"][0]
+        target = prepared.spec.target_channels[0]
+        picks = np.linspace(0, len(test) - 1, min(FORECAST_DAYS_PLOTTED, len(test))).astype(int)
+        fig, axes = plt.subplots(len(picks), 1, figsize=(9, 2.2 * len(picks)), squeeze=False)
+        for ax, i in zip(axes[:, 0], picks, strict=True):
+            start = np.datetime64(int(test.origin_times[i]), "s")
+            ax.plot(test.targets[i, :, 0], label="actual", color="black")
+            ax.plot(predicted[i, :, 0], label="forecast", color="tab:blue")
+            ax.set_title(f"origin {start} UTC", fontsize=9)
+            ax.set_ylabel(unit)
+        axes[0, 0].legend(loc="upper right")
+        axes[-1, 0].set_xlabel("horizon step")
+        fig.suptitle(f"{target}: forecast vs actual (test days)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "forecast_vs_actual.png", dpi=90)
+        plt.close(fig)
+        files.append("forecast_vs_actual.png")
+
+        error = np.abs(predicted - test.targets).mean(axis=(0, 2))
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        ax.plot(np.arange(1, len(error) + 1), error, label="model")
+        ax.set_xlabel("horizon step")
+        ax.set_ylabel(f"MAE ({unit})")
+        ax.set_title("test error by horizon step")
+        fig.tight_layout()
+        fig.savefig(out_dir / "error_by_horizon.png", dpi=90)
+        plt.close(fig)
+        files.append("error_by_horizon.png")
+        return files
+
+    threshold = data["threshold"]
+    items = prepared.labelled
+    fig, axes = plt.subplots(len(items), 1, figsize=(10, 2.8 * len(items)), squeeze=False)
+    for ax, item in zip(axes[:, 0], items, strict=True):
+        scores = data["scores"][item.name]
+        x = np.arange(len(item.values))
+        ax.plot(x, scores, color="tab:blue", lw=0.8, label="score")
+        ax.axhline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
+        labelled = np.flatnonzero(item.labels)
+        ax.scatter(labelled, np.full(len(labelled), threshold), color="tab:orange", s=8, label="labelled", zorder=3)
+        twin = ax.twinx()
+        twin.plot(x, item.values, color="grey", lw=0.5, alpha=0.6)
+        twin.set_ylabel("value")
+        ax.set_yscale("symlog", linthresh=max(threshold, 1e-3))
+        ax.set_title(item.name, fontsize=9)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "anomaly_scores.png", dpi=90)
+    plt.close(fig)
+    files.append("anomaly_scores.png")
+    return files
