@@ -56,6 +56,5 @@ class MissingExtraError(GridedgeError, ImportError):
 def missing_extra(module: str, extra: str) -> MissingExtraError:
     """Build the error for a missing optional dependency, naming the pip extra to install."""
     return MissingExtraError(
-        f"the optional dependency {module!r} is not installed; install it with "
-        f"`pip install 'gridedge[{extra}]'`"
+        f"the optional dependency {module!r} is not installed; install it with `pip install 'gridedge[{extra}]'`"
     )

@@ -1,0 +1,283 @@
+"""MQTT payloads of API v1: pydantic models, topics, and the JSON Schemas published in ``docs/mqtt``.
+
+Every message a device publishes shares the :class:`Envelope` (schema version, message id, site, device,
+per-device sequence, UTC timestamp, ``is_historical``). A value that is not known is ``null``, never 0:
+fields that can be unknown are typed ``X | None`` and default to ``None``.
+
+Wire models list the content base first so that, in pydantic's field order, the envelope fields come
+first in every payload. The agent fills *content* models (:class:`SummaryContent`, :class:`AlertContent`,
+:class:`TelemetryContent`); the reporter wraps them into wire messages with the envelope and outbox state.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+SCHEMA_VERSION: Literal["1.0"] = "1.0"
+TOPIC_ROOT = "gridedge/v1"
+
+DeviceState = Literal["online", "offline", "degraded"]
+
+# How outbox overflow evicts: lowest priority first (telemetry), alerts last.
+DROP_PRIORITY: dict[str, int] = {"telemetry": 0, "summary": 1, "alert": 2}
+
+
+def device_topic(site: str, device: str, leaf: str) -> str:
+    """The topic of a device-level leaf (``status``, ``summary``, ``cmd/ping`` ...)."""
+    return f"{TOPIC_ROOT}/{site}/{device}/{leaf}"
+
+
+def new_message_id() -> str:
+    """A unique message id (UUID4, hex): receivers deduplicate on it."""
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Envelope(_Strict):
+    """Fields every device message carries."""
+
+    schema_version: Literal["1.0"] = Field(
+        SCHEMA_VERSION, description="Payload schema version; receivers reject majors they do not know."
+    )
+    message_id: str = Field(
+        default_factory=new_message_id,
+        min_length=8,
+        max_length=64,
+        description="Unique id of this message; a replay keeps it, receivers deduplicate on it.",
+    )
+    site: str = Field(..., description="Site id (same as the topic level).")
+    device: str = Field(..., description="Device id (same as the topic level).")
+    seq: int = Field(
+        ...,
+        ge=0,
+        description="Per-device sequence number; increases across restarts. Gaps are normal "
+        "(status messages and wills that were never sent consume numbers).",
+    )
+    ts: AwareDatetime = Field(default_factory=utc_now, description="When the message was created, UTC.")
+    is_historical: bool = Field(
+        False, description="True when the message is replayed from the outbox instead of sent live."
+    )
+
+    @field_validator("ts")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+class ModelInfo(_Strict):
+    """The model a device is running."""
+
+    name: str | None = Field(None, description="Model name from the bundle manifest.")
+    version: str | None = Field(None, description="Model semantic version.")
+    runtime: str | None = Field(None, description="Runtime executing it (tflite, onnx, baseline ...).")
+    precision: str | None = Field(None, description="Artefact precision (fp32, int8 ...).")
+
+
+class StatusMessage(Envelope):
+    """Retained device status: birth ``online`` on every connect, will ``offline``, ``degraded``."""
+
+    kind: Literal["status"] = "status"
+    state: DeviceState = Field(..., description="online, offline, or degraded (running on the fallback).")
+    reason: str | None = Field(None, description="Why the state was entered, when known.")
+    model: ModelInfo | None = Field(None, description="Model in use, when known.")
+    agent_version: str | None = Field(None, description="gridedge agent version.")
+
+
+class ChannelAggregate(_Strict):
+    """Aggregates of one input channel over the summary window; null when no valid sample."""
+
+    count: int = Field(..., ge=0, description="Valid samples in the window.")
+    missing: int = Field(0, ge=0, description="Samples missing or rejected in the window.")
+    mean: float | None = Field(None, description="Mean of valid samples.")
+    min: float | None = Field(None, description="Minimum of valid samples.")
+    max: float | None = Field(None, description="Maximum of valid samples.")
+    last: float | None = Field(None, description="Latest valid sample.")
+    unit: str | None = Field(None, description="Unit of the channel.")
+
+
+class Forecast(_Strict):
+    """The latest forecast of one target channel."""
+
+    target: str = Field(..., description="Target channel name.")
+    unit: str | None = Field(None, description="Unit of the values.")
+    origin: AwareDatetime = Field(..., description="Time of the last observed sample, UTC.")
+    step_s: float = Field(..., gt=0, description="Seconds between forecast steps.")
+    values: list[float | None] = Field(..., description="One value per horizon step; null when unknown.")
+
+
+class AnomalyStats(_Strict):
+    """Anomaly detection over the summary window."""
+
+    windows: int = Field(..., ge=0, description="Windows scored.")
+    anomalies: int = Field(..., ge=0, description="Windows whose score exceeded the threshold.")
+    max_score: float | None = Field(None, description="Highest score, when any window was scored.")
+    threshold: float | None = Field(None, description="Threshold in force.")
+
+
+class LatencyStats(_Strict):
+    """Inference latency percentiles over the summary window, milliseconds."""
+
+    count: int = Field(..., ge=0, description="Inferences measured.")
+    p50_ms: float | None = Field(None, description="Median latency.")
+    p95_ms: float | None = Field(None, description="95th percentile latency.")
+    p99_ms: float | None = Field(None, description="99th percentile latency.")
+    max_ms: float | None = Field(None, description="Worst latency.")
+
+
+class ChannelDrift(_Strict):
+    """Input drift of one channel versus the training statistics of the model."""
+
+    z_mean: float | None = Field(None, description="(window mean - training mean) / training std.")
+    std_ratio: float | None = Field(None, description="Window std / training std.")
+
+
+class DroppedCounts(_Strict):
+    """Messages dropped from the outbox by the overflow policy since the outbox was created."""
+
+    telemetry: int = Field(0, ge=0, description="Telemetry messages dropped.")
+    summary: int = Field(0, ge=0, description="Summaries dropped.")
+    alert: int = Field(0, ge=0, description="Alerts dropped.")
+
+
+class OutboxStats(_Strict):
+    """State of the device's outbox when the summary was made."""
+
+    depth: int = Field(..., ge=0, description="Messages waiting for acknowledgement.")
+    bytes: int = Field(..., ge=0, description="Payload bytes waiting.")
+    dropped: DroppedCounts = Field(default_factory=DroppedCounts, description="Overflow drops so far.")
+
+
+class SummaryContent(_Strict):
+    """What the agent reports periodically; the reporter adds envelope and outbox state."""
+
+    window_start: AwareDatetime = Field(..., description="Start of the summarised window, UTC.")
+    window_end: AwareDatetime = Field(..., description="End of the summarised window, UTC.")
+    channels: dict[str, ChannelAggregate] = Field(
+        default_factory=dict, description="Per-channel aggregates by channel name."
+    )
+    forecasts: list[Forecast] = Field(default_factory=list, description="Latest forecast per target.")
+    anomaly: AnomalyStats | None = Field(None, description="Anomaly counts, for anomaly models.")
+    model: ModelInfo | None = Field(None, description="Model in use.")
+    fallback_active: bool = Field(False, description="True while the baseline fallback replaces the model.")
+    latency: LatencyStats | None = Field(None, description="Inference latency percentiles.")
+    drift: dict[str, ChannelDrift] = Field(
+        default_factory=dict, description="Input drift per channel versus training statistics."
+    )
+    skipped_inferences: int = Field(0, ge=0, description="Inference cycles skipped (gaps, errors).")
+
+
+class SummaryMessage(SummaryContent, Envelope):
+    """Periodic summary as published."""
+
+    kind: Literal["summary"] = "summary"
+    outbox: OutboxStats = Field(..., description="Outbox depth and drops when the summary was made.")
+
+
+class AlertContent(_Strict):
+    """An event that needs attention now."""
+
+    severity: Literal["info", "warning", "critical"] = Field(..., description="How urgent.")
+    code: str = Field(
+        ..., min_length=1, max_length=64, description="Machine-readable cause, e.g. anomaly, model-fallback."
+    )
+    message: str = Field(..., description="Human-readable explanation.")
+    channel: str | None = Field(None, description="Channel concerned, when one is.")
+    value: float | None = Field(None, description="Observed value or score, when known.")
+    threshold: float | None = Field(None, description="Threshold crossed, when one was.")
+
+
+class AlertMessage(AlertContent, Envelope):
+    """Immediate alert as published."""
+
+    kind: Literal["alert"] = "alert"
+
+
+class TelemetryContent(_Strict):
+    """One set of raw channel samples."""
+
+    sample_ts: AwareDatetime = Field(..., description="When the samples were read, UTC.")
+    values: dict[str, float | None] = Field(..., description="Value per channel; null when missing.")
+
+
+class TelemetryMessage(TelemetryContent, Envelope):
+    """Rate-limited raw telemetry as published."""
+
+    kind: Literal["telemetry"] = "telemetry"
+
+
+class CommandRequest(_Strict):
+    """A command sent to ``gridedge/v1/{site}/{device}/cmd/{name}`` by an operator or the fleet."""
+
+    schema_version: Literal["1.0"] = Field(SCHEMA_VERSION, description="Payload schema version.")
+    request_id: str = Field(
+        default_factory=new_message_id,
+        min_length=1,
+        max_length=64,
+        description="Id echoed in the result so the caller can match replies (also without MQTT 5).",
+    )
+    ts: AwareDatetime = Field(default_factory=utc_now, description="When the command was sent, UTC.")
+    args: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Command arguments: set-log-level {level}; model-update {transfer_id, chunk_index, "
+        "chunk_count, total_bytes, sha256, data (base64)}.",
+    )
+
+
+class CommandResult(Envelope):
+    """The reply to a command, on ``cmd/{name}/result`` or the MQTT 5 response topic."""
+
+    kind: Literal["command-result"] = "command-result"
+    command: str = Field(..., description="Command name as received (may be unknown).")
+    request_id: str | None = Field(None, description="request_id of the request, when it could be read.")
+    outcome: Literal["ok", "error", "in-progress"] = Field(
+        ..., description="ok, error, or in-progress (a chunk of a transfer was stored)."
+    )
+    error: str | None = Field(None, description="What was wrong and what to do, when outcome is error.")
+    data: dict[str, JsonValue] = Field(default_factory=dict, description="Command-specific reply data.")
+
+
+# The models documented in docs/mqtt/schemas, by file stem.
+SCHEMA_MODELS: dict[str, type[BaseModel]] = {
+    "status": StatusMessage,
+    "summary": SummaryMessage,
+    "alert": AlertMessage,
+    "telemetry": TelemetryMessage,
+    "command-request": CommandRequest,
+    "command-result": CommandResult,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema (draft 2020-12) of every payload, keyed by schema file stem."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for stem, model in SCHEMA_MODELS.items():
+        schema = model.model_json_schema(mode="serialization")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"{stem}.schema.json"
+        schemas[stem] = schema
+    return schemas
+
+
+def write_json_schemas(directory: Path) -> list[Path]:
+    """Regenerate ``<stem>.schema.json`` files in ``directory`` (``docs/mqtt/schemas`` in the repo)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, schema in json_schemas().items():
+        path = directory / f"{stem}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,198 @@
+"""Durable outbox: every outgoing report is committed to SQLite (WAL) before it is sent.
+
+A row leaves the outbox only when the broker acknowledged it (PUBACK), so a broker outage, a killed
+process or a power cut loses nothing that was committed. The outbox also owns the per-device sequence
+counter, so numbering continues across restarts.
+
+The outbox is bounded by payload bytes. When an append would exceed the cap, the oldest telemetry is
+dropped first, then the oldest summaries, and alerts only last; every drop is counted per kind and the
+counts are persistent (they travel in the next summary).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edge_agent.errors import GridedgeError
+from edge_agent.messages import DROP_PRIORITY, DroppedCounts, OutboxStats
+
+OutboxKind = Literal["summary", "alert", "telemetry"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_eviction ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters (name, value) VALUES
+    ('next_seq', 0), ('dropped_telemetry', 0), ('dropped_summary', 0), ('dropped_alert', 0);
+"""
+
+
+class OutboxError(GridedgeError):
+    """The outbox cannot store a message (for example one larger than the whole byte cap)."""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One stored message waiting for its acknowledgement."""
+
+    row_id: int
+    message_id: str
+    kind: str
+    topic: str
+    payload: bytes
+
+
+_INSERT = (
+    "INSERT INTO outbox (seq, message_id, kind, priority, topic, payload, size) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+PayloadFactory = Callable[[int], tuple[str, bytes]]
+"""Builds (message_id, payload bytes) for a given sequence number, inside the outbox transaction."""
+
+
+class Outbox:
+    """SQLite-backed, byte-capped, thread-safe queue of outgoing messages plus the sequence counter."""
+
+    def __init__(self, path: Path, max_bytes: int, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"):
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by the caller and the MQTT network thread, serialised by our lock.
+        # Autocommit mode: a plain append is a single-statement transaction.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.executescript(_SCHEMA)
+            self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+            # The next sequence number is above every number stored in a row or recorded in the
+            # counter; the counter is brought up to date whenever rows leave the outbox.
+            stored = self._db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM outbox").fetchone()[0]
+            recorded = self._db.execute("SELECT value FROM counters WHERE name='next_seq'").fetchone()[0]
+            self._next_seq = max(int(stored), int(recorded))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _record_next_seq(self) -> None:
+        self._db.execute("UPDATE counters SET value=? WHERE name='next_seq'", (self._next_seq,))
+
+    def reserve_seq(self) -> int:
+        """Take the next sequence number for a message that is not stored (status, will, reply)."""
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            self._record_next_seq()
+        return seq
+
+    def append(self, kind: OutboxKind, topic: str, make_payload: PayloadFactory) -> OutboxRow:
+        """Number, store and commit a message; evict by the overflow policy when the cap is reached."""
+        with self._lock:
+            seq = self._next_seq
+            message_id, payload = make_payload(seq)
+            size = len(payload)
+            if size > self.max_bytes:
+                raise OutboxError(
+                    f"a {kind} message of {size} bytes exceeds the whole outbox cap of "
+                    f"{self.max_bytes} bytes; raise outbox.max_bytes or send smaller messages"
+                )
+            row = (seq, message_id, kind, DROP_PRIORITY[kind], topic, payload, size)
+            if self._bytes + size <= self.max_bytes:
+                cursor = self._db.execute(_INSERT, row)
+            else:
+                with self._transaction():
+                    freed = self._evict_for(size)
+                    cursor = self._db.execute(_INSERT, row)
+                self._bytes -= freed
+            self._next_seq += 1
+            self._bytes += size
+            row_id = cursor.lastrowid
+            assert row_id is not None  # an INSERT into a rowid table always sets it
+            return OutboxRow(row_id, message_id, kind, topic, payload)
+
+    def _evict_for(self, incoming: int) -> int:
+        excess = self._bytes + incoming - self.max_bytes
+        victims: list[tuple[int, str, int]] = []
+        freed = 0
+        for row_id, kind, size in self._db.execute("SELECT id, kind, size FROM outbox ORDER BY priority, id"):
+            victims.append((row_id, kind, size))
+            freed += size
+            if freed >= excess:
+                break
+        self._db.executemany("DELETE FROM outbox WHERE id=?", [(row_id,) for row_id, _, _ in victims])
+        for kind in DROP_PRIORITY:
+            dropped = sum(1 for _, victim_kind, _ in victims if victim_kind == kind)
+            if dropped:
+                self._db.execute(
+                    "UPDATE counters SET value=value+? WHERE name=?", (dropped, f"dropped_{kind}")
+                )
+        self._record_next_seq()
+        return freed
+
+    def acknowledge(self, row_ids: list[int]) -> None:
+        """Delete acknowledged rows (the broker has them now)."""
+        if not row_ids:
+            return
+        marks = ", ".join("?" for _ in row_ids)
+        with self._lock:
+            with self._transaction():
+                freed = self._db.execute(
+                    f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE id IN ({marks})", row_ids
+                ).fetchone()[0]
+                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", row_ids)
+                self._record_next_seq()
+            self._bytes -= int(freed)
+
+    def pending(self, after_row_id: int, limit: int) -> list[OutboxRow]:
+        """Stored rows with an id above ``after_row_id``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, message_id, kind, topic, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after_row_id, limit),
+            ).fetchall()
+        return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), str(r[3]), bytes(r[4])) for r in rows]
+
+    def dropped(self) -> DroppedCounts:
+        """Overflow drops per kind since the outbox file was created."""
+        with self._lock:
+            counts = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return DroppedCounts(
+            telemetry=counts["dropped_telemetry"],
+            summary=counts["dropped_summary"],
+            alert=counts["dropped_alert"],
+        )
+
+    def stats(self) -> OutboxStats:
+        """Depth, bytes and drop counts, as carried in every summary."""
+        with self._lock:
+            depth = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            stored = self._bytes
+        return OutboxStats(depth=depth, bytes=stored, dropped=self.dropped())
+
+    def close(self) -> None:
+        """Close the database (pending rows stay for the next start)."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,284 @@
+"""Remote commands: ``gridedge/v1/{site}/{device}/cmd/{name}`` in, a result on ``cmd/{name}/result``.
+
+:class:`CommandProcessor` turns one request payload into one :class:`CommandReply` and never raises:
+malformed JSON, unknown commands, bad arguments and failing handlers all become error replies.
+The MQTT reporter subscribes, runs the processor off the network thread and publishes the replies
+(on the MQTT 5 response topic with the correlation data when the request carried them).
+
+The agent plugs in what only it can do through two small protocols:
+
+* :class:`AgentControl` answers ``status`` and ``reload-config``;
+* :class:`ModelUpdater` verifies and swaps bundles for ``model-update`` and ``rollback``.
+
+``model-update`` carries a signed bundle archive, base64 in ``args.data``, split into chunks when large
+(:func:`model_update_requests` builds them). Chunks are staged on disk; when the last one is in, the
+archive's size and sha256 are checked and the file is handed to :meth:`ModelUpdater.apply`, which must
+verify signature and hashes, self-test, swap atomically and keep the previous bundle, or raise a
+:class:`~edge_agent.errors.GridedgeError` (e.g. ``BundleError``) saying why it refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from edge_agent.errors import GridedgeError
+from edge_agent.fsutil import atomic_write_bytes
+from edge_agent.messages import CommandRequest, ModelInfo
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("ping", "status", "reload-config", "set-log-level", "rollback", "model-update")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class UpdateOutcome(BaseModel):
+    """What a model swap or rollback did."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    active: ModelInfo = Field(..., description="The model running now.")
+    previous: ModelInfo | None = Field(None, description="The model kept for rollback, if any.")
+    message: str = Field("", description="Human-readable account of what happened.")
+
+
+@runtime_checkable
+class ModelUpdater(Protocol):
+    """Verifies and installs model bundles on behalf of the ``model-update`` and ``rollback`` commands."""
+
+    def apply(self, archive: Path) -> UpdateOutcome:
+        """Install the bundle archive at ``archive``: verify signature and hashes, self-test, swap
+        atomically keeping the previous bundle. Raise a GridedgeError to refuse; the running model
+        must then stay in place. The archive file is deleted after the call returns."""
+
+    def rollback(self) -> UpdateOutcome:
+        """Go back to the previous bundle; raise a GridedgeError when there is none."""
+
+
+@runtime_checkable
+class AgentControl(Protocol):
+    """Agent hooks for the ``status`` and ``reload-config`` commands."""
+
+    def status_report(self) -> dict[str, JsonValue]:
+        """A JSON-able snapshot of the agent (state, model, last cycle ...)."""
+
+    def reload_config(self) -> str:
+        """Re-read the configuration and apply it; raise a ConfigError to refuse. Returns a summary."""
+
+
+class ModelUpdateChunk(BaseModel):
+    """Arguments of one ``model-update`` request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transfer_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Id shared by all chunks.")
+    chunk_index: int = Field(..., ge=0, description="Position of this chunk, from 0.")
+    chunk_count: int = Field(..., ge=1, le=100_000, description="Number of chunks in the transfer.")
+    total_bytes: int = Field(..., ge=1, description="Size of the whole archive.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="sha256 of the whole archive, hex.")
+    data: str = Field(..., description="This chunk's bytes, base64.")
+
+
+class SetLogLevelArgs(BaseModel):
+    """Arguments of ``set-log-level``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: str = Field(..., description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    logger: str = Field("", description="Logger name; empty for the root logger.")
+
+
+@dataclass
+class CommandReply:
+    """The outcome of one command, before the reporter wraps it into a CommandResult message."""
+
+    command: str
+    outcome: str
+    request_id: str | None = None
+    error: str | None = None
+    data: dict[str, JsonValue] = field(default_factory=dict)
+
+
+def model_update_requests(archive: bytes, chunk_bytes: int = 256 * 1024) -> list[CommandRequest]:
+    """Split a bundle archive into ``model-update`` requests (what an operator tool publishes)."""
+    digest = hashlib.sha256(archive).hexdigest()
+    transfer_id = digest[:16] + f"-{int(time.time())}"
+    chunks = [archive[i : i + chunk_bytes] for i in range(0, len(archive), chunk_bytes)]
+    return [
+        CommandRequest(
+            args={
+                "transfer_id": transfer_id,
+                "chunk_index": index,
+                "chunk_count": len(chunks),
+                "total_bytes": len(archive),
+                "sha256": digest,
+                "data": base64.b64encode(chunk).decode("ascii"),
+            }
+        )
+        for index, chunk in enumerate(chunks)
+    ]
+
+
+class CommandProcessor:
+    """Executes command requests; every request gets exactly one reply and nothing is raised."""
+
+    def __init__(
+        self,
+        staging_dir: Path,
+        max_update_bytes: int,
+        control: AgentControl | None = None,
+        updater: ModelUpdater | None = None,
+    ):
+        self.staging_dir = staging_dir
+        self.max_update_bytes = max_update_bytes
+        self.control = control
+        self.updater = updater
+        self._started = time.monotonic()
+
+    def handle(self, command: str, payload: bytes) -> CommandReply:
+        """Run one command given its name (topic level) and raw payload."""
+        try:
+            request = CommandRequest.model_validate_json(payload)
+        except ValidationError as exc:
+            request_id = _salvage_request_id(payload)
+            problem = "is not JSON" if _is_not_json(payload) else f"is invalid: {_first_error(exc)}"
+            return CommandReply(
+                command,
+                "error",
+                request_id,
+                f"the request payload {problem}; send a JSON object like "
+                '{"schema_version": "1.0", "request_id": "...", "args": {...}}',
+            )
+        if command not in COMMANDS:
+            return CommandReply(
+                command,
+                "error",
+                request.request_id,
+                f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}",
+            )
+        try:
+            outcome, data = self._dispatch(command, request)
+        except ValidationError as exc:
+            return CommandReply(
+                command, "error", request.request_id, f"bad arguments for {command}: {_first_error(exc)}"
+            )
+        except GridedgeError as exc:
+            return CommandReply(command, "error", request.request_id, str(exc))
+        except Exception as exc:  # a failing hook must not take the agent down: report it instead
+            logger.exception("command %s failed", command)
+            return CommandReply(
+                command,
+                "error",
+                request.request_id,
+                f"internal error while running {command}: {exc!r}; see the agent log",
+            )
+        return CommandReply(command, outcome, request.request_id, None, data)
+
+    def _dispatch(self, command: str, request: CommandRequest) -> tuple[str, dict[str, JsonValue]]:
+        if command == "ping":
+            return "ok", {"pong": True, "uptime_s": round(time.monotonic() - self._started, 3)}
+        if command == "set-log-level":
+            args = SetLogLevelArgs.model_validate(request.args)
+            level = args.level.upper()
+            if level not in LOG_LEVELS:
+                raise GridedgeError(f"unknown log level {args.level!r}; use one of {', '.join(LOG_LEVELS)}")
+            logging.getLogger(args.logger or None).setLevel(level)
+            return "ok", {"logger": args.logger or "root", "level": level}
+        if command in ("status", "reload-config"):
+            if self.control is None:
+                raise GridedgeError(f"this agent does not support {command} (no control hooks installed)")
+            if command == "status":
+                return "ok", self.control.status_report()
+            return "ok", {"message": self.control.reload_config()}
+        if self.updater is None:
+            raise GridedgeError(f"this agent does not support {command} (no model updater installed)")
+        if command == "rollback":
+            return "ok", self.updater.rollback().model_dump(mode="json")
+        return self._model_update(ModelUpdateChunk.model_validate(request.args))
+
+    def _model_update(self, chunk: ModelUpdateChunk) -> tuple[str, dict[str, JsonValue]]:
+        assert self.updater is not None  # checked by _dispatch
+        if chunk.total_bytes > self.max_update_bytes:
+            raise GridedgeError(
+                f"the update announces {chunk.total_bytes} bytes, more than max_update_bytes="
+                f"{self.max_update_bytes}; raise the limit or send a smaller bundle"
+            )
+        if chunk.chunk_index >= chunk.chunk_count:
+            raise GridedgeError(
+                f"chunk_index {chunk.chunk_index} is out of range for chunk_count {chunk.chunk_count}"
+            )
+        try:
+            data = base64.b64decode(chunk.data, validate=True)
+        except binascii.Error as exc:
+            raise GridedgeError(f"chunk {chunk.chunk_index} data is not valid base64 ({exc})") from exc
+        transfer_dir = self.staging_dir / chunk.transfer_id
+        self._forget_other_transfers(chunk.transfer_id)
+        atomic_write_bytes(transfer_dir / f"{chunk.chunk_index:06d}.part", data)
+        received = sorted(transfer_dir.glob("*.part"))
+        progress: dict[str, JsonValue] = {
+            "transfer_id": chunk.transfer_id,
+            "received_chunks": len(received),
+            "chunk_count": chunk.chunk_count,
+        }
+        if len(received) < chunk.chunk_count:
+            return "in-progress", progress
+        try:
+            archive = transfer_dir / "archive.bin"
+            hasher = hashlib.sha256()
+            with archive.open("wb") as out:
+                for part in received:
+                    data = part.read_bytes()
+                    hasher.update(data)
+                    out.write(data)
+            size = archive.stat().st_size
+            digest = hasher.hexdigest()
+            if size != chunk.total_bytes or digest != chunk.sha256:
+                raise GridedgeError(
+                    f"the assembled archive has {size} bytes and sha256 {digest[:12]}..., expected "
+                    f"{chunk.total_bytes} bytes and {chunk.sha256[:12]}...; resend the whole transfer"
+                )
+            outcome = self.updater.apply(archive)
+        finally:
+            shutil.rmtree(transfer_dir, ignore_errors=True)
+        return "ok", {**progress, **outcome.model_dump(mode="json")}
+
+    def _forget_other_transfers(self, transfer_id: str) -> None:
+        # One transfer at a time: a new transfer id abandons older partial ones so disk use stays bounded.
+        if not self.staging_dir.is_dir():
+            return
+        for stale in self.staging_dir.iterdir():
+            if stale.is_dir() and stale.name != transfer_id:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _is_not_json(payload: bytes) -> bool:
+    try:
+        json.loads(payload)
+    except ValueError:
+        return True
+    return False
+
+
+def _salvage_request_id(payload: bytes) -> str | None:
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        return None
+    request_id = document.get("request_id") if isinstance(document, dict) else None
+    return request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "payload"
+    return f"{where}: {error['msg']}"

@@ -1,0 +1,75 @@
+"""The SQLite outbox on its own: sequence persistence, overflow policy, acknowledgement."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from edge_agent.outbox import Outbox, OutboxError, OutboxKind, PayloadFactory
+
+
+def payload_of(size: int) -> PayloadFactory:
+    def make(seq: int) -> tuple[str, bytes]:
+        return uuid.uuid4().hex, f"{seq:08d}".encode().ljust(size, b".")
+
+    return make
+
+
+def add(outbox: Outbox, kind: OutboxKind, size: int = 100) -> int:
+    return outbox.append(kind, f"t/{kind}", payload_of(size)).row_id
+
+
+def test_sequence_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    first = Outbox(path, 10_000)
+    seqs = [int(first.append("alert", "t", payload_of(20)).payload[:8]) for _ in range(3)]
+    assert seqs == [0, 1, 2]
+    assert first.reserve_seq() == 3
+    first.close()
+    again = Outbox(path, 10_000)
+    assert again.reserve_seq() == 4
+    assert [row.payload[:8] for row in again.pending(0, 10)] == [b"00000000", b"00000001", b"00000002"]
+    assert again.stats().depth == 3 and again.stats().bytes == 60
+
+
+def test_overflow_drops_oldest_telemetry_then_summaries_then_alerts(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=1000)
+    alerts = [add(outbox, "alert") for _ in range(2)]
+    summaries = [add(outbox, "summary") for _ in range(3)]
+    telemetry = [add(outbox, "telemetry") for _ in range(5)]
+    assert outbox.stats().bytes == 1000 and outbox.dropped().telemetry == 0
+
+    newest_summary = add(outbox, "summary", 250)  # needs 250 bytes: three oldest telemetry go
+    kept = {row.row_id for row in outbox.pending(0, 100)}
+    assert not kept & set(telemetry[:3]) and set(telemetry[3:]) <= kept
+    assert outbox.dropped().model_dump() == {"telemetry": 3, "summary": 0, "alert": 0}
+
+    add(outbox, "alert", 300)  # two telemetry left (200 bytes), then the oldest summary
+    kept = {row.row_id for row in outbox.pending(0, 100)}
+    assert not kept & set(telemetry) and summaries[0] not in kept
+    assert set(alerts) <= kept and newest_summary in kept
+    assert outbox.dropped().model_dump() == {"telemetry": 5, "summary": 1, "alert": 0}
+
+    add(outbox, "alert", 950)  # every summary goes, and only then the oldest alerts
+    assert outbox.dropped().model_dump() == {"telemetry": 5, "summary": 4, "alert": 3}
+    assert outbox.stats().bytes <= 1000
+
+
+def test_a_message_larger_than_the_cap_is_refused_without_side_effects(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=500)
+    add(outbox, "telemetry")
+    with pytest.raises(OutboxError, match="exceeds the whole outbox cap"):
+        add(outbox, "alert", 600)
+    assert outbox.stats().depth == 1 and outbox.stats().bytes == 100
+    assert outbox.dropped().telemetry == 0
+
+
+def test_acknowledge_deletes_and_frees_bytes(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=10_000)
+    rows = [add(outbox, "summary") for _ in range(4)]
+    outbox.acknowledge([*rows[:2], 999])  # an unknown row (already evicted) is ignored
+    assert [row.row_id for row in outbox.pending(0, 10)] == rows[2:]
+    assert outbox.stats().bytes == 200
+    assert [row.row_id for row in outbox.pending(rows[2], 10)] == rows[3:]
