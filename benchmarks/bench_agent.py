@@ -32,7 +32,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
-REGISTERS = REPO / "firmware_configs" / "registers"
 
 
 def build_bundles(workdir: Path) -> dict[str, Path]:
@@ -59,35 +58,19 @@ def build_bundles(workdir: Path) -> dict[str, Path]:
 
 
 def agent_config(workdir: Path, bundle: Path, runtime: str, port: int, cadence: float, cycles: int) -> Path:
-    raw = {
-        "site": "bench",
-        "device": runtime,
-        "state_dir": str(workdir / f"state-{runtime}"),
-        "bundle": {"path": str(bundle), "public_key": str(workdir / "keys" / "bundle-signing.pub")},
-        "runtime": {"type": runtime},
-        "sensors": [
-            {
-                "type": "modbus_tcp",
-                "name": "site",
-                "port": port,
-                "devices": [
-                    {"name": "meter", "unit_id": 3, "register_map": str(REGISTERS / "load_meter.yaml")},
-                    {"name": "battery", "unit_id": 2, "register_map": str(REGISTERS / "battery_bms.yaml")},
-                ],
-            }
-        ],
-        "channels": {
-            "Global_active_power": {"source": "meter.active_power", "scale": 0.001},
-            "Global_reactive_power": {"source": "meter.reactive_power", "scale": 0.001},
-            "Voltage": "meter.voltage",
-            "Global_intensity": "meter.current",
-            "Sub_metering_1": "meter.sub_metering_1",
-            "Sub_metering_2": "meter.sub_metering_2",
-            "Sub_metering_3": "meter.sub_metering_3",
-        },
-        "clock": {"source": "sensor", "channel": "meter.clock"},
-        "loop": {"cadence_s": cadence, "max_cycles": cycles},
-    }
+    from gridedge.sites import site_values
+
+    raw = site_values("simulated-household", port)
+    raw.update(
+        {
+            "site": "bench",
+            "device": runtime,
+            "state_dir": str(workdir / f"state-{runtime}"),
+            "bundle": {"path": str(bundle), "public_key": str(workdir / "keys" / "bundle-signing.pub")},
+            "runtime": {"type": runtime},
+            "loop": {"cadence_s": cadence, "max_cycles": cycles},
+        }
+    )
     path = workdir / f"agent-{runtime}.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     return path

@@ -178,44 +178,18 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
 
 
 def _site_values(site_port: int, broker_port: int, cycles: int) -> dict[str, Any]:
-    return {
-        "site": "demo-hut",
-        "device": "controller-1",
-        "state_dir": "state",
-        "sensors": [
-            {
-                "type": "modbus_tcp",
-                "name": "site",
-                "host": "127.0.0.1",
-                "port": site_port,
-                "devices": [
-                    {
-                        "name": "meter",
-                        "unit_id": 3,
-                        "register_map": str(REPO / "firmware_configs" / "registers" / "load_meter.yaml"),
-                    },
-                    {
-                        "name": "battery",
-                        "unit_id": 2,
-                        "register_map": str(REPO / "firmware_configs" / "registers" / "battery_bms.yaml"),
-                    },
-                ],
-            }
-        ],
-        "channels": {
-            "Global_active_power": {"source": "meter.active_power", "scale": 0.001},
-            "Global_reactive_power": {"source": "meter.reactive_power", "scale": 0.001},
-            "Voltage": "meter.voltage",
-            "Global_intensity": "meter.current",
-            "Sub_metering_1": "meter.sub_metering_1",
-            "Sub_metering_2": "meter.sub_metering_2",
-            "Sub_metering_3": "meter.sub_metering_3",
-        },
-        "clock": {"source": "sensor", "channel": "meter.clock"},
-        "loop": {"cadence_s": CADENCE_S, "max_cycles": cycles},
-        "mqtt": {"broker": {"host": "127.0.0.1", "port": broker_port}, "summary_interval_s": 2.0},
-        "log_level": "WARNING",
-    }
+    from gridedge.sites import site_values
+
+    values = site_values("simulated-household", site_port)
+    values.update(
+        {
+            "state_dir": "state",
+            "loop": {"cadence_s": CADENCE_S, "max_cycles": cycles},
+            "mqtt": {"broker": {"host": "127.0.0.1", "port": broker_port}, "summary_interval_s": 2.0},
+            "log_level": "WARNING",
+        }
+    )
+    return values
 
 
 def _plot_last_forecast(summaries: list[dict[str, Any]], path: Path) -> float | None:

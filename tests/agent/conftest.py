@@ -19,17 +19,9 @@ import yaml
 from edge_agent.config import AgentConfig
 from edge_agent.keys import load_private_key, new_keypair
 from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.sites import site_values
 
 REPO = Path(__file__).resolve().parents[2]
-W1_CHANNELS = {
-    "Global_active_power": {"source": "meter.active_power", "scale": 0.001},
-    "Global_reactive_power": {"source": "meter.reactive_power", "scale": 0.001},
-    "Voltage": "meter.voltage",
-    "Global_intensity": "meter.current",
-    "Sub_metering_1": "meter.sub_metering_1",
-    "Sub_metering_2": "meter.sub_metering_2",
-    "Sub_metering_3": "meter.sub_metering_3",
-}
 
 
 def tiny_w1_config() -> dict[str, Any]:
@@ -110,31 +102,17 @@ def make_config() -> Any:
 
 def agent_config(tmp_path: Path, bundle: Path, keys: Path, port: int, runtime: str, **overrides: Any) -> AgentConfig:
     """An agent reading the site's meter over Modbus TCP, on the site's clock."""
-    raw: dict[str, Any] = {
-        "site": "test-site",
-        "device": "ctrl-1",
-        "state_dir": str(tmp_path / "state"),
-        "bundle": {"path": str(bundle), "public_key": str(keys / "bundle-signing.pub")},
-        "runtime": {"type": runtime},
-        "sensors": [
-            {
-                "type": "modbus_tcp",
-                "name": "site",
-                "port": port,
-                "devices": [
-                    {
-                        "name": "meter",
-                        "unit_id": 3,
-                        "register_map": str(REPO / "firmware_configs" / "registers" / "load_meter.yaml"),
-                        "timeout_s": 0.3,
-                        "retries": 1,
-                    }
-                ],
-            }
-        ],
-        "channels": W1_CHANNELS,
-        "clock": {"source": "sensor", "channel": "meter.clock"},
-        "loop": {"cadence_s": 0.01, "retry_every": 2, "recover_after": 2},
-    }
+    raw = site_values("simulated-household", port, devices=("meter",))
+    raw["sensors"][0]["devices"][0].update({"timeout_s": 0.3, "retries": 1})
+    raw.update(
+        {
+            "site": "test-site",
+            "device": "ctrl-1",
+            "state_dir": str(tmp_path / "state"),
+            "bundle": {"path": str(bundle), "public_key": str(keys / "bundle-signing.pub")},
+            "runtime": {"type": runtime},
+            "loop": {"cadence_s": 0.01, "retry_every": 2, "recover_after": 2},
+        }
+    )
     raw.update(overrides)
     return AgentConfig.model_validate(raw)

@@ -13,43 +13,15 @@ from typer.testing import CliRunner
 from edge_agent.keys import new_keypair
 from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 from gridedge.cli import app
+from gridedge.sites import site_values
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _site_values(tmp_path: Path, port: int, broker_port: int = 1) -> Path:
-    values = {
-        "site": "alpine-hut",
-        "device": "ctrl-1",
-        "sensors": [
-            {
-                "type": "modbus_tcp",
-                "name": "site",
-                "port": port,
-                "devices": [
-                    {
-                        "name": "meter",
-                        "unit_id": 3,
-                        "register_map": str(REPO / "firmware_configs" / "registers" / "load_meter.yaml"),
-                        "timeout_s": 0.3,
-                        "retries": 0,
-                    }
-                ],
-            }
-        ],
-        "channels": {
-            "Global_active_power": {"source": "meter.active_power", "scale": 0.001},
-            "Global_reactive_power": {"source": "meter.reactive_power", "scale": 0.001},
-            "Voltage": "meter.voltage",
-            "Global_intensity": "meter.current",
-            "Sub_metering_1": "meter.sub_metering_1",
-            "Sub_metering_2": "meter.sub_metering_2",
-            "Sub_metering_3": "meter.sub_metering_3",
-        },
-        "clock": {"source": "sensor", "channel": "meter.clock"},
-        "mqtt": {"broker": {"host": "127.0.0.1", "port": broker_port}},
-    }
+    values = site_values("simulated-household", port, devices=("meter",))
+    values["sensors"][0]["devices"][0].update({"timeout_s": 0.3, "retries": 0})
+    values["mqtt"] = {"broker": {"host": "127.0.0.1", "port": broker_port}}
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
