@@ -130,6 +130,15 @@ class _ChannelWindow:
         )
 
 
+@dataclass(frozen=True)
+class AnomalyVerdict:
+    """The anomaly judgement of the newest window: its score (None for the rule fallback) and verdict."""
+
+    score: float | None
+    over: bool
+    detector: str
+
+
 @dataclass
 class AgentHealth:
     """Counters the agent keeps for summaries and `agent doctor`."""
@@ -181,6 +190,7 @@ class Agent:
         self._last_site_clock: tuple[float, float] | None = None
         self.latest_forecasts: list[Forecast] = []
         self.latest_prediction: Prediction | None = None
+        self.latest_anomaly: AnomalyVerdict | None = None
         self.anomaly_active = False
         self._started_at = time.monotonic()
         self._state: str | None = None
@@ -360,6 +370,8 @@ class Agent:
                 window = self._channel_windows.setdefault(name, _ChannelWindow(unit=cv.unit))
                 window.add(cv.value if cv.usable else math.nan)
             self._watch_flags(reading)
+        if self.config.clock.source == "reading" and readings:
+            return readings[0].timestamp, merged
         return self._site_time(merged), merged
 
     def _site_time(self, values: dict[str, float]) -> float:
@@ -369,7 +381,7 @@ class Agent:
         from its last good value; jumping to the device clock instead would put readings into another
         period (or another year) and stall the window.
         """
-        if self.config.clock.source == "system":
+        if self.config.clock.source != "sensor":
             return self._wall_clock()
         assert self.config.clock.channel is not None
         stamp = values.get(self.config.clock.channel, math.nan)
@@ -519,6 +531,7 @@ class Agent:
                 rolling_zscore_flags(target, len(target) - 1, FALLBACK_Z_THRESHOLD)[-1]
                 or stale_value_flags(target, FALLBACK_STALE_STEPS)[-1]
             )
+        self.latest_anomaly = AnomalyVerdict(score=_finite_or_none(score), over=over, detector=prediction.source)
         self._anomaly_windows += 1
         self._anomaly_count += int(over)
         if math.isfinite(score):

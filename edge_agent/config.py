@@ -44,8 +44,11 @@ class BundleSection(_Section):
 class ClockSection(_Section):
     """Which clock labels the samples: the device's own, or one a sensor serves (e.g. a site controller)."""
 
-    source: Literal["system", "sensor"] = Field(
-        default="system", title="Clock source", description="system: the device clock (UTC); sensor: a channel."
+    source: Literal["system", "sensor", "reading"] = Field(
+        default="system",
+        title="Clock source",
+        description="system: the device clock (UTC); sensor: a channel holding UTC seconds; reading: the time "
+        "the first sensor source stamps on its readings (a replay's data time).",
     )
     channel: str | None = Field(
         default=None,

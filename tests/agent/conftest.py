@@ -116,3 +116,25 @@ def agent_config(tmp_path: Path, bundle: Path, keys: Path, port: int, runtime: s
     )
     raw.update(overrides)
     return AgentConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def anomaly_bundle(tmp_path_factory: pytest.TempPathFactory, exported: Bundles) -> Path:
+    """The trainer's W3 autoencoder (a few epochs), exported to LiteRT int8 and signed."""
+    from export.pipeline import ExportOptions, export_bundle
+    from export.run_loader import load_source
+    from trainer.config import parse_config
+    from trainer.training import train
+
+    root = tmp_path_factory.mktemp("w3")
+    raw = yaml.safe_load((REPO / "configs" / "w3_anomaly.yaml").read_text())
+    raw["name"] = "w3-agent-test"
+    raw["training"].update({"epochs": 3, "patience": 1})
+    train(parse_config(raw), "keras", root / "run", plots=False)
+    result = export_bundle(
+        load_source(root / "run"),
+        root / "bundle",
+        load_private_key(exported.keys / "bundle-signing.key"),
+        ExportOptions(name="w3-keras", targets=("litert",), max_degradation=1.0, latency_runs=20),
+    )
+    return result.bundle_dir
