@@ -52,7 +52,8 @@ def _step(text: str) -> None:
 def _gridedge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "gridedge.cli", *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "150"})
-    console.print(result.stdout.rstrip(), highlight=False, markup=False)
+    sys.stdout.write(result.stdout)  # already laid out by the subcommand's own console
+    sys.stdout.flush()
     if check and result.returncode != 0:
         console.print(result.stderr[-3000:], markup=False)
         raise RuntimeError(f"`gridedge {' '.join(args)}` failed with exit code {result.returncode}")

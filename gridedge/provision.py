@@ -29,6 +29,7 @@ from edge_agent.config import AgentConfig, format_validation_error, load_config
 from edge_agent.errors import ConfigError, IntegrityError
 from edge_agent.fsutil import atomic_write_text
 from edge_agent.keys import PUBLIC_KEY_NAME, load_public_key
+from edge_agent.runtimes.registry import PRECISION_PREFERENCE
 
 PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_configs"
 RUNTIME_ARTEFACTS = {"litert": "tflite", "onnxruntime": "onnx"}
@@ -120,7 +121,8 @@ def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target: str)
             f"bundle {bundle.manifest.name} {bundle.manifest.version} has no {wanted} artefact proven on "
             f"{target!r} (it has {have}); re-export with `gridedge export --target {target}`"
         )
-    return proven[0].file
+    # The same preference the device applies when it loads the bundle (most compact proven precision).
+    return min(proven, key=lambda a: PRECISION_PREFERENCE.index(a.precision)).file
 
 
 def provision(

@@ -54,6 +54,7 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
                  "--public-key", str(public_key), "--out", str(device)],
             )  # fmt: skip
             assert made.exit_code == 0, made.output
+            assert "will run w1-keras.int8.tflite" in _plain(made.output)
             assert {p.name for p in device.iterdir()} >= {"config.yaml", "bundle", "keys", "registers", "systemd"}
             config = yaml.safe_load((device / "config.yaml").read_text())
             assert config["sensors"][0]["devices"][0]["register_map"] == "registers/load_meter.yaml"
