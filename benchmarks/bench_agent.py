@@ -60,7 +60,7 @@ def build_bundles(workdir: Path) -> dict[str, Path]:
 def agent_config(workdir: Path, bundle: Path, runtime: str, port: int, cadence: float, cycles: int) -> Path:
     from gridedge.sites import site_values
 
-    raw = site_values("simulated-household", port)
+    raw = site_values("simulated-household", port, devices=("meter", "battery"))
     raw.update(
         {
             "site": "bench",

@@ -30,7 +30,7 @@ from edge_agent.baselines import persistence, seasonal_naive
 from edge_agent.bundle import Bundle
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BundleError, ConfigError
-from edge_agent.features import FeaturePipeline, fill_gaps
+from edge_agent.features import DERIVED_CHANNELS, FeaturePipeline, derive_channels, fill_gaps
 from edge_agent.health import LatencyStats
 from edge_agent.messages import (
     AlertContent,
@@ -228,10 +228,10 @@ class Agent:
                 "signed with the fleet key into bundle.path (see `gridedge agent doctor`)"
             )
         spec = self.supervisor.bundle.manifest.input
-        if spec.known_future_channels:
+        if not spec.future_is_derivable:
             raise ConfigError(
-                f"this agent cannot supply the known-future channels {list(spec.future_channel_names)} the "
-                "model needs on the device; deploy a model without known-future inputs"
+                f"the model needs known-future channels {list(spec.future_channel_names)} that the device "
+                f"cannot compute (it derives {sorted(DERIVED_CHANNELS)}); deploy a model without them"
             )
         channels = spec.past_channel_names
         self.aggregator = SampleAggregator(channels, spec.sample_period_s)
@@ -464,11 +464,17 @@ class Agent:
         assert self.supervisor.pipeline is not None and self.supervisor.bundle is not None
         spec = self.supervisor.pipeline.spec
         raw, starts = self.buffer.window()
+        derived = spec.derived_past_channels
+        if derived:
+            columns = [spec.past_channel_names.index(name) for name in derived]
+            raw[:, columns] = derive_channels(derived, starts, spec.location)
         self._drift_samples.append(raw[-1])
-        future_ts = None
+        future_ts = future = None
         if spec.is_forecast:
             future_ts = (starts[-1] + spec.sample_period_s * np.arange(1, spec.horizon_steps + 1))[np.newaxis]
-        inputs = self.supervisor.pipeline.build(raw, starts, None, future_ts)
+            if spec.known_future_channels:
+                future = derive_channels(spec.future_channel_names, future_ts, spec.location)
+        inputs = self.supervisor.pipeline.build(raw, starts, future, future_ts)
         if not inputs.valid[0]:
             # The model cannot see this window, but the site still needs a decision: the baseline
             # (with its last-resort fill) makes it, and the skip is counted with its reason.

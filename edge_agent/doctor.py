@@ -86,7 +86,8 @@ def _channel_map_check(config: AgentConfig, seen: dict[str, float]) -> Check:
         bundle = read_bundle(config.bundle.path, public_key)
     except GridedgeError:
         return Check("channel map", "skip", "needs a valid bundle (see below)")
-    needed = {c: config.channel_link(c).source for c in bundle.manifest.input.past_channel_names}
+    spec = bundle.manifest.input
+    needed = {c: config.channel_link(c).source for c in spec.past_channel_names if c not in spec.derived_past_channels}
     absent = {m: s for m, s in needed.items() if s not in seen}
     if absent:
         return Check(

@@ -213,6 +213,36 @@ def calendar_features(timestamps_utc: NDArray[np.integer], timezone: str) -> Flo
     )
 
 
+class SiteLocation(_Strict):
+    """Where the site is: what derived astronomical channels are computed for."""
+
+    latitude: float = Field(ge=-90, le=90, title="Latitude", description="Degrees north.")
+    longitude: float = Field(ge=-180, le=180, title="Longitude", description="Degrees east (west is negative).")
+
+
+def _clear_sky_ghi(timestamps_utc: NDArray[np.integer], location: SiteLocation) -> FloatArray:
+    from edge_agent.solar import clear_sky_ghi
+
+    return clear_sky_ghi(timestamps_utc, location.latitude, location.longitude)
+
+
+# Channels computed from the timestamp and the site's location, identically in training and on the device.
+DERIVED_CHANNELS = {"clear_sky_ghi": _clear_sky_ghi}
+
+
+def derive_channels(
+    names: Sequence[str], timestamps_utc: NDArray[np.integer], location: SiteLocation | None
+) -> FloatArray:
+    """Values ``(*timestamps.shape, len(names))`` of derived channels (e.g. ``clear_sky_ghi``)."""
+    unknown = [n for n in names if n not in DERIVED_CHANNELS]
+    if unknown:
+        raise FeatureError(f"channel(s) {unknown} cannot be derived; derivable: {sorted(DERIVED_CHANNELS)}")
+    if location is None:
+        raise FeatureError(f"derived channel(s) {list(names)} need the site location (latitude, longitude)")
+    ts = np.asarray(timestamps_utc, dtype=np.int64)
+    return np.stack([DERIVED_CHANNELS[n](ts, location) for n in names], axis=-1).astype(np.float32)
+
+
 class FeatureSpec(_Strict):
     """Everything needed to turn raw channels into model inputs; carried in every bundle's manifest."""
 
@@ -241,6 +271,9 @@ class FeatureSpec(_Strict):
         default="UTC", title="Site time zone", description="IANA zone used for the calendar features."
     )
     gap_policy: GapPolicy = Field(default_factory=GapPolicy, title="Gap policy")
+    location: SiteLocation | None = Field(
+        default=None, title="Site location", description="Needed by derived channels such as clear_sky_ghi."
+    )
     normalisation: NormalisationStats | None = Field(
         default=None, title="Normalisation", description="Fitted on the training split; required to serve."
     )
@@ -262,6 +295,9 @@ class FeatureSpec(_Strict):
             raise ValueError(f"target channel(s) {unknown} are not among the observed channels {observed}")
         if len(set(observed)) != len(observed):
             raise ValueError(f"observed channel names repeat: {observed}")
+        derived = [c.name for c in (*self.past_channels, *self.known_future_channels) if c.name in DERIVED_CHANNELS]
+        if derived and self.location is None:
+            raise ValueError(f"derived channel(s) {derived} need location (latitude, longitude) of the site")
         if self.known_future_channels and self.horizon_steps == 0:
             raise ValueError("known_future_channels need a horizon; set horizon_steps > 0 or remove them")
         return self
@@ -283,6 +319,16 @@ class FeatureSpec(_Strict):
         if self.horizon_steps == 0:
             return ()
         return self.future_channel_names + (CALENDAR_FEATURES if self.calendar else ())
+
+    @property
+    def derived_past_channels(self) -> tuple[str, ...]:
+        """Observed channels the device computes itself instead of reading a sensor."""
+        return tuple(c.name for c in self.past_channels if c.name in DERIVED_CHANNELS)
+
+    @property
+    def future_is_derivable(self) -> bool:
+        """True when every known-future channel can be computed on the device."""
+        return all(c.name in DERIVED_CHANNELS for c in self.known_future_channels)
 
     @property
     def is_forecast(self) -> bool:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
-from edge_agent.features import GapPolicy
+from edge_agent.features import GapPolicy, SiteLocation
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "configs" / "task.schema.json"
@@ -64,6 +64,12 @@ class DataConfig(_Strict):
         default=None,
         title="Site time zone",
         description="IANA zone for calendar features and local midnight; default the slice's own zone.",
+    )
+    location: SiteLocation | None = Field(
+        default=None,
+        title="Site location",
+        description="Latitude/longitude of the site; derived channels such as clear_sky_ghi are computed "
+        "from it (the device computes them the same way).",
     )
     exclude_upstream_filled: bool = Field(
         default=False,

@@ -19,11 +19,13 @@ from numpy.typing import NDArray
 from edge_agent.datafiles import slice_info, slice_path
 from edge_agent.errors import ConfigError, FeatureError
 from edge_agent.features import (
+    DERIVED_CHANNELS,
     ChannelSpec,
     FeaturePipeline,
     FeatureSpec,
     ModelInputs,
     NormalisationStats,
+    derive_channels,
     forecast_samples,
     local_seconds,
 )
@@ -117,6 +119,23 @@ def _channel_values(
             ChannelSpec(name=channel.channel, unit=unit, min_value=channel.min_value, max_value=channel.max_value)
         )
     return np.stack(columns, axis=1), specs
+
+
+def _add_derived(frame: pd.DataFrame, config: TaskConfig) -> pd.DataFrame:
+    """Compute configured derived channels (e.g. clear_sky_ghi) from the timestamps, as the device will."""
+    wanted = {c.column for c in (*config.features.past, *config.features.known_future)}
+    derived = sorted(name for name in wanted & set(DERIVED_CHANNELS) if name not in frame.columns)
+    if not derived:
+        return frame
+    try:
+        values = derive_channels(derived, frame.index.as_unit("s").asi8.astype(np.int64), config.data.location)
+    except FeatureError as exc:
+        raise ConfigError(f"data.location: {exc}") from exc
+    frame = frame.copy()
+    for i, name in enumerate(derived):
+        frame[name] = values[:, i]
+    frame.attrs["units"] = {**frame.attrs.get("units", {}), **dict.fromkeys(derived, "W/m2")}
+    return frame
 
 
 def _regular(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -227,6 +246,7 @@ def _make_split(
 def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> PreparedTask:
     """Load the data, validate it against the config, fit normalisation on train, build all splits."""
     frame, period = _regular(_load_frame(config, data_dir))
+    frame = _add_derived(frame, config)
     feats = config.features
     timezone = config.data.timezone or slice_info(config.data.slice).site_timezone
     past, past_specs = _channel_values(frame, feats.past, "features.past")
@@ -254,6 +274,7 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
             calendar=feats.calendar,
             timezone=timezone,
             gap_policy=feats.gap_policy,
+            location=config.data.location,
         )
     except ValueError as exc:
         raise ConfigError(f"features: {exc}") from exc

@@ -246,6 +246,7 @@ class SimulatedSite:
                     "operating_state": 4.0 if pv_w > MPPT_THRESHOLD_W else 2.0,
                     "ghi": self.pv.at(t, "ghi"),
                     "temp_air": self.pv.at(t, "temp_air"),
+                    "clock": self.pv.t0 + t,
                 },
                 "battery": {
                     "soc": b.soc,

@@ -138,3 +138,28 @@ def anomaly_bundle(tmp_path_factory: pytest.TempPathFactory, exported: Bundles) 
         ExportOptions(name="w3-keras", targets=("litert",), max_degradation=1.0, latency_runs=20),
     )
     return result.bundle_dir
+
+
+@pytest.fixture(scope="session")
+def pv_bundle(tmp_path_factory: pytest.TempPathFactory, exported: Bundles) -> Path:
+    """The trainer's W2 PV forecaster (small), whose clear-sky input the device derives itself."""
+    from export.pipeline import ExportOptions, export_bundle
+    from export.run_loader import load_source
+    from trainer.config import parse_config
+    from trainer.training import train
+
+    root = tmp_path_factory.mktemp("w2")
+    raw = yaml.safe_load((REPO / "configs" / "w2_pv.yaml").read_text())
+    raw["name"] = "w2-agent-test"
+    raw["data"]["end"] = "2012-10-31"
+    raw["model"].update({"filters": 8, "hidden": 16})
+    raw["training"].update({"epochs": 2, "patience": 1})
+    raw.setdefault("baselines", {}).setdefault("lightgbm", {})["enabled"] = False
+    train(parse_config(raw), "keras", root / "run", plots=False)
+    result = export_bundle(
+        load_source(root / "run"),
+        root / "bundle",
+        load_private_key(exported.keys / "bundle-signing.key"),
+        ExportOptions(name="w2-keras", targets=("litert",), max_degradation=1.0, latency_runs=20),
+    )
+    return result.bundle_dir

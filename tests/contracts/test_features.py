@@ -217,3 +217,28 @@ def test_pipeline_decodes_to_physical_units() -> None:
     pipeline = FeaturePipeline(spec)
     raw = values[:5, :1]
     np.testing.assert_allclose(pipeline.decode(pipeline.normalise_targets(raw)), raw, atol=1e-6)
+
+
+def test_clear_sky_is_derived_from_time_and_place_and_tracks_the_satellite_clear_sky() -> None:
+    from edge_agent.datafiles import read_series
+    from edge_agent.features import SiteLocation, derive_channels
+
+    golden = SiteLocation(latitude=39.742, longitude=-105.179)
+    times, columns = read_series("w2_pv_system50_15min")
+    derived = derive_channels(["clear_sky_ghi"], times, golden)[:, 0]
+    reference = columns["ghi_clear"]
+    ok = np.isfinite(reference)
+    assert np.corrcoef(derived[ok], reference[ok])[0, 1] > 0.99
+    assert np.all(derived >= 0) and derived.max() < 1100
+    midnight_local = times[(times - 7 * 3600) % 86_400 == 0]
+    assert np.all(derive_channels(["clear_sky_ghi"], midnight_local, golden) == 0)
+
+
+def test_derived_channels_need_a_location() -> None:
+    with pytest.raises(ValueError, match=r"derived channel\(s\) \['clear_sky_ghi'\] need location"):
+        _spec(known_future_channels=(ChannelSpec(name="clear_sky_ghi", unit="W/m2"),))
+    spec = _spec(
+        known_future_channels=(ChannelSpec(name="clear_sky_ghi", unit="W/m2"),),
+        location={"latitude": 48.78, "longitude": 2.29},
+    )
+    assert spec.future_is_derivable and spec.derived_past_channels == ()

@@ -1,0 +1,77 @@
+"""A PV forecaster on the device: measured channels over Modbus, clear-sky derived from time and place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.bundle import read_bundle
+from edge_agent.config import AgentConfig
+from edge_agent.datafiles import read_series
+from edge_agent.features import FeaturePipeline, derive_channels
+from edge_agent.keys import load_public_key
+from edge_agent.reporting.base import MemoryReporter
+from edge_agent.runtimes import load_model
+from edge_agent.runtimes.litert import LiteRTConfig
+from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.sites import site_values
+
+pytestmark = [pytest.mark.modbus, pytest.mark.slow]
+PERIOD = 900
+
+
+def test_pv_forecasts_on_the_device_match_the_exported_model(
+    tmp_path: Path, exported: Any, pv_bundle: Path, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    keys = exported.keys
+    raw = site_values("simulated-household", site_server.port, devices=("inverter",))
+    config = AgentConfig.model_validate(
+        {
+            **raw,
+            "state_dir": str(tmp_path / "state"),
+            "bundle": {"path": str(pv_bundle), "public_key": str(keys / "bundle-signing.pub")},
+            "runtime": {"type": "litert"},
+            "channels": {"ac_power": "inverter.ac_power", "ghi": "inverter.ghi", "temp_air": "inverter.temp_air"},
+            "clock": {"source": "sensor", "channel": "inverter.clock"},
+        }
+    )
+    agent = Agent(config, MemoryReporter())
+    agent.start()
+    spec = agent.supervisor.pipeline.spec  # type: ignore[union-attr]
+    clock = site[1]
+    forecasts = []
+    for _ in range(spec.input_steps + 8):
+        if agent.cycle() and agent.latest_forecasts:
+            forecast = agent.latest_forecasts[0]
+            forecasts.append((int(forecast.origin.timestamp()), np.array(forecast.values, dtype=np.float64)))
+        clock.now += PERIOD
+    agent.close()
+    assert not agent.supervisor.degraded, agent.supervisor.degraded_reason
+    assert len(forecasts) == 8
+
+    bundle = read_bundle(pv_bundle, load_public_key(keys / "bundle-signing.pub"))
+    _, model = load_model(bundle, agent.supervisor.artefact.file, LiteRTConfig())  # type: ignore[union-attr]
+    times, columns = read_series("w2_pv_system50_15min")
+    index = {int(t): i for i, t in enumerate(times)}
+    pipeline = FeaturePipeline(spec)
+    measured = [c for c in spec.past_channel_names if c not in spec.derived_past_channels]
+    for origin, got in forecasts:
+        i = index[origin]
+        past_ts = times[i - spec.input_steps : i]
+        future_ts = times[i : i + spec.horizon_steps]
+        past = np.zeros((spec.input_steps, len(spec.past_channels)), dtype=np.float32)
+        for name in measured:
+            past[:, spec.past_channel_names.index(name)] = columns[name][i - spec.input_steps : i]
+        past[:, spec.past_channel_names.index("clear_sky_ghi")] = derive_channels(
+            ["clear_sky_ghi"], past_ts, spec.location
+        )[:, 0]
+        future = derive_channels(spec.future_channel_names, future_ts, spec.location)
+        inputs = pipeline.build(past, past_ts, future, future_ts)
+        expected = pipeline.decode(model.run(inputs.as_feeds())[0])[:, 0]
+        # Register resolution (1 W, 1 W/m2, 0.1 degC) may move an int8 output by a quantisation level.
+        assert np.max(np.abs(got - expected)) < 60.0
+        assert np.mean(np.abs(got - expected)) < 10.0
