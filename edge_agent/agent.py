@@ -38,6 +38,7 @@ from edge_agent.messages import (
     ChannelAggregate,
     ChannelDrift,
     Forecast,
+    HealthStats,
     ModelInfo,
     SummaryContent,
     TelemetryContent,
@@ -605,6 +606,12 @@ class Agent:
             latency=latency,
             drift=self._drift(),
             skipped_inferences=self._summary_skipped,
+            health=HealthStats(
+                cycles=self.health.cycles,
+                overruns=self.health.overruns,
+                sensor_errors=self.health.sensor_errors,
+                latency_moving_average_ms=self.health.latency.moving_average_ms,
+            ),
         )
 
     def _drift(self) -> dict[str, ChannelDrift]:

@@ -161,6 +161,17 @@ class OutboxStats(_Strict):
     dropped: DroppedCounts = Field(default_factory=DroppedCounts, description="Overflow drops so far.")
 
 
+class HealthStats(_Strict):
+    """How the agent itself is doing, counted since it started."""
+
+    cycles: int = Field(..., ge=0, description="Loop cycles run.")
+    overruns: int = Field(0, ge=0, description="Cycles that started late because the previous one overran.")
+    sensor_errors: int = Field(0, ge=0, description="Failed device reads (timeouts, exceptions, disconnects).")
+    latency_moving_average_ms: float | None = Field(
+        None, description="Exponential moving average of inference latency, when the model has run."
+    )
+
+
 class SummaryContent(_Strict):
     """What the agent reports periodically; the reporter adds envelope and outbox state."""
 
@@ -178,6 +189,7 @@ class SummaryContent(_Strict):
         default_factory=dict, description="Input drift per channel versus training statistics."
     )
     skipped_inferences: int = Field(0, ge=0, description="Inference cycles skipped (gaps, errors).")
+    health: HealthStats | None = Field(None, description="Loop and sensor health of the agent.")
 
 
 class SummaryMessage(SummaryContent, Envelope):

@@ -168,6 +168,7 @@ class AgentCommands:
             "skipped_inferences": health.skipped_inferences,
             "sensor_errors": health.sensor_errors,
             "latency_p99_ms": health.latency.percentile(99),
+            "latency_moving_average_ms": health.latency.moving_average_ms,
         }
 
     def reload_config(self) -> str:

@@ -141,7 +141,9 @@ def test_meter_faults_never_stop_the_loop(
     assert agent.latest_prediction is not None and agent.latest_prediction.source == "baseline"
     assert not agent.supervisor.degraded  # the model is healthy; only its input was incomplete
     agent.close()
-    assert reporter.of_kind("summary")[-1].skipped_inferences >= 2
+    last = reporter.of_kind("summary")[-1]
+    assert last.skipped_inferences >= 2
+    assert last.health is not None and last.health.sensor_errors >= 2 and last.health.cycles == agent.health.cycles
 
 
 def test_corrupted_model_runs_the_baseline_degraded_and_keeps_deciding(
