@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,28 +10,12 @@ import pytest
 from fleet.mosquitto import LocalMosquitto
 from fleet.store import FleetStore
 
-PG_BASE_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3"
-
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMosquitto]:
+    """The fleet tests' own broker: retained messages of the MQTT tests must not reach their receivers."""
     with LocalMosquitto(tmp_path_factory.mktemp("mosquitto")) as running:
         yield running
-
-
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    """A DSN whose search_path is a fresh schema of the local PostgreSQL, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    schema = f"gridedge_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(PG_BASE_DSN, autocommit=True) as admin:
-            admin.execute(f"CREATE SCHEMA {schema}")
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 (database test) is unreachable: {exc}")
-    yield f"{PG_BASE_DSN} options='-csearch_path={schema}'"
-    with psycopg.connect(PG_BASE_DSN, autocommit=True) as admin:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -24,7 +24,6 @@ from fleet.store import FleetStore
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / "docs" / "mqtt" / "schemas"
-PG_BASE_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3"
 
 
 def load_validators() -> dict[str, jsonschema.protocols.Validator]:
@@ -83,21 +82,6 @@ def make_config(tmp_path: Path, device_ids: tuple[str, str]) -> Callable[..., Mq
         return MqttConfig.model_validate(document)
 
     return build
-
-
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    """A DSN whose search_path is a fresh schema of the local PostgreSQL, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    schema = f"gridedge_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with psycopg.connect(PG_BASE_DSN, autocommit=True) as admin:
-            admin.execute(f"CREATE SCHEMA {schema}")
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 (database test) is unreachable: {exc}")
-    yield f"{PG_BASE_DSN} options='-csearch_path={schema}'"
-    with psycopg.connect(PG_BASE_DSN, autocommit=True) as admin:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
