@@ -527,18 +527,23 @@ class Agent:
         manifest = self.supervisor.bundle.manifest
         anomaly = manifest.output.anomaly
         threshold = anomaly.threshold if anomaly else None
+        target = raw[:, manifest.input.past_channel_names.index(manifest.input.target_channels[0])]
+        detector: str = prediction.source
         if prediction.source == "model" and anomaly is not None:
             targets = [manifest.input.past_channel_names.index(t) for t in manifest.input.target_channels]
             score = float(reconstruction_scores(past[..., targets], prediction.output, anomaly.score_steps)[0])
             over = score > anomaly.threshold
+            if not over and anomaly.stale_run_steps is not None:
+                # The bundle's detector includes the stale rule: a frozen sensor the model reconstructs well.
+                over = bool(stale_value_flags(target, anomaly.stale_run_steps)[-1])
+                detector = "stale-rule" if over else detector
         else:
-            target = raw[:, manifest.input.past_channel_names.index(manifest.input.target_channels[0])]
             score = math.nan
             over = bool(
                 rolling_zscore_flags(target, len(target) - 1, FALLBACK_Z_THRESHOLD)[-1]
                 or stale_value_flags(target, FALLBACK_STALE_STEPS)[-1]
             )
-        self.latest_anomaly = AnomalyVerdict(score=_finite_or_none(score), over=over, detector=prediction.source)
+        self.latest_anomaly = AnomalyVerdict(score=_finite_or_none(score), over=over, detector=detector)
         self._anomaly_windows += 1
         self._anomaly_count += int(over)
         if math.isfinite(score):
@@ -553,7 +558,7 @@ class Agent:
                     severity="warning",
                     code="anomaly",
                     message=f"anomalous behaviour of {list(manifest.input.target_channels)} "
-                    f"({prediction.source} detector)",
+                    f"({detector} detector)",
                     channel=manifest.input.target_channels[0],
                     value=_finite_or_none(score),
                     threshold=threshold,

@@ -5,6 +5,10 @@ absolute reconstruction error over its newest ``score_steps`` samples (the devic
 readings, so the score must not depend on samples it has not seen yet). The threshold is calibrated on
 validation data as a high quantile of normal scores. Two rule detectors serve as the device's fallback and
 the trainer's baselines: a rolling z-score (spikes) and a stale-value rule (a frozen sensor).
+
+A reconstruction model cannot see a frozen sensor: a flat line is the easiest shape to reconstruct. The
+shipped detector therefore combines the model's score with the stale-value rule when the bundle asks for
+it (``AnomalySpec.stale_run_steps``); trainer, exporter and agent all decide through ``detector_flags``.
 """
 
 from __future__ import annotations
@@ -86,3 +90,16 @@ def stale_value_flags(values: NDArray[np.floating], run_steps: int, tolerance: f
     for i in range(1, x.size):
         run[i] = run[i - 1] + 1 if same[i] else 0
     return (run >= run_steps - 1) & np.isfinite(x) & (x != 0)
+
+
+def detector_flags(
+    scores: NDArray[np.floating], values: NDArray[np.floating], threshold: float, stale_run_steps: int | None
+) -> BoolArray:
+    """The shipped detector per sample: model score over the threshold, or (if enabled) a frozen sensor.
+
+    ``scores`` and ``values`` are aligned per sample (the score of the window ending at it, the raw value).
+    """
+    flags = flag(scores, threshold)
+    if stale_run_steps is not None:
+        flags |= stale_value_flags(values, stale_run_steps)
+    return flags

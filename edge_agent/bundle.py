@@ -53,6 +53,12 @@ class AnomalySpec(_Model):
 
     threshold: float = Field(description="Score above which a window is anomalous (normalised units).")
     score_steps: int = Field(gt=0, description="Newest samples of the window that the score averages.")
+    stale_run_steps: int | None = Field(
+        default=None,
+        ge=2,
+        description="Also flag the newest sample when the target has repeated the same non-zero value this "
+        "many samples (a frozen sensor, which reconstruction cannot see); null = the model's score alone.",
+    )
 
 
 class OutputSpec(_Model):

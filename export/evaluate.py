@@ -25,7 +25,9 @@ class TestSplit:
     ``targets`` are raw physical values (forecasts). Anomaly tasks give ``labels`` (one bool per window,
     the label of the window's newest sample), ``groups`` (which labelled series each window comes from;
     F1 is the mean over series, as the trainer reports it) and ``unscored_positives`` (labelled samples
-    per series with no usable window: always missed).
+    per series with no usable window: always missed) and ``frozen`` (per window, whether its newest sample
+    ends a frozen run of the raw target: the stale-rule half of the shipped detector, independent of the
+    artefact).
     """
 
     feeds: dict[str, FloatArray]
@@ -34,6 +36,7 @@ class TestSplit:
     groups: NDArray[np.int64] | None = None
     unscored_positives: tuple[int, ...] = ()
     normalised_targets: FloatArray | None = None
+    frozen: NDArray[np.bool_] | None = None
 
     def __len__(self) -> int:
         return len(self.feeds["past"])
@@ -82,7 +85,12 @@ def task_metrics(outputs: FloatArray, split: TestSplit, spec: FeatureSpec, outpu
             scores = reconstruction_scores(split.normalised_targets, outputs, output.anomaly.score_steps)
         else:
             scores = anomaly_scores(outputs, split.feeds["past"], spec, output.anomaly)
-        return {"f1": mean_series_f1(scores > output.anomaly.threshold, split)}
+        flags = scores > output.anomaly.threshold
+        if output.anomaly.stale_run_steps is not None:
+            if split.frozen is None:
+                raise ParityError("the detector includes the stale rule but the test split carries no frozen flags")
+            flags |= split.frozen
+        return {"f1": mean_series_f1(flags, split)}
     decoded = FeaturePipeline(spec).decode(outputs)
     return {"mae": float(np.mean(np.abs(decoded - split.targets)))}
 

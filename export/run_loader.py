@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.anomaly import stale_value_flags
 from edge_agent.bundle import OutputSpec, Provenance
 from edge_agent.features import FeatureSpec
 from export.errors import TrainingRunError
@@ -49,14 +50,17 @@ def _valid_feeds(inputs: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 def _anomaly_split(prepared: Any) -> TestSplit:
     """Windows of every labelled series; each labelled by the sample it ends at (trainer's protocol)."""
+    stale_steps = prepared.config.anomaly.stale_run_steps
     feeds: list[dict[str, np.ndarray]] = []
-    labels, groups, unscored, references = [], [], [], []
+    labels, groups, unscored, references, frozen = [], [], [], [], []
     for index, item in enumerate(prepared.labelled):
         item_feeds, valid = _valid_feeds(item.split.inputs)
         window_labels = np.asarray(item.labels, dtype=bool)[np.asarray(item.split.origins) - 1]
         feeds.append(item_feeds)
         labels.append(window_labels[valid])
         references.append(np.asarray(item.split.targets_normalised, dtype=np.float32)[valid])
+        ends = np.asarray(item.split.origins) - 1
+        frozen.append(stale_value_flags(item.values, stale_steps)[ends][valid])
         groups.append(np.full(int(valid.sum()), index, dtype=np.int64))
         unscored.append(int(np.sum(item.labels)) - int(np.sum(window_labels[valid])))
     if not feeds:
@@ -68,6 +72,7 @@ def _anomaly_split(prepared: Any) -> TestSplit:
         groups=np.concatenate(groups),
         unscored_positives=tuple(unscored),
         normalised_targets=np.concatenate(references),
+        frozen=np.concatenate(frozen),
     )
 
 

@@ -121,21 +121,20 @@ def lightgbm_forecasts(prepared: PreparedTask, splits: list[Split]) -> list[NDAr
 
 
 def forecast_baselines(prepared: PreparedTask) -> dict[str, dict[str, Any]]:
-    """Every forecast baseline's metrics on the validation and test origins."""
-    results: dict[str, dict[str, Any]] = {}
-    per_split = {
-        name: naive_forecasts(prepared, split) for name, split in (("val", prepared.val), ("test", prepared.test))
+    """Every forecast baseline's metrics on the validation, test and (if configured) rolling test origins."""
+    splits = {"val": prepared.val, "test": prepared.test}
+    if prepared.test_rolling is not None:
+        splits["test_rolling"] = prepared.test_rolling
+    per_split = {name: naive_forecasts(prepared, split) for name, split in splits.items()}
+    results: dict[str, dict[str, Any]] = {
+        method: {name: forecast_metrics(per_split[name][method], split.targets) for name, split in splits.items()}
+        for method in per_split["test"]
     }
-    for name in per_split["test"]:
-        results[name] = {
-            split_name: forecast_metrics(per_split[split_name][name], split.targets)
-            for split_name, split in (("val", prepared.val), ("test", prepared.test))
-        }
     if prepared.config.baselines.lightgbm.enabled:
-        val_pred, test_pred = lightgbm_forecasts(prepared, [prepared.val, prepared.test])
+        predicted = lightgbm_forecasts(prepared, list(splits.values()))
         results["lightgbm"] = {
-            "val": forecast_metrics(val_pred, prepared.val.targets),
-            "test": forecast_metrics(test_pred, prepared.test.targets),
+            name: forecast_metrics(forecast, split.targets)
+            for (name, split), forecast in zip(splits.items(), predicted, strict=True)
         }
     return results
 

@@ -123,6 +123,14 @@ class ProtocolConfig(_Strict):
         title="Training origin stride",
         description="Training samples start every this many steps (evaluation is once a day).",
     )
+    rolling_every_hours: int | None = Field(
+        default=6,
+        gt=0,
+        le=24,
+        title="Rolling origin interval",
+        description="Also report test metrics for intraday origins every this many local hours (same 24 h "
+        "horizon, same baselines) as metrics.test_rolling; null = day-ahead only.",
+    )
 
 
 class ModelConfig(_Strict):
@@ -201,6 +209,13 @@ class AnomalyConfig(_Strict):
     zscore_window: int = Field(default=16, ge=2, title="Rolling z-score window")
     zscore_threshold: float = Field(default=3.0, gt=0, title="Rolling z-score threshold")
     stale_run_steps: int = Field(default=4, ge=2, title="Stale run length")
+    stale_rule_in_detector: bool = Field(
+        default=True,
+        title="Stale rule in the shipped detector",
+        description="Flag a frozen sensor (stale_run_steps equal non-zero samples) next to the model's score: "
+        "a reconstruction model reproduces a flat line almost perfectly, so it cannot see one. The model "
+        "alone is reported as metrics.test_model_only.",
+    )
 
 
 class TaskConfig(_Strict):
@@ -237,6 +252,12 @@ class TaskConfig(_Strict):
                 raise ValueError("task anomaly needs an `anomaly:` section with labelled series")
             if len(self.features.targets) != 1:
                 raise ValueError("task anomaly scores one target channel; list exactly one in features.targets")
+            if self.anomaly.stale_rule_in_detector and self.anomaly.stale_run_steps > self.features.input_steps:
+                raise ValueError(
+                    f"anomaly.stale_run_steps ({self.anomaly.stale_run_steps}) must fit in features.input_steps "
+                    f"({self.features.input_steps}): the device judges a frozen sensor from its window; shorten "
+                    "the run or set anomaly.stale_rule_in_detector: false"
+                )
         elif self.features.horizon_steps == 0 or self.model.architecture != "tcn_forecaster":
             raise ValueError(
                 f"task {self.task} needs features.horizon_steps > 0 and model.architecture: tcn_forecaster"

@@ -37,16 +37,35 @@ def markdown(report: dict[str, Any]) -> str:
             base = result["test"]
             relative = test["mae"] / base["mae"] - 1 if base["mae"] else float("nan")
             lines.append(f"| {name} | {_fmt(base['mae'])} | {_fmt(base['rmse'])} | {relative:+.1%} |")
+        rolling = report["metrics"].get("test_rolling")
+        if rolling is not None:
+            lines += [
+                "",
+                f"Rolling intraday origins ({report['samples']['test_rolling']} test origins):",
+                "",
+                "| model | MAE | RMSE | model's MAE relative to it |",
+                "|---|---|---|---|",
+                f"| **{report['framework']} model** | {_fmt(rolling['mae'])} | {_fmt(rolling['rmse'])} | — |",
+            ]
+            for name, result in report["baselines"].items():
+                base = result["test_rolling"]
+                relative = rolling["mae"] / base["mae"] - 1 if base["mae"] else float("nan")
+                lines.append(f"| {name} | {_fmt(base['mae'])} | {_fmt(base['rmse'])} | {relative:+.1%} |")
     else:
         lines += ["| detector | F1 (mean) | precision | recall | pooled F1 |", "|---|---|---|---|---|"]
-        rows = [(f"**{report['framework']} autoencoder**", test)]
+        alone = report["metrics"].get("test_model_only")
+        combined = alone is not None and alone != test
+        label = "autoencoder + stale rule (shipped detector)" if combined else "autoencoder"
+        rows = [(f"**{report['framework']} {label}**", test)]
+        if combined:
+            rows.append((f"{report['framework']} autoencoder alone", alone))
         rows += [(name, result["test"]) for name, result in report["baselines"].items()]
         for name, m in rows:
             lines.append(
                 f"| {name} | {_fmt(m['f1'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | "
                 f"{_fmt(m['pooled']['f1'])} |"
             )
-        lines += ["", "Per labelled series (model): "]
+        lines += ["", "Per labelled series (shipped detector): "]
         for series, m in test["per_series"].items():
             lines.append(
                 f"- `{series}`: F1 {_fmt(m['f1'])}, precision {_fmt(m['precision'])}, "
@@ -108,6 +127,8 @@ def plot(prepared: PreparedTask, data: dict[str, Any], out_dir: Path) -> list[st
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label="threshold")
         labelled = np.flatnonzero(item.labels)
         ax.scatter(labelled, np.full(len(labelled), threshold), color="tab:orange", s=8, label="labelled", zorder=3)
+        flagged = np.flatnonzero(data["detector_flags"][item.name])
+        ax.scatter(flagged, np.full(len(flagged), threshold * 0.5), color="tab:red", s=6, marker="|", label="flagged")
         twin = ax.twinx()
         twin.plot(x, item.values, color="grey", lw=0.5, alpha=0.6)
         twin.set_ylabel("value")

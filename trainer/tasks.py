@@ -85,6 +85,7 @@ class PreparedTask:
     val: Split
     test: Split
     labelled: list[LabelledEvaluation] = field(default_factory=list)
+    test_rolling: Split | None = None  # intraday origins (forecasts, protocol.rolling_every_hours)
     data_fingerprint: str = ""
 
     @property
@@ -330,6 +331,11 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
             _forecast_origins(len(frame), split_rows["test"], spec, at_origin_hour, history, filled, complete),
             hint,
         )
+        test_rolling = None
+        if config.protocol.rolling_every_hours is not None:
+            every_hours = np.flatnonzero(local % (config.protocol.rolling_every_hours * 3600) == 0)
+            rolling = _forecast_origins(len(frame), split_rows["test"], spec, every_hours, history, filled, complete)
+            test_rolling = _make_split("test_rolling", spec, series, rolling, hint)
         output_spec = {
             "kind": "forecast",
             "horizon_steps": spec.horizon_steps,
@@ -350,6 +356,7 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
             ]
         }
         train, val, test = (_make_split(n, spec, series, ends[n], hint) for n in ("train", "val", "test"))
+        test_rolling = None
         labelled = [_labelled(spec, config, i, data_dir) for i in range(len(config.anomaly.labelled))]
         output_spec = {
             "kind": "reconstruction",
@@ -368,6 +375,7 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
         test=test,
         labelled=labelled,
         data_fingerprint=_fingerprint(config, data_dir),
+        test_rolling=test_rolling,
     )
 
 

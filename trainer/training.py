@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from edge_agent import anomaly as anomaly_scores
 from edge_agent.errors import ConfigError
 from trainer import report as reporting
-from trainer.baselines import forecast_baselines, rule_flags, rule_metrics
+from trainer.baselines import forecast_baselines, rule_metrics
 from trainer.config import TaskConfig, dump_config
 from trainer.metrics import detection_metrics, forecast_metrics, hyperparameters, summarise_detection
 from trainer.tasks import PreparedTask, Split, prepare_task
@@ -75,36 +75,51 @@ def _window_scores(model: _Model, prepared: PreparedTask, split: Split) -> NDArr
 
 
 def _evaluate_forecast(model: _Model, prepared: PreparedTask) -> tuple[dict[str, Any], dict[str, Any]]:
-    predictions = {name: _decoded(model, prepared, s) for name, s in (("val", prepared.val), ("test", prepared.test))}
-    metrics = {
-        "val": forecast_metrics(predictions["val"], prepared.val.targets),
-        "test": forecast_metrics(predictions["test"], prepared.test.targets),
-    }
+    splits = {"val": prepared.val, "test": prepared.test}
+    if prepared.test_rolling is not None:
+        splits["test_rolling"] = prepared.test_rolling
+    predictions = {name: _decoded(model, prepared, split) for name, split in splits.items()}
+    metrics = {name: forecast_metrics(predictions[name], split.targets) for name, split in splits.items()}
     return metrics, predictions
 
 
-def _evaluate_anomaly(model: _Model, prepared: PreparedTask) -> tuple[dict[str, Any], dict[str, Any], float]:
+def _evaluate_anomaly(
+    model: _Model, prepared: PreparedTask
+) -> tuple[dict[str, Any], dict[str, NDArray[np.float32]], dict[str, NDArray[np.bool_]], float]:
+    """F1 of the shipped detector (and of the model alone) on the labelled series; threshold from validation."""
     cfg = prepared.config.anomaly
     assert cfg is not None
+    stale_steps = cfg.stale_run_steps if cfg.stale_rule_in_detector else None
     val_scores = _window_scores(model, prepared, prepared.val)
     threshold = anomaly_scores.calibrate_threshold(val_scores, cfg.threshold_quantile)
     test_scores = _window_scores(model, prepared, prepared.test)
     per_series: dict[str, dict[str, float | int]] = {}
+    model_only: dict[str, dict[str, float | int]] = {}
     series_scores: dict[str, NDArray[np.float32]] = {}
+    series_flags: dict[str, NDArray[np.bool_]] = {}
     for item in prepared.labelled:
         window_scores = _window_scores(model, prepared, item.split)
         # A sample's score is that of the window ending at it; the first input_steps - 1 have none.
         scores = np.full(len(item.values), np.nan, dtype=np.float32)
         scores[item.split.origins - 1] = window_scores
         series_scores[item.name] = scores
-        per_series[item.name] = detection_metrics(anomaly_scores.flag(scores, threshold), item.labels)
-    normal_flags = anomaly_scores.flag(test_scores, threshold)
+        flags = anomaly_scores.detector_flags(scores, item.values, threshold, stale_steps)
+        series_flags[item.name] = flags
+        per_series[item.name] = detection_metrics(flags, item.labels)
+        model_only[item.name] = detection_metrics(anomaly_scores.flag(scores, threshold), item.labels)
+    test_values = prepared.series.past[prepared.test.origins - 1, _target_column(prepared)]
+    normal_flags = anomaly_scores.detector_flags(test_scores, test_values, threshold, stale_steps)
     metrics = {
         "test": summarise_detection(per_series),
+        "test_model_only": summarise_detection(model_only),
         "val": {"flagged_fraction": float(np.mean(anomaly_scores.flag(val_scores, threshold)))},
         "normal_test_flagged_fraction": float(np.mean(normal_flags)),
     }
-    return metrics, series_scores, threshold
+    return metrics, series_scores, series_flags, threshold
+
+
+def _target_column(prepared: PreparedTask) -> int:
+    return prepared.spec.past_channel_names.index(prepared.spec.target_channels[0])
 
 
 def train(
@@ -155,23 +170,39 @@ def train(
                 if config.data.exclude_upstream_filled
                 else ""
             )
+            + (
+                f"; rolling: origins every {config.protocol.rolling_every_hours} h local in the test split "
+                f"({len(prepared.test_rolling)} origins), same horizon, in metrics.test_rolling"
+                if prepared.test_rolling is not None
+                else ""
+            )
         )
     else:
         assert config.anomaly is not None
-        metrics, series_scores, threshold = _evaluate_anomaly(model, prepared)
-        output_spec["anomaly"] = {"threshold": threshold, "score_steps": config.anomaly.score_steps}
+        metrics, series_scores, detector_flags, threshold = _evaluate_anomaly(model, prepared)
+        output_spec["anomaly"] = {
+            "threshold": threshold,
+            "score_steps": config.anomaly.score_steps,
+            "stale_run_steps": config.anomaly.stale_run_steps if config.anomaly.stale_rule_in_detector else None,
+        }
         per_rule = rule_metrics(prepared)
         baselines = {rule: {"test": summarise_detection(per)} for rule, per in per_rule.items()}
         plot_data = {
             "scores": series_scores,
             "threshold": threshold,
-            "rule_flags": {item.name: rule_flags(prepared, item) for item in prepared.labelled},
+            "detector_flags": detector_flags,
         }
         protocol = (
             f"reconstruction of {prepared.spec.input_steps}-step windows; score = mean |error| of the newest "
             f"{config.anomaly.score_steps} step(s), normalised units; threshold = "
             f"{config.anomaly.threshold_quantile} quantile of validation scores (normal data); F1/precision/"
             "recall = mean over the labelled series (each fault type counts once), pooled counts alongside"
+            + (
+                f"; shipped detector = model score OR stale-value rule ({config.anomaly.stale_run_steps} equal "
+                "non-zero samples), the model alone in metrics.test_model_only"
+                if config.anomaly.stale_rule_in_detector
+                else ""
+            )
         )
 
     report: dict[str, Any] = {
@@ -188,7 +219,12 @@ def train(
         "history": history,
         "n_params": n_params,
         "hyperparameters": hp,
-        "samples": {"train": len(prepared.train), "val": len(prepared.val), "test": len(prepared.test)},
+        "samples": {
+            "train": len(prepared.train),
+            "val": len(prepared.val),
+            "test": len(prepared.test),
+            **({"test_rolling": len(prepared.test_rolling)} if prepared.test_rolling is not None else {}),
+        },
         "split_times_utc": {
             name: [int(prepared.series.timestamps[a]), int(prepared.series.timestamps[b - 1])]
             for name, (a, b) in prepared.series.split_rows.items()

@@ -33,6 +33,38 @@ class StepClock:
         return self.now
 
 
+def _replaying_agent(
+    series: str, bundle: Path, keys: Path, state: Path, clock: StepClock, raise_after: int, clear_after: int
+) -> tuple[Agent, MemoryReporter]:
+    """An agent running ``bundle`` on a labelled inverter series replayed on the simulated ``clock``."""
+    replay = ReplayConfig.model_validate(
+        {
+            "type": "replay",
+            "name": "inv",
+            "path": str(REPO / "data" / f"{series}.csv"),
+            "channels": [{"name": "ac_power_pu", "column": "value_normalized", "unit": "1"}],
+            "speed": 1.0,
+        }
+    )
+    config = AgentConfig.model_validate(
+        {
+            "site": "inverter-site",
+            "device": series.replace("_", "-"),
+            "state_dir": str(state),
+            "bundle": {"path": str(bundle), "public_key": str(keys / "bundle-signing.pub")},
+            "runtime": {"type": "litert"},
+            "sensors": [replay.model_dump(mode="json")],
+            "channels": {"ac_power_pu": "inv.ac_power_pu"},
+            "clock": {"source": "reading"},
+            "anomaly": {"raise_after": raise_after, "clear_after": clear_after},
+        }
+    )
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter, sources=[ReplaySource(replay, clock=clock)])
+    agent.start()
+    return agent, reporter
+
+
 def test_agent_scores_windows_like_the_exported_model_and_alerts_on_real_outliers(
     tmp_path: Path, exported: Any, anomaly_bundle: Path
 ) -> None:
@@ -41,33 +73,8 @@ def test_agent_scores_windows_like_the_exported_model_and_alerts_on_real_outlier
     spec = bundle.manifest.input
     threshold = bundle.manifest.output.anomaly.threshold  # type: ignore[union-attr]
     times, columns = read_series("w3_inv7539_outliers")
-    replay = ReplayConfig.model_validate(
-        {
-            "type": "replay",
-            "name": "inv",
-            "path": str(REPO / "data" / "w3_inv7539_outliers.csv"),
-            "channels": [{"name": "ac_power_pu", "column": "value_normalized", "unit": "1"}],
-            "speed": 1.0,
-        }
-    )
     clock = StepClock()
-    source = ReplaySource(replay, clock=clock)
-    config = AgentConfig.model_validate(
-        {
-            "site": "inverter-site",
-            "device": "inv-7539",
-            "state_dir": str(tmp_path / "state"),
-            "bundle": {"path": str(anomaly_bundle), "public_key": str(keys / "bundle-signing.pub")},
-            "runtime": {"type": "litert"},
-            "sensors": [replay.model_dump(mode="json")],
-            "channels": {"ac_power_pu": "inv.ac_power_pu"},
-            "clock": {"source": "reading"},
-            "anomaly": {"raise_after": 1, "clear_after": 1},
-        }
-    )
-    reporter = MemoryReporter()
-    agent = Agent(config, reporter, sources=[source])
-    agent.start()
+    agent, reporter = _replaying_agent("w3_inv7539_outliers", anomaly_bundle, keys, tmp_path / "state", clock, 1, 1)
     scored: dict[int, float] = {}
     for _ in range(len(times) * 3):  # enough simulated time for the series, nights included
         agent.cycle()
@@ -104,3 +111,32 @@ def test_agent_scores_windows_like_the_exported_model_and_alerts_on_real_outlier
     assert alerts and all(a.threshold == pytest.approx(threshold) for a in alerts)
     summary = reporter.of_kind("summary")[-1]
     assert summary.anomaly is not None and summary.anomaly.windows == len(scored)
+
+
+def test_bundle_detector_flags_a_frozen_inverter_the_autoencoder_reconstructs(
+    tmp_path: Path, exported: Any, anomaly_bundle: Path
+) -> None:
+    """The W3 bundle's detector includes the stale rule: labelled frozen runs raise alerts on the device."""
+    keys = exported.keys
+    bundle = read_bundle(anomaly_bundle, load_public_key(keys / "bundle-signing.pub"))
+    assert bundle.manifest.output.anomaly is not None
+    assert bundle.manifest.output.anomaly.stale_run_steps == 4
+    times, columns = read_series("w3_inv2173_stale")
+    clock = StepClock()
+    agent, reporter = _replaying_agent("w3_inv2173_stale", anomaly_bundle, keys, tmp_path / "state", clock, 2, 2)
+    stale_verdicts: set[int] = set()
+    first_runs_end = int(times[900])  # the first two labelled frozen runs (samples 460-519 and 755-854)
+    while clock.now <= first_runs_end - times[0]:
+        agent.cycle()
+        verdict = agent.latest_anomaly
+        if verdict is not None and verdict.detector == "stale-rule" and agent.buffer.newest_start:
+            stale_verdicts.add(int(agent.buffer.newest_start))
+        clock.now += PERIOD
+    agent.close()
+
+    labelled = {int(t) for t, s in zip(times, columns["stale_data_mask"], strict=True) if s > 0.5}
+    assert len(stale_verdicts & labelled) > 100, "the frozen runs were not flagged"
+    assert stale_verdicts <= labelled, "the stale rule flagged a sample outside the labelled runs"
+    alerts = [a for a in reporter.of_kind("alert") if a.code == "anomaly"]
+    assert any("stale-rule detector" in a.message for a in alerts)
+    assert any(a.code == "anomaly-cleared" for a in reporter.of_kind("alert"))

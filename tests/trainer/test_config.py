@@ -41,6 +41,13 @@ def test_unknown_field_is_named(tiny_dict: DictBuilder) -> None:
         parse_config(tiny_dict("w1_load", training={"epoch": 3}))
 
 
+def test_stale_run_must_fit_in_the_window(tiny_dict: DictBuilder) -> None:
+    with pytest.raises(ConfigError, match=r"anomaly\.stale_run_steps \(20\) must fit in features\.input_steps"):
+        parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20}))
+    relaxed = parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20, "stale_rule_in_detector": False}))
+    assert relaxed.anomaly is not None and relaxed.anomaly.stale_run_steps == 20
+
+
 def test_target_must_be_an_input_channel(tiny_dict: DictBuilder) -> None:
     with pytest.raises(ConfigError, match=r"features\.targets"):
         parse_config(tiny_dict("w1_load", features={"targets": ["Voltage_typo"]}))

@@ -31,6 +31,11 @@ def _check_forecast_report(report: dict[str, Any], framework: str) -> None:
     assert set(report["baselines"]) >= FORECAST_BASELINES
     for result in report["baselines"].values():
         assert result["test"]["n_origins"] == report["metrics"]["test"]["n_origins"]
+        # Rolling intraday origins: every 6 h, so about four times the day-ahead origins, same windows for all.
+        assert result["test_rolling"]["n_origins"] == report["metrics"]["test_rolling"]["n_origins"]
+    assert report["metrics"]["test_rolling"]["n_origins"] > 3 * report["metrics"]["test"]["n_origins"]
+    assert report["samples"]["test_rolling"] == report["metrics"]["test_rolling"]["n_origins"]
+    assert "rolling" in report["protocol"]
     assert len(report["data"]["fingerprint_sha256"]) == 64
     assert report["n_params"] > 0
     assert "day-ahead" in report["protocol"]
@@ -100,7 +105,15 @@ def test_tiny_w3_anomaly(framework: Framework, tiny: Callable[..., TaskConfig], 
     assert output_spec["kind"] == "reconstruction"
     assert output_spec["anomaly"]["threshold"] > 0
     assert output_spec["anomaly"]["score_steps"] == 1
+    assert output_spec["anomaly"]["stale_run_steps"] == 4
     assert (tmp_path / "anomaly_scores.png").is_file()
+    # The shipped detector adds the stale rule to the model: it finds every frozen run the rule finds, and
+    # the model alone is reported next to it.
+    alone = report["metrics"]["test_model_only"]["per_series"]["w3_inv2173_stale"]
+    combined = test["per_series"]["w3_inv2173_stale"]
+    rule = report["baselines"]["stale_value"]["test"]["per_series"]["w3_inv2173_stale"]
+    assert combined["tp"] >= max(rule["tp"], alone["tp"]) and combined["tp"] > 0
+    assert "stale-value rule" in report["protocol"]
     run = load_run(tmp_path)
     past = prepare_task(run.config).val.inputs.past[:3]
     assert run.predict({"past": past}).shape == (3, 16, 1)
