@@ -6,6 +6,7 @@ LightGBM on lag + calendar features is what a data scientist would reach for ins
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -65,14 +66,19 @@ def _lgb_features(prepared: PreparedTask, origins: NDArray[np.int64], target: ND
         return np.where(idx >= 0, target[np.clip(idx, 0, None)], np.nan)
 
     last_day = target[origins[:, None] + np.arange(-day, 0)[None, :]]
+    with warnings.catch_warnings():
+        # A day or week with no reading averages to NaN, which LightGBM treats as missing: that is intended.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        week_mean = np.nanmean(np.stack([lag(k) for k in range(1, WEEK_DAYS + 1)]), axis=0)
+        last_day_mean = np.nanmean(last_day, axis=1)
     columns = [
         np.broadcast_to(steps[None, :], rows.shape).astype(np.float64),
         lag(1),
         lag(2),
         lag(WEEK_DAYS),
-        np.nanmean(np.stack([lag(k) for k in range(1, WEEK_DAYS + 1)]), axis=0),
+        week_mean,
         np.broadcast_to(target[origins - 1][:, None], rows.shape),
-        np.broadcast_to(np.nanmean(last_day, axis=1)[:, None], rows.shape),
+        np.broadcast_to(last_day_mean[:, None], rows.shape),
     ]
     calendar = calendar_features(prepared.series.timestamps[rows], prepared.spec.timezone)
     columns += [calendar[..., i] for i in range(calendar.shape[-1])]
