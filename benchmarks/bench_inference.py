@@ -1,12 +1,16 @@
-"""Batch-1 inference latency of a W1 forecaster in every runtime, measured side by side in one run.
+"""Batch-1 inference latency, size and accuracy of every artefact kind, W1 and W3, side by side in one run.
 
-By default builds the W1-shaped conv/dense forecaster of the export tests (one day of 15-min household
-power in, the next day out) in Keras and PyTorch, exports it through the real export pipeline (LiteRT int8,
-ONNX Runtime int8/fp32), then times one window through: LiteRT int8, ORT int8, ORT fp32, Keras
-``model.predict``, a direct Keras call, and torch eager. Writes JSON, a markdown table and a PNG to
-``benchmarks/results/``. Pass the trainer's W1 run folders to measure the reference model instead:
+For each workload, a Keras and a PyTorch model go through the real export pipeline (TFLite from Keras;
+ONNX fp32, static QDQ int8 and dynamic int8 from PyTorch). One window is then timed through LiteRT
+int8/fp32, ORT int8/dynamic-int8/fp32 and, for W1, Keras ``model.predict``, a direct Keras call and torch
+eager. The runtimes are timed in interleaved blocks, so load from other processes on this shared machine
+spreads over all of them instead of skewing one. Writes JSON, markdown and a PNG to ``benchmarks/results/``.
 
-    python benchmarks/bench_inference.py [--runs 2000] [--keras-run RUN_DIR --torch-run RUN_DIR]
+By default the small W1/W3-shaped models of the export tests are built; pass trainer run folders to
+measure the reference models (``gridedge train configs/w1_load.yaml ...``):
+
+    python benchmarks/bench_inference.py [--runs 3000] [--w1-keras-run DIR --w1-torch-run DIR]
+        [--w3-keras-run DIR --w3-torch-run DIR]
 """
 
 from __future__ import annotations
@@ -14,22 +18,28 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
-from export.pipeline import ExportOptions, export_bundle
+from export.evaluate import primary_metric
+from export.pipeline import ExportOptions, ExportResult, ExportSource, export_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = 100
+# Slow baselines get this many timed calls at most (Keras predict takes ~0.2 s a call).
+SLOW_RUNS = 100
 
 
 def _fixtures() -> ModuleType:
@@ -41,8 +51,28 @@ def _fixtures() -> ModuleType:
     return module
 
 
-def _time(call: Callable[[], object], runs: int) -> dict[str, float]:
-    for _ in range(min(50, runs)):
+def _time_interleaved(calls: dict[str, Callable[[], object]], runs: int) -> dict[str, dict[str, float]]:
+    """p50/p99 of each call over ``runs`` timed calls, run in alternating blocks after a warm-up."""
+    timings: dict[str, list[int]] = {name: [] for name in calls}
+    for call in calls.values():
+        for _ in range(50):
+            call()
+    for block in range(-(-runs // BLOCK)):
+        for name, call in calls.items():
+            for _ in range(min(BLOCK, runs - block * BLOCK)):
+                start = time.perf_counter_ns()
+                call()
+                timings[name].append(time.perf_counter_ns() - start)
+        print(f"  timed {min(runs, (block + 1) * BLOCK)}/{runs} calls per runtime", end="\r", flush=True)
+    print()
+    return {
+        name: {"p50_us": float(np.percentile(t, 50) / 1e3), "p99_us": float(np.percentile(t, 99) / 1e3)}
+        for name, t in timings.items()
+    }
+
+
+def _time_slow(call: Callable[[], object], runs: int) -> dict[str, float]:
+    for _ in range(3):
         call()
     timings = np.empty(runs)
     for i in range(runs):
@@ -52,91 +82,171 @@ def _time(call: Callable[[], object], runs: int) -> dict[str, float]:
     return {"p50_us": float(np.percentile(timings, 50) / 1e3), "p99_us": float(np.percentile(timings, 99) / 1e3)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--keras-run", type=Path, help="W1 run folder trained with Keras (gridedge train).")
-    parser.add_argument("--torch-run", type=Path, help="W1 run folder trained with PyTorch.")
-    args = parser.parse_args()
+def _runner(runtime: Any, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
+    return lambda: runtime.run(feeds)
+
+
+def _artefact_rows(result: ExportResult, framework: str) -> list[dict[str, Any]]:
+    """Size vs the fp32 file of the same runtime and the test-metric change of every artefact."""
+    metric, _ = primary_metric(result.manifest.output)
+    fp32 = {a.runtime: a.bytes for a in result.manifest.artefacts if a.precision == "fp32"}
+    return [
+        {
+            "file": a.file,
+            "framework": framework,
+            "runtime": a.runtime,
+            "precision": a.precision,
+            "bytes": a.bytes,
+            "size_vs_fp32": a.bytes / fp32[a.runtime],
+            "metric": metric,
+            "value": a.metrics[metric],
+            "float_value": result.float_metrics[metric],
+            "degradation": a.metrics[f"{metric}_degradation"],
+        }
+        for a in result.manifest.artefacts
+    ]
+
+
+def _workload(
+    label: str, keras_source: ExportSource, torch_source: ExportSource, runs: int, baselines: bool
+) -> dict[str, Any]:
+    """Export both models of one workload and time every artefact (and, if asked, the framework calls)."""
     import torch
 
-    torch.set_num_threads(1)
-    if args.keras_run and args.torch_run:
-        from export.run_loader import load_source
-
-        keras_source, torch_source = load_source(args.keras_run), load_source(args.torch_run)
-        model_name = f"trainer runs {args.keras_run.name} / {args.torch_run.name}"
-    else:
-        fixtures = _fixtures()
-        prepared = fixtures.prepare_w1()
-        keras_source = fixtures.make_source(prepared, "keras", fixtures.keras_model(prepared))
-        torch_source = fixtures.make_source(prepared, "torch", fixtures.torch_model(prepared))
-        model_name = "W1-shaped conv/dense forecaster (tests/export fixture)"
-    keras_model, torch_model = keras_source.model, torch_source.model
     key = Ed25519PrivateKey.generate()
+    names = keras_source.input_names
+    # Measurement, not a gate: the parity table reports every artefact, including ones the gate refuses.
+    common = {"onnx_dynamic_int8": True, "max_degradation": 1e9, "latency_runs": 10}
     with tempfile.TemporaryDirectory() as tmp:
-        keras_options = ExportOptions(name="w1-keras", targets=("litert",))
-        torch_options = ExportOptions(name="w1-torch", targets=("ort",))
-        keras_bundle = export_bundle(keras_source, Path(tmp) / "k", key, keras_options)
-        torch_bundle = export_bundle(torch_source, Path(tmp) / "t", key, torch_options)
-        feeds = {k: v[:1].copy() for k, v in keras_source.test.feeds.items()}
-        names = ("past", "future")
-        litert = LiteRTRuntime(keras_bundle.bundle_dir / "w1-keras.int8.tflite", LiteRTConfig(), names)
-        ort_int8 = OnnxRuntime(torch_bundle.bundle_dir / "w1-torch.int8.onnx", OnnxRuntimeConfig(), names)
-        ort_fp32 = OnnxRuntime(torch_bundle.bundle_dir / "w1-torch.fp32.onnx", OnnxRuntimeConfig(), names)
+        print(f"{label}: exporting the Keras model (LiteRT)")
+        keras = export_bundle(
+            keras_source, Path(tmp) / "k", key, ExportOptions(name=f"{label}-keras", targets=("litert",), **common)
+        )
+        print(f"{label}: exporting the PyTorch model (ORT)")
+        torch_bundle = export_bundle(
+            torch_source, Path(tmp) / "t", key, ExportOptions(name=f"{label}-torch", targets=("ort",), **common)
+        )
+        feeds = {k: np.ascontiguousarray(v[:1]) for k, v in keras_source.test.feeds.items()}
+        ort_config = OnnxRuntimeConfig(providers=("CPUExecutionProvider",))
+        runtimes: dict[str, Any] = {
+            "LiteRT int8": LiteRTRuntime(keras.bundle_dir / f"{label}-keras.int8.tflite", LiteRTConfig(), names),
+            "LiteRT fp32": LiteRTRuntime(keras.bundle_dir / f"{label}-keras.fp32.tflite", LiteRTConfig(), names),
+            "ORT int8 (static QDQ)": OnnxRuntime(
+                torch_bundle.bundle_dir / f"{label}-torch.int8.onnx", ort_config, names
+            ),
+            "ORT dynamic int8": OnnxRuntime(
+                torch_bundle.bundle_dir / f"{label}-torch.dynamic-int8.onnx", ort_config, names
+            ),
+            "ORT fp32": OnnxRuntime(torch_bundle.bundle_dir / f"{label}-torch.fp32.onnx", ort_config, names),
+        }
+        print(f"{label}: timing {len(runtimes)} runtimes, batch 1, 1 thread")
+        latency = _time_interleaved({name: _runner(rt, feeds) for name, rt in runtimes.items()}, runs)
+        rows = _artefact_rows(keras, "keras") + _artefact_rows(torch_bundle, "torch")
+    if baselines:
         torch_args = [torch.from_numpy(feeds[n]) for n in names]
 
         def torch_eager() -> None:
             with torch.no_grad():
-                torch_model(*torch_args)
+                torch_source.model(*torch_args)
 
-        slow_runs = max(50, args.runs // 20)
-        results = {
-            "LiteRT int8": _time(lambda: litert.run(feeds), args.runs),
-            "ORT int8 (QDQ)": _time(lambda: ort_int8.run(feeds), args.runs),
-            "ORT fp32": _time(lambda: ort_fp32.run(feeds), args.runs),
-            "torch eager": _time(torch_eager, args.runs // 4),
-            "Keras direct call": _time(lambda: keras_model(feeds, training=False), slow_runs),
-            "Keras model.predict": _time(lambda: keras_model.predict(feeds, verbose=0), slow_runs),
-        }
-        sizes = {
-            "tflite int8 / fp32": keras_bundle.manifest.artefact("w1-keras.int8.tflite").bytes
-            / keras_bundle.manifest.artefact("w1-keras.fp32.tflite").bytes,
-            "onnx int8 / fp32": torch_bundle.manifest.artefact("w1-torch.int8.onnx").bytes
-            / torch_bundle.manifest.artefact("w1-torch.fp32.onnx").bytes,
-        }
-        tflite_int8 = keras_bundle.manifest.artefact("w1-keras.int8.tflite")
-        onnx_int8 = torch_bundle.manifest.artefact("w1-torch.int8.onnx")
-        mae = {
-            "tflite int8 mae degradation": tflite_int8.metrics["mae_degradation"],
-            "onnx int8 mae degradation": onnx_int8.metrics["mae_degradation"],
-        }
-    predict = results["Keras model.predict"]["p50_us"]
-    eager = results["torch eager"]["p50_us"]
-    for name in ("LiteRT int8", "ORT int8 (QDQ)"):
-        results[name]["x_vs_keras_predict"] = predict / results[name]["p50_us"]
-        results[name]["x_vs_torch_eager"] = eager / results[name]["p50_us"]
+        model = keras_source.model
+        print(f"{label}: timing framework baselines")
+        latency["torch eager"] = _time_slow(torch_eager, max(SLOW_RUNS, runs // 4))
+        latency["Keras direct call"] = _time_slow(lambda: model(feeds, training=False), SLOW_RUNS)
+        latency["Keras model.predict"] = _time_slow(lambda: model.predict(feeds, verbose=0), SLOW_RUNS)
+        for name in ("LiteRT int8", "ORT int8 (static QDQ)"):
+            latency[name]["x_vs_keras_predict"] = latency["Keras model.predict"]["p50_us"] / latency[name]["p50_us"]
+            latency[name]["x_vs_torch_eager"] = latency["torch eager"]["p50_us"] / latency[name]["p50_us"]
+    return {"latency": latency, "artefacts": rows}
+
+
+def _markdown(payload: dict[str, Any]) -> list[str]:
+    lines = [f"Batch 1, 1 thread, {payload['runs']} timed calls per runtime, interleaved; load average "
+             f"{payload['load_average']} at start; {payload['cpu']}.", ""]
+    for label, work in payload["workloads"].items():
+        lines += [f"## {label}: {work['model']}", "",
+                  "| runtime | p50 µs | p99 µs | × vs Keras predict | × vs torch eager |", "|---|---:|---:|---:|---:|"]
+        for name, row in work["latency"].items():
+            ratios = [row.get("x_vs_keras_predict"), row.get("x_vs_torch_eager")]
+            shown = [f"{r:.0f}" if r and r >= 100 else f"{r:.1f}" if r else "—" for r in ratios]
+            lines.append(f"| {name} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | {shown[0]} | {shown[1]} |")
+        lines += ["", "| artefact | framework | size vs fp32 | KiB | test metric | vs float |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for row in work["artefacts"]:
+            lines.append(
+                f"| {row['file']} | {row['framework']} | {100 * row['size_vs_fp32']:.1f} % | "
+                f"{row['bytes'] / 1024:.1f} | "
+                f"{row['metric']} {row['value']:.4g} (float {row['float_value']:.4g}) | "
+                f"{-100 * row['degradation']:+.2f} % |"
+            )
+        lines += ["", *_findings(work), ""]
+    return lines
+
+
+def _findings(work: dict[str, Any]) -> list[str]:
+    """The ratios a runtime/precision choice rests on, read off the tables above."""
+    latency = {name: row["p50_us"] for name, row in work["latency"].items()}
+    size = {(r["framework"], r["file"].split(".", 1)[1]): r for r in work["artefacts"]}
+    static, dynamic = size[("torch", "int8.onnx")], size[("torch", "dynamic-int8.onnx")]
+    return [
+        f"- ORT dynamic int8: p50 {latency['ORT dynamic int8'] / latency['ORT fp32']:.2f}x ORT fp32 and "
+        f"{latency['ORT dynamic int8'] / latency['ORT int8 (static QDQ)']:.2f}x static int8; file "
+        f"{100 * dynamic['size_vs_fp32']:.1f} % of fp32 (static {100 * static['size_vs_fp32']:.1f} %); "
+        f"{dynamic['metric']} {-100 * dynamic['degradation']:+.2f} % vs float (static "
+        f"{-100 * static['degradation']:+.2f} %).",
+        f"- ORT static int8: p50 {latency['ORT int8 (static QDQ)'] / latency['ORT fp32']:.2f}x ORT fp32; "
+        f"LiteRT int8: p50 {latency['LiteRT int8'] / latency['LiteRT fp32']:.2f}x LiteRT fp32.",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3000)
+    for workload in ("w1", "w3"):
+        for framework in ("keras", "torch"):
+            parser.add_argument(
+                f"--{workload}-{framework}-run", type=Path,
+                help=f"{workload.upper()} run folder trained with {framework} (gridedge train).",
+            )
+    args = parser.parse_args()
+    load_at_start = [round(v, 2) for v in os.getloadavg()]
+    import torch
+
+    torch.set_num_threads(1)
+    fixtures = _fixtures()
+    workloads: dict[str, Any] = {}
+    for label in ("w1", "w3"):
+        keras_run, torch_run = getattr(args, f"{label}_keras_run"), getattr(args, f"{label}_torch_run")
+        if keras_run and torch_run:
+            from export.run_loader import load_source
+
+            keras_source, torch_source = load_source(keras_run), load_source(torch_run)
+            model = f"trainer runs {keras_run} / {torch_run}"
+        else:
+            prepared = fixtures.prepare_w1() if label == "w1" else fixtures.prepare_w3()
+            keras_source = fixtures.make_source(prepared, "keras", fixtures.keras_model(prepared))
+            torch_source = fixtures.make_source(prepared, "torch", fixtures.torch_model(prepared))
+            model = f"{label.upper()}-shaped conv/dense model (tests/export fixture)"
+        workloads[label.upper()] = {"model": model, **_workload(label, keras_source, torch_source, args.runs,
+                                                                baselines=label == "w1")}
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    cpu = "x86 AVX2 without VNNI" if "avx2" in flags and "vnni" not in flags else "see /proc/cpuinfo"
+    payload = {"runs": args.runs, "load_average": load_at_start, "cpu": cpu,
+               "workloads": workloads}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"runs": args.runs, "latency": results, "size_ratio": sizes, "quality": mae,
-               "model": f"{model_name}, batch 1, 1 thread"}
     (RESULTS / "inference.json").write_text(json.dumps(payload, indent=1) + "\n")
-    lines = ["| runtime | p50 µs | p99 µs | × vs Keras predict | × vs torch eager |", "|---|---:|---:|---:|---:|"]
-    for name, row in results.items():
-        lines.append(
-            f"| {name} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
-            f"{row.get('x_vs_keras_predict', float('nan')):.0f} | {row.get('x_vs_torch_eager', float('nan')):.1f} |"
-        )
-    lines += ["", *[f"- {k}: {v:.3f}" for k, v in {**sizes, **mae}.items()]]
+    lines = _markdown(payload)
     (RESULTS / "inference.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.barh(list(results), [r["p50_us"] for r in results.values()], log=True)
-    ax.set_xlabel("p50 latency, µs (log)")
-    ax.set_title("W1 forecaster, batch 1")
+    fig, axes = plt.subplots(1, len(workloads), figsize=(7 * len(workloads), 4))
+    for ax, (label, work) in zip(np.atleast_1d(axes), workloads.items(), strict=True):
+        ax.barh(list(work["latency"]), [r["p50_us"] for r in work["latency"].values()], log=True)
+        ax.set_xlabel("p50 latency, µs (log)")
+        ax.set_title(f"{label}, batch 1")
     fig.tight_layout()
     fig.savefig(RESULTS / "inference.png", dpi=100)
     print("\n".join(lines))

@@ -67,17 +67,34 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
     ]
     for row in rows:
         m = row["metrics"]
-        ratio = f"{100 * row['size_vs_fp32']:.0f} %" if row["size_vs_fp32"] else "—"
+        ratio = f"{100 * row['size_vs_fp32']:.1f} %" if row["size_vs_fp32"] else "—"
         lines.append(
             f"| {row['file']} | {row['precision']} | {row['bytes'] / 1024:.1f} | {ratio} | {m[metric]:.4g} | "
             f"{-100 * m[f'{metric}_degradation']:+.2f} % | {m['max_abs_error']:.3g} | "
             f"{row['p50_us']:.1f} | {row['p99_us']:.1f} | {', '.join(row['targets'])} |"
         )
+    lines += _onnx_int8_comparison(rows, metric)
     if result.target_notes:
-        lines += ["", "Target notes:", *[f"- {note}" for note in result.target_notes]]
+        lines += ["", "Notes (quantisation scheme, targets):", *[f"- {note}" for note in result.target_notes]]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     _plot(rows, metric, paths["png"])
     return paths
+
+
+def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str) -> list[str]:
+    """Static vs dynamic int8 ONNX next to fp32, when both were written: the numbers behind the choice."""
+    onnx = {r["precision"]: r for r in rows if r["runtime"] == "onnx"}
+    if not {"fp32", "int8", "dynamic-int8"} <= set(onnx):
+        return []
+    fp32, static, dynamic = onnx["fp32"], onnx["int8"], onnx["dynamic-int8"]
+    lines = ["", "ONNX int8, static QDQ vs dynamic (batch 1, this machine):"]
+    for label, row in (("static QDQ", static), ("dynamic", dynamic)):
+        lines.append(
+            f"- {label}: {100 * row['size_vs_fp32']:.1f} % of fp32, p50 {row['p50_us']:.1f} µs "
+            f"({row['p50_us'] / fp32['p50_us']:.2f}x fp32), {metric} "
+            f"{-100 * row['metrics'][f'{metric}_degradation']:+.2f} % vs float"
+        )
+    return lines
 
 
 def _plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from edge_agent.keys import load_private_key, load_public_key, new_keypair
 from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.runtimes.litert import LiteRTConfig
 from edge_agent.runtimes.ort import OnnxRuntimeConfig
-from export.errors import ParityError
+from export import converters
+from export.errors import ConversionError, ParityError
 from export.pipeline import ExportOptions, ExportResult, export_bundle
 from export.report import write_report
 
@@ -84,6 +86,51 @@ def test_onnx_files_are_single_and_readable_by_old_runtimes(exports) -> None:
                 onnx.checker.check_model(proto)
                 assert proto.ir_version <= 9
                 assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) <= 17
+
+
+def test_onnx_int8_uses_7_bit_weights_that_the_fused_kernels_reproduce(exports) -> None:
+    for name, result in exports.items():
+        notes = [n for n in result.target_notes if n.startswith(f"{name}.int8.onnx:")]
+        assert len(notes) == 1, result.target_notes
+        assert "7-bit weights (reduce_range)" in notes[0] and "agree with the unfused graph" in notes[0]
+
+
+def _cpu_has_vnni() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "vnni" in flags
+
+
+@pytest.fixture
+def w3_keras_onnx(w3_keras_source, tmp_path) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    fp32 = converters.keras_to_onnx(w3_keras_source.model, tmp_path / "w3.fp32.onnx", w3_keras_source.input_shapes)
+    return fp32, converters.calibration_batches(w3_keras_source.calibration)
+
+
+@pytest.mark.skipif(_cpu_has_vnni(), reason="VPMADDUBSW saturation shows only on x86 CPUs without VNNI")
+def test_8_bit_weights_saturate_the_fused_kernels_and_are_refused(w3_keras_onnx, tmp_path, monkeypatch) -> None:
+    fp32, calibration = w3_keras_onnx
+    eight_bit = converters.StaticScheme("S8S8, 8-bit weights", "QInt8", "QInt8", reduce_range=False)
+    saturating = tmp_path / "w3.8bit.onnx"
+    converters._quantise_onnx(fp32, saturating, "static", calibration, eight_bit)
+    check = converters._fusion_check(fp32, saturating, calibration)
+    assert not check.consistent and check.fused_error > 3 * check.unfused_error
+    monkeypatch.setattr(converters, "STATIC_SCHEMES", (eight_bit,))
+    with pytest.raises(ConversionError, match=r"w3\.int8\.onnx: onnxruntime's fused int8 kernels disagree .* 8-bit"):
+        converters.quantise_onnx(fp32, tmp_path / "w3.int8.onnx", "static", calibration)
+
+
+def test_tflite_files_keep_only_the_names_a_runtime_reads(exports) -> None:
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    result = exports["w1-keras"]
+    for artefact in result.manifest.artefacts:
+        if artefact.runtime != "tflite":
+            continue
+        model = flatbuffer_utils.read_model(str(result.bundle_dir / artefact.file))
+        graph = model.subgraphs[0]
+        boundary = set(graph.inputs) | set(graph.outputs)
+        assert all(not t.name for i, t in enumerate(graph.tensors) if i not in boundary), artefact.file
+        assert model.signatureDefs, artefact.file
 
 
 def test_tflite_int8_records_quantisation_of_inputs_and_output(exports) -> None:
@@ -163,3 +210,11 @@ def test_report_has_json_markdown_and_plot(exports, tmp_path) -> None:
     assert {row["precision"] for row in payload["artefacts"]} >= {"fp32", "int8"}
     assert "| w3-keras.int8.tflite | int8 |" in paths["md"].read_text()
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_compares_static_and_dynamic_onnx_int8(w3_torch_source, signing_keys, tmp_path) -> None:
+    options = ExportOptions(name="w3-dyn", targets=("ort",), onnx_dynamic_int8=True, latency_runs=20)
+    result = export_bundle(w3_torch_source, tmp_path / "bundle", load_private_key(signing_keys[0]), options)
+    markdown = write_report(result, tmp_path / "report")["md"].read_text()
+    assert "ONNX int8, static QDQ vs dynamic" in markdown
+    assert re.search(r"- dynamic: \d+\.\d % of fp32, p50 [\d.]+ µs \([\d.]+x fp32\), f1 [+-]", markdown)
