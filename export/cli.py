@@ -34,6 +34,10 @@ def export_command(
     onnx_dynamic_int8: Annotated[
         bool, typer.Option(help="Also write a dynamic-int8 ONNX artefact (often slower than fp32).")
     ] = False,
+    fault_margin_std: Annotated[
+        float,
+        typer.Option(help="Anomaly models: int8 ranges cover spikes this many std past the training range."),
+    ] = 4.0,
 ) -> None:
     """Export TRAIN_DIR into a signed bundle; exits 1 with the reason when anything is refused."""
     from rich.console import Console
@@ -56,6 +60,7 @@ def export_command(
             targets=tuple(target) if target else None,
             max_degradation=max_degradation,
             onnx_dynamic_int8=onnx_dynamic_int8,
+            fault_margin_std=fault_margin_std,
         )
         console.print(f"loading {train_dir}")
         source = load_source(train_dir)

@@ -8,18 +8,25 @@ artefact, runs the given inputs and prints the outputs as JSON.
 
 Current runtimes (``litert``, ``ort``) are checked in-process with the edge runtimes instead.
 
+The PyTorch -> TFLite converter (litert-torch) gets a venv of its own the same way: its chain pins
+typing-extensions<4.13 (xdsl), which forces an older pydantic, and pulls jax and transformers, none of
+which gridedge's environment should carry (see :mod:`export.torch_tflite`).
+
 Run ``python -m export.compat_envs`` to build every venv ahead of the tests.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import venv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,40 +76,55 @@ def _python_of(env_dir: Path) -> Path:
     return env_dir / "bin" / "python"
 
 
-def ensure_env(target: str, root: Path | None = None) -> Path:
-    """Build (or reuse) the venv for ``target`` and return its python executable.
+# PyTorch -> TFLite converter. torch must stay at the CPU build gridedge trains with (any other torch
+# pulls multi-GB CUDA wheels, and the exported program is read by the same torch that wrote it); the
+# conversion chain below it (PT2E quantiser, MLIR converter, jax lowerings) is pinned to the versions
+# whose output was checked against LiteRT and tflite-runtime 2.14.
+TORCH_TFLITE_ENV = "litert-torch"
+TORCH_TFLITE_REQUIREMENTS = (
+    "torch==2.13.0",
+    "litert-torch==0.10.0",
+    "litert-converter==0.5.0",
+    "ai-edge-quantizer==0.10.0",
+    "ai-edge-litert==2.3.0",
+    "torchao==0.18.0",
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+)
+
+
+def _env_is_ready(env_dir: Path, requirements: tuple[str, ...]) -> bool:
+    marker = env_dir / _MARKER
+    wanted = "\n".join(requirements) + "\n"
+    return marker.is_file() and marker.read_text() == wanted and _python_of(env_dir).exists()
+
+
+def _build_venv(name: str, requirements: tuple[str, ...], root: Path) -> Path:
+    """Build (or reuse) venv ``root/name`` holding exactly ``requirements``; returns its python.
 
     The venv is reused when its recorded requirements match; otherwise it is rebuilt in a temporary
     folder and renamed into place, so an interrupted build never leaves a half-installed venv behind.
     """
-    if target not in COMPAT_ENVS:
-        raise CompatibilityError(
-            f"no isolated environment is defined for target {target!r}; known: {sorted(COMPAT_ENVS)}"
-        )
-    env = COMPAT_ENVS[target]
-    root = root or venvs_root()
-    env_dir = root / target
-    wanted = "\n".join(env.requirements) + "\n"
-    marker = env_dir / _MARKER
-    if marker.is_file() and marker.read_text() == wanted and _python_of(env_dir).exists():
+    env_dir = root / name
+    if _env_is_ready(env_dir, requirements):
         return _python_of(env_dir)
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target}.", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(staging)
         result = subprocess.run(
             [str(_python_of(staging)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             *env.requirements],
+             *requirements],
             capture_output=True,
             text=True,
             check=False,
         )
         if result.returncode != 0:
             raise CompatibilityError(
-                f"could not install {list(env.requirements)} for target {target!r} (pip exit "
+                f"could not install {list(requirements)} into {name!r} (pip exit "
                 f"{result.returncode}): {result.stderr.strip()[-800:]}"
             )
-        (staging / _MARKER).write_text(wanted)
+        (staging / _MARKER).write_text("\n".join(requirements) + "\n")
         if env_dir.exists():
             shutil.rmtree(env_dir)
         # Scripts in bin/ keep the staging path in their shebang; only bin/python (a symlink that finds
@@ -112,6 +134,26 @@ def ensure_env(target: str, root: Path | None = None) -> Path:
         if staging.exists():
             shutil.rmtree(staging)
     return _python_of(env_dir)
+
+
+def ensure_env(target: str, root: Path | None = None) -> Path:
+    """Build (or reuse) the venv for ``target`` and return its python executable."""
+    if target not in COMPAT_ENVS:
+        raise CompatibilityError(
+            f"no isolated environment is defined for target {target!r}; known: {sorted(COMPAT_ENVS)}"
+        )
+    return _build_venv(target, COMPAT_ENVS[target].requirements, root or venvs_root())
+
+
+def ensure_torch_tflite_env(root: Path | None = None) -> Path:
+    """Build (or reuse) the litert-torch converter venv (~2 GB, a few minutes) and return its python."""
+    return _build_venv(TORCH_TFLITE_ENV, TORCH_TFLITE_REQUIREMENTS, root or venvs_root())
+
+
+def torch_tflite_python(root: Path | None = None) -> Path | None:
+    """The converter venv's python when it is built with the pinned requirements, else None."""
+    env_dir = (root or venvs_root()) / TORCH_TFLITE_ENV
+    return _python_of(env_dir) if _env_is_ready(env_dir, TORCH_TFLITE_REQUIREMENTS) else None
 
 
 def run_in_env(
@@ -143,10 +185,15 @@ def run_in_env(
 
 
 def main() -> None:
-    """Build every compatibility venv (used by .ci/run so the tests find them ready)."""
-    for target in COMPAT_ENVS:
-        python = ensure_env(target)
-        sys.stdout.write(f"{target}: {python}\n")
+    """Build every compatibility venv and the converter venv (used by .ci/run so the tests find them ready)."""
+    builds: list[tuple[str, Callable[[], Path]]] = [(t, functools.partial(ensure_env, t)) for t in COMPAT_ENVS]
+    builds.append((TORCH_TFLITE_ENV, ensure_torch_tflite_env))
+    for name, build in builds:
+        sys.stdout.write(f"{name}: building or reusing ...\n")
+        sys.stdout.flush()
+        started = time.perf_counter()
+        python = build()
+        sys.stdout.write(f"{name}: {python} ({time.perf_counter() - started:.0f} s)\n")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ class LiteRTRuntime:
         self._output = _Tensor(outputs[0])
         self._names = tuple(input_names)
         self._batch = 0
+        # Models converted from PyTorch (litert-torch) have a fixed batch of 1: batches run window by window.
+        self._window_by_window = shapes[mapping[self._names[0]]][:1] == [1]
         self._info = RuntimeInfo(
             name="ai-edge-litert" if self.target == "litert" else "tflite-runtime",
             version=version,
@@ -140,6 +142,8 @@ class LiteRTRuntime:
         """One inference on a batch of windows; float32 in and out, normalised units."""
         arrays = check_feeds(feeds, self._names, self._info.artefact)
         batch = arrays[self._names[0]].shape[0]
+        if self._window_by_window and batch != 1:
+            return np.concatenate([self.run({n: a[i : i + 1] for n, a in arrays.items()}) for i in range(batch)])
         if batch != self._batch:
             self._resize(batch, arrays)
         for name, tensor in self._inputs.items():

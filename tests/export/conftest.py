@@ -7,6 +7,7 @@ Both follow the model I/O contract (inputs "past"/"future", one output in normal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,22 @@ def make_source(prepared: Prepared, framework: str, model) -> ExportSource:
             update={"anomaly": AnomalySpec(threshold=threshold, score_steps=output.anomaly.score_steps)}
         )
     return source
+
+
+def _train_one_epoch(config_path: Path, framework: str, out: Path) -> Path:
+    from trainer.api import train
+    from trainer.config import load_config
+
+    config = load_config(config_path)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 1})})
+    train(config, framework, out, plots=False)  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="session")
+def train_one_epoch() -> Callable[[Path, str, Path], Path]:
+    """Write a real trainer run folder: ``train_one_epoch(shipped_config, framework, out)``, one epoch."""
+    return _train_one_epoch
 
 
 @pytest.fixture(scope="session")

@@ -20,15 +20,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "w3_anomaly.yaml"
 
 
 @pytest.fixture(scope="session")
-def w3_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.api import train
-    from trainer.config import load_config
-
-    config = load_config(CONFIG)
-    config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 1})})
-    out = tmp_path_factory.mktemp("runs") / "w3-keras"
-    train(config, "keras", out, plots=False)
-    return out
+def w3_run(tmp_path_factory: pytest.TempPathFactory, train_one_epoch) -> Path:
+    return train_one_epoch(CONFIG, "keras", tmp_path_factory.mktemp("runs") / "w3-keras")
 
 
 def test_cli_exports_a_trainer_run_into_a_verified_bundle(w3_run, signing_keys, tmp_path) -> None:
