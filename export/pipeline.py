@@ -157,9 +157,10 @@ def _convert(
     calibration = converters.calibration_batches(source.calibration)
     if source.output.anomaly is not None:
         columns = [source.spec.past_feature_names.index(t) for t in source.spec.target_channels]
-        calibration += converters.fault_windows(source.calibration, columns, options.fault_margin_std)
+        faults = converters.fault_windows(source.calibration, columns, options.fault_margin_std)
+        calibration += faults
         notes.append(
-            f"int8 calibration: {len(calibration)} windows, of which 40 training windows carry one spike "
+            f"int8 calibration: {len(calibration)} windows, of which {len(faults)} training windows carry one spike "
             f"{options.fault_margin_std:g} std past the training range, so int8 ranges cover the faults to detect"
         )
     stem = options.name
