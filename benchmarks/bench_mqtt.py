@@ -16,6 +16,7 @@ import platform
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -164,15 +167,17 @@ def bench_store_ingest(workdir: Path, count: int) -> dict[str, Any]:
     return {"summaries": count, "seconds": elapsed, "summaries_per_s": count / elapsed}
 
 
-def publish_summaries(port: int, count: int, ready: Any) -> None:
-    """Child process: publish ``count`` summaries at full speed, QoS 1 (keeps its CPU off the receiver)."""
+def publish_summaries(port: int, count: int, ready: Any | None) -> None:
+    """Publish ``count`` summaries at full speed, QoS 1, once ``ready`` is set (as a child process, it keeps
+    its CPU off the receiver's clock)."""
     payloads = summary_payloads(count, 50)
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher", protocol=mqtt.MQTTv5)
     # No inflight cap: paho rescans its whole queue on every PUBACK once messages are queued.
     publisher.max_inflight_messages_set(0)
     publisher.connect("127.0.0.1", port)
     publisher.loop_start()
-    ready.wait()
+    if ready is not None:
+        ready.wait()
     infos = [publisher.publish(topic, payload, qos=1) for topic, payload in payloads]
     for info in infos:
         info.wait_for_publish(120)
@@ -252,6 +257,72 @@ def bench_receivers(broker: LocalMosquitto, workdir: Path, count: int, receivers
     }
 
 
+def _queue_backlog(broker: LocalMosquitto, client_id: str, count: int) -> None:
+    """Create a persistent session subscribed to every summary, leave, and publish ``count`` summaries to it."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    subscribed = threading.Event()
+    subscriber.on_subscribe = lambda *_: subscribed.set()
+    subscriber.connect("127.0.0.1", broker.port, clean_start=True, properties=properties)
+    subscriber.loop_start()
+    subscriber.subscribe("gridedge/v1/+/+/summary", qos=1)
+    assert subscribed.wait(10), "the backlog session could not subscribe"
+    subscriber.disconnect()
+    subscriber.loop_stop()
+    publish_summaries(broker.port, count, None)
+
+
+def bench_drain(broker: LocalMosquitto, workdir: Path, count: int) -> dict[str, Any]:
+    """Catch-up after receiver downtime: a backlog of ``count`` queued summaries drained by one receiver,
+    next to paho alone draining the same backlog (no validation, no storage) as the ceiling."""
+    _queue_backlog(broker, "bench-drain-paho", count)
+    received = 0
+    done = threading.Event()
+
+    def on_message(*_: Any) -> None:
+        nonlocal received
+        received += 1
+        if received >= count:
+            done.set()
+
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    properties.ReceiveMaximum = 65535
+    raw = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-drain-paho", protocol=mqtt.MQTTv5)
+    raw.on_message = on_message
+    started = time.perf_counter()
+    raw.connect("127.0.0.1", broker.port, clean_start=False, properties=properties)
+    raw.loop_start()
+    done.wait(300)
+    paho_seconds = time.perf_counter() - started
+    raw.disconnect()
+    raw.loop_stop()
+
+    _queue_backlog(broker, "bench-drain-receiver", count)
+    store = FleetStore(path=workdir / "drain.sqlite3")
+    receiver = FleetReceiver(
+        BrokerConfig(port=broker.port, client_id="bench-drain-receiver"), store, group=None, name="drain"
+    )
+    started = time.perf_counter()
+    receiver.start()
+    with progress() as bar:
+        task = bar.add_task("drain a queued backlog, 1 receiver", total=count)
+        while receiver.stats.stored < count and time.perf_counter() - started < 300:
+            time.sleep(0.05)
+            bar.update(task, completed=receiver.stats.stored)
+    receiver_seconds = time.perf_counter() - started
+    stored = receiver.stats.stored
+    receiver.stop()
+    store.close()
+    return {
+        "summaries": count,
+        "paho_only_per_s": received / paho_seconds,
+        "stored": stored,
+        "receiver_per_s": stored / receiver_seconds,
+    }
+
+
 def bench_outage(broker: LocalMosquitto, workdir: Path, outage_s: float, rate: float) -> dict[str, Any]:
     """Publish at ``rate`` msg/s, stop the broker for ``outage_s``, restart: count loss and duplicates."""
     store = FleetStore(path=workdir / "outage.sqlite3")
@@ -312,7 +383,8 @@ def write_results(results: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mqtt.json").write_text(json.dumps(results, indent=2) + "\n")
     live, replay = results["outbox_live"], results["outbox_replay"]
-    ingest, outage = results["store_ingest"], results["outage"]
+    ingest, outage, drain = results["store_ingest"], results["outage"], results["drain"]
+    drain_share = drain["receiver_per_s"] / drain["paho_only_per_s"]
     rows = [
         ("Outbox live, QoS 1 to local Mosquitto", f"{live['msg_per_s']:,.0f} msg/s", f">= {TARGET_OUTBOX_MSG_S:,}",
          live["msg_per_s"] >= TARGET_OUTBOX_MSG_S),
@@ -325,6 +397,10 @@ def write_results(results: dict[str, Any]) -> None:
              f">= {TARGET_INGEST_SUMMARIES_S:,}", run["summaries_per_s"] >= TARGET_INGEST_SUMMARIES_S)
             for run in results["receiver_ingest"]
         ],
+        ("Receiver draining a queued backlog (catch-up after downtime), 1 process",
+         f"{drain['receiver_per_s']:,.0f} summaries/s ({drain['stored']}/{drain['summaries']} stored; paho alone "
+         f"{drain['paho_only_per_s']:,.0f}/s, the receiver reaches {drain_share:.0%} of it)",
+         f">= {TARGET_INGEST_SUMMARIES_S:,}", drain["receiver_per_s"] >= TARGET_INGEST_SUMMARIES_S),
         (f"Outage soak: {outage['outage_s']:.0f} s down at {outage['rate_msg_per_s']:.0f} msg/s",
          f"{outage['sent']} sent, {outage['lost']} lost, {outage['duplicates_stored']} duplicated",
          "0 lost, 0 duplicated", outage["lost"] == 0 and outage["duplicates_stored"] == 0),
@@ -369,6 +445,7 @@ def main() -> None:
                     bench_receivers(broker, workdir, args.summaries, count)
                     for count in sorted({1, args.receivers})
                 ],
+                "drain": bench_drain(broker, workdir, args.summaries),
                 "outage": bench_outage(broker, workdir, args.outage_s, args.outage_rate),
             }
         finally:

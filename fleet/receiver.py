@@ -89,7 +89,9 @@ class FleetReceiver:
         self.session_expiry_s = session_expiry_s
         self.stats = ReceiverStats()
         # (connection generation, message): an ack is only valid on the connection that delivered it.
-        self._queue: queue.SimpleQueue[tuple[int, mqtt.MQTTMessage] | None] = queue.SimpleQueue()
+        # Bounded: when storage falls behind (a backlog after downtime), paho's loop waits here and TCP
+        # holds the rest at the broker, instead of up to ReceiveMaximum messages piling up in memory.
+        self._queue: queue.Queue[tuple[int, mqtt.MQTTMessage] | None] = queue.Queue(maxsize=2 * batch_size)
         self._generation = 0
         self._connected = threading.Event()
         self._writer: threading.Thread | None = None
