@@ -118,48 +118,41 @@ def agent_config(tmp_path: Path, bundle: Path, keys: Path, port: int, runtime: s
     return AgentConfig.model_validate(raw)
 
 
-@pytest.fixture(scope="session")
-def anomaly_bundle(tmp_path_factory: pytest.TempPathFactory, exported: Bundles) -> Path:
-    """The trainer's W3 autoencoder (a few epochs), exported to LiteRT int8 and signed."""
+def _small_litert_bundle(root: Path, keys: Path, config: str, name: str, raw_edits: dict[str, Any]) -> Path:
+    """Train a shrunken shipped config with Keras and export it to a signed LiteRT bundle under ``root``."""
     from export.pipeline import ExportOptions, export_bundle
     from export.run_loader import load_source
     from trainer.config import parse_config
     from trainer.training import train
 
-    root = tmp_path_factory.mktemp("w3")
-    raw = yaml.safe_load((REPO / "configs" / "w3_anomaly.yaml").read_text())
-    raw["name"] = "w3-agent-test"
-    raw["training"].update({"epochs": 3, "patience": 1})
+    raw = yaml.safe_load((REPO / "configs" / config).read_text())
+    raw["name"] = f"{name}-agent-test"
+    for section, values in raw_edits.items():
+        raw.setdefault(section, {}).update(values)
     train(parse_config(raw), "keras", root / "run", plots=False)
     result = export_bundle(
         load_source(root / "run"),
         root / "bundle",
-        load_private_key(exported.keys / "bundle-signing.key"),
-        ExportOptions(name="w3-keras", targets=("litert",), max_degradation=1.0, latency_runs=20),
+        load_private_key(keys / "bundle-signing.key"),
+        ExportOptions(name=f"{name}-keras", targets=("litert",), max_degradation=1.0, latency_runs=20),
     )
     return result.bundle_dir
+
+
+@pytest.fixture(scope="session")
+def anomaly_bundle(tmp_path_factory: pytest.TempPathFactory, exported: Bundles) -> Path:
+    """The trainer's W3 autoencoder (a few epochs), exported to LiteRT int8 and signed."""
+    edits = {"training": {"epochs": 3, "patience": 1}}
+    return _small_litert_bundle(tmp_path_factory.mktemp("w3"), exported.keys, "w3_anomaly.yaml", "w3", edits)
 
 
 @pytest.fixture(scope="session")
 def pv_bundle(tmp_path_factory: pytest.TempPathFactory, exported: Bundles) -> Path:
     """The trainer's W2 PV forecaster (small), whose clear-sky input the device derives itself."""
-    from export.pipeline import ExportOptions, export_bundle
-    from export.run_loader import load_source
-    from trainer.config import parse_config
-    from trainer.training import train
-
-    root = tmp_path_factory.mktemp("w2")
-    raw = yaml.safe_load((REPO / "configs" / "w2_pv.yaml").read_text())
-    raw["name"] = "w2-agent-test"
-    raw["data"]["end"] = "2012-10-31"
-    raw["model"].update({"filters": 8, "hidden": 16})
-    raw["training"].update({"epochs": 2, "patience": 1})
-    raw.setdefault("baselines", {}).setdefault("lightgbm", {})["enabled"] = False
-    train(parse_config(raw), "keras", root / "run", plots=False)
-    result = export_bundle(
-        load_source(root / "run"),
-        root / "bundle",
-        load_private_key(exported.keys / "bundle-signing.key"),
-        ExportOptions(name="w2-keras", targets=("litert",), max_degradation=1.0, latency_runs=20),
-    )
-    return result.bundle_dir
+    edits = {
+        "data": {"end": "2012-10-31"},
+        "model": {"filters": 8, "hidden": 16},
+        "training": {"epochs": 2, "patience": 1},
+        "baselines": {"lightgbm": {"enabled": False}},
+    }
+    return _small_litert_bundle(tmp_path_factory.mktemp("w2"), exported.keys, "w2_pv.yaml", "w2", edits)
