@@ -8,7 +8,8 @@ the trainer's baselines: a rolling z-score (spikes) and a stale-value rule (a fr
 
 A reconstruction model cannot see a frozen sensor: a flat line is the easiest shape to reconstruct. The
 shipped detector therefore combines the model's score with the stale-value rule when the bundle asks for
-it (``AnomalySpec.stale_run_steps``); trainer, exporter and agent all decide through ``detector_flags``.
+it (``AnomalySpec.stale_run_steps``): the trainer scores series with ``detector_flags``, the exporter and the
+agent apply ``stale_value_flags`` to each window's raw target, so all three judge a frozen sensor alike.
 """
 
 from __future__ import annotations

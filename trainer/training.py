@@ -98,17 +98,17 @@ def _evaluate_anomaly(
     series_scores: dict[str, NDArray[np.float32]] = {}
     series_flags: dict[str, NDArray[np.bool_]] = {}
     for item in prepared.labelled:
-        window_scores = _window_scores(model, prepared, item.split)
-        # A sample's score is that of the window ending at it; the first input_steps - 1 have none.
-        scores = np.full(len(item.values), np.nan, dtype=np.float32)
-        scores[item.split.origins - 1] = window_scores
+        scores = _per_sample(_window_scores(model, prepared, item.split), item.split, len(item.values))
         series_scores[item.name] = scores
         flags = anomaly_scores.detector_flags(scores, item.values, threshold, stale_steps)
         series_flags[item.name] = flags
         per_series[item.name] = detection_metrics(flags, item.labels)
         model_only[item.name] = detection_metrics(anomaly_scores.flag(scores, threshold), item.labels)
-    test_values = prepared.series.past[prepared.test.origins - 1, _target_column(prepared)]
-    normal_flags = anomaly_scores.detector_flags(test_scores, test_values, threshold, stale_steps)
+    # The stale rule runs along the contiguous series; each test window takes the flag of its newest sample.
+    target = prepared.series.past[:, _target_column(prepared)]
+    test_samples = _per_sample(test_scores, prepared.test, len(target))
+    test_flags = anomaly_scores.detector_flags(test_samples, target, threshold, stale_steps)
+    normal_flags = test_flags[prepared.test.origins - 1]
     metrics = {
         "test": summarise_detection(per_series),
         "test_model_only": summarise_detection(model_only),
@@ -116,6 +116,13 @@ def _evaluate_anomaly(
         "normal_test_flagged_fraction": float(np.mean(normal_flags)),
     }
     return metrics, series_scores, series_flags, threshold
+
+
+def _per_sample(window_scores: NDArray[np.float32], split: Split, length: int) -> NDArray[np.float32]:
+    """A sample's score is that of the window ending at it; samples that end no window get NaN."""
+    scores = np.full(length, np.nan, dtype=np.float32)
+    scores[split.origins - 1] = window_scores
+    return scores
 
 
 def _target_column(prepared: PreparedTask) -> int:
