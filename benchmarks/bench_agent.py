@@ -37,10 +37,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def build_bundles(workdir: Path) -> dict[str, Path]:
     from edge_agent.bundle import pack_archive
     from edge_agent.keys import load_private_key, new_keypair
-    from export.pipeline import ExportOptions, export_bundle
-    from export.run_loader import load_source
     from gridedge.demo import w1_task_config
-    from trainer.training import train
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.training import train
 
     private, _ = new_keypair(workdir / "keys", overwrite=True)
     bundles = {}

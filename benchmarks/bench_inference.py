@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
-from export.evaluate import primary_metric
-from export.pipeline import ExportOptions, ExportResult, ExportSource, export_bundle
+from gridedge.export.evaluate import primary_metric
+from gridedge.export.pipeline import ExportOptions, ExportResult, ExportSource, export_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -218,7 +218,7 @@ def main() -> None:
     for label in ("w1", "w3"):
         keras_run, torch_run = getattr(args, f"{label}_keras_run"), getattr(args, f"{label}_torch_run")
         if keras_run and torch_run:
-            from export.run_loader import load_source
+            from gridedge.export.run_loader import load_source
 
             keras_source, torch_source = load_source(keras_run), load_source(torch_run)
             model = f"trainer runs {keras_run} / {torch_run}"

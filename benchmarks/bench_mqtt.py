@@ -43,9 +43,9 @@ from edge_agent.messages import (
 from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
-from fleet.mosquitto import LocalMosquitto
-from fleet.receiver import FleetReceiver
-from fleet.store import FleetStore, Received
+from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.fleet.receiver import FleetReceiver
+from gridedge.fleet.store import FleetStore, Received
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_OUTBOX_MSG_S = 1000

@@ -49,9 +49,9 @@ def export_command(
     console = Console(stderr=True, soft_wrap=True)
     try:
         private_key = load_private_key(key)
-        from export.pipeline import ExportOptions, export_bundle
-        from export.report import write_report
-        from export.run_loader import check_run_dir, load_source
+        from gridedge.export.pipeline import ExportOptions, export_bundle
+        from gridedge.export.report import write_report
+        from gridedge.export.run_loader import check_run_dir, load_source
 
         check_run_dir(train_dir)
         options = ExportOptions(

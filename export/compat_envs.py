@@ -12,7 +12,7 @@ The PyTorch -> TFLite converter (litert-torch) gets a venv of its own the same w
 typing-extensions<4.13 (xdsl), which forces an older pydantic, and pulls jax and transformers, none of
 which gridedge's environment should carry (see :mod:`export.torch_tflite`).
 
-Run ``python -m export.compat_envs`` to build every venv ahead of the tests.
+Run ``python -m gridedge.export.compat_envs`` to build every venv ahead of the tests.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from export.errors import CompatibilityError
+from gridedge.export.errors import CompatibilityError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENVS_ENV_VAR = "GRIDEDGE_COMPAT_VENVS"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.features import FloatArray
-from export.errors import CalibrationError, ConversionError
+from gridedge.export.errors import CalibrationError, ConversionError
 
 TflitePrecision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
 # Old runtimes (onnxruntime 1.16 on JetPack 5) read IR <= 9 and opset <= 17; newer ones read both.

@@ -13,7 +13,7 @@ from edge_agent.anomaly import reconstruction_scores
 from edge_agent.bundle import AnomalySpec, Latency, OutputSpec
 from edge_agent.features import FeaturePipeline, FeatureSpec, FloatArray
 from edge_agent.runtimes.base import ModelRuntime
-from export.errors import ParityError
+from gridedge.export.errors import ParityError
 
 Predict = Callable[[Mapping[str, FloatArray]], FloatArray]
 

@@ -37,9 +37,9 @@ from edge_agent.features import FeatureSpec, FloatArray
 from edge_agent.runtimes.base import ModelRuntime
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
-from export import compat_envs, converters, torch_tflite
-from export.errors import CompatibilityError, ExportError, ParityError
-from export.evaluate import (
+from gridedge.export import compat_envs, converters, torch_tflite
+from gridedge.export.errors import CompatibilityError, ExportError, ParityError
+from gridedge.export.evaluate import (
     TestSplit,
     degradation,
     measure_latency,

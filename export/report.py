@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import atomic_write_text
-from export.evaluate import primary_metric
-from export.pipeline import ExportResult
+from gridedge.export.evaluate import primary_metric
+from gridedge.export.pipeline import ExportResult
 
 
 def report_rows(result: ExportResult) -> list[dict[str, Any]]:

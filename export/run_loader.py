@@ -1,4 +1,4 @@
-"""Turn a trainer run folder into an :class:`~export.pipeline.ExportSource`.
+"""Turn a trainer run folder into an :class:`~gridedge.export.pipeline.ExportSource`.
 
 A run folder holds ``task.yaml``, ``feature_spec.json``, ``output_spec.json``, the model (Keras
 ``model.keras`` or PyTorch ``model.pt`` + ``model_config.json``) and ``report.json``. The data splits are
@@ -17,9 +17,9 @@ import numpy as np
 from edge_agent.anomaly import stale_value_flags
 from edge_agent.bundle import OutputSpec, Provenance
 from edge_agent.features import FeatureSpec
-from export.errors import TrainingRunError
-from export.evaluate import TestSplit
-from export.pipeline import ExportSource
+from gridedge.export.errors import TrainingRunError
+from gridedge.export.evaluate import TestSplit
+from gridedge.export.pipeline import ExportSource
 
 REQUIRED_FILES = ("task.yaml", "feature_spec.json", "output_spec.json")
 MODEL_FILES = {"keras": ("model.keras",), "torch": ("model.pt", "model_config.json")}
@@ -81,7 +81,7 @@ def load_source(run_dir: Path) -> ExportSource:
     run_dir = Path(run_dir)
     framework = check_run_dir(run_dir)
     try:
-        from trainer.api import load_run, prepare_task
+        from gridedge.trainer.api import load_run, prepare_task
     except ImportError as exc:
         raise TrainingRunError(
             "the trainer package is not importable; install gridedge with the `train` extra"

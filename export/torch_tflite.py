@@ -25,12 +25,12 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_agent.features import FloatArray
-from export import compat_envs
-from export.errors import ConversionError
+from gridedge.export import compat_envs
+from gridedge.export.errors import ConversionError
 
 TorchTflitePrecision = Literal["fp32", "int8"]
 _RUNNER = Path(__file__).with_name("torch_tflite_runner.py")
-BUILD_COMMAND = "python -m export.compat_envs"
+BUILD_COMMAND = "python -m gridedge.export.compat_envs"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from fleet.store import FleetStore
+    from gridedge.fleet.store import FleetStore
 
 app = typer.Typer(
     help="Fleet receiver: listen to devices over MQTT, store, show and export.", no_args_is_help=True
@@ -29,7 +29,7 @@ DEFAULT_DB = Path("fleet.sqlite3")
 
 def open_store(db: Path, dsn: str | None) -> FleetStore:
     """The PostgreSQL store when a DSN is given, else the SQLite file."""
-    from fleet.store import FleetStore
+    from gridedge.fleet.store import FleetStore
 
     return FleetStore(dsn=dsn) if dsn else FleetStore(path=db)
 
@@ -55,7 +55,7 @@ def listen(
     from rich.console import Console
 
     from edge_agent.reporting.config import BrokerConfig, TlsConfig
-    from fleet.receiver import FleetReceiver
+    from gridedge.fleet.receiver import FleetReceiver
 
     broker = BrokerConfig.model_validate(
         {
@@ -139,7 +139,7 @@ def export(
     store = open_store(db, dsn)
     rows = store.devices() if what == "devices" else store.messages()
     store.close()
-    from fleet.store import DEVICE_COLUMNS, MESSAGE_COLUMNS
+    from gridedge.fleet.store import DEVICE_COLUMNS, MESSAGE_COLUMNS
 
     columns = DEVICE_COLUMNS if what == "devices" else MESSAGE_COLUMNS
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from edge_agent.messages import (
 )
 from edge_agent.reporting.config import BrokerConfig
 from edge_agent.reporting.mqtt import make_client
-from fleet.store import FleetStore, Received
+from gridedge.fleet.store import FleetStore, Received
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from rich.console import Console
 from edge_agent.cli import agent_app
 from edge_agent.errors import GridedgeError
 from edge_agent.sensors.cli import sensors_app, sim_app
-from export.cli import export_command
-from fleet.cli import app as fleet_app
-from trainer.cli import train_command
+from gridedge.export.cli import export_command
+from gridedge.fleet.cli import app as fleet_app
+from gridedge.trainer.cli import train_command
 
 app = typer.Typer(
     name="gridedge",

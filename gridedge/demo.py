@@ -62,7 +62,7 @@ def _gridedge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 def w1_task_config(quick: bool) -> Any:
     """The shipped W1 config; ``quick`` trains on six months for a few epochs without LightGBM."""
-    from trainer.config import parse_config
+    from gridedge.trainer.config import parse_config
 
     raw = yaml.safe_load((REPO / "configs" / "w1_load.yaml").read_text(encoding="utf-8"))
     if quick:
@@ -76,9 +76,9 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
     """Run the chain end to end in ``workdir`` and return what was measured."""
     from edge_agent.bundle import pack_archive
     from edge_agent.keys import load_private_key, new_keypair
-    from export.pipeline import ExportOptions, export_bundle
-    from export.run_loader import load_source
-    from trainer.training import train
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.training import train
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,9 +117,9 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
     _step("4/6 broker, simulated site, fleet receiver")
     from edge_agent.reporting.config import BrokerConfig
     from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
-    from fleet.mosquitto import LocalMosquitto
-    from fleet.receiver import FleetReceiver
-    from fleet.store import FleetStore
+    from gridedge.fleet.mosquitto import LocalMosquitto
+    from gridedge.fleet.receiver import FleetReceiver
+    from gridedge.fleet.store import FleetStore
 
     fleet_db = workdir / "fleet.sqlite3"
     fleet_db.unlink(missing_ok=True)

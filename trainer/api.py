@@ -19,9 +19,9 @@ from numpy.typing import NDArray
 
 from edge_agent.errors import ConfigError
 from edge_agent.features import FeaturePipeline, FeatureSpec
-from trainer.config import TaskConfig, load_config
-from trainer.tasks import LabelledEvaluation, PreparedTask, Split, prepare_task
-from trainer.training import FRAMEWORKS, Framework, train
+from gridedge.trainer.config import TaskConfig, load_config
+from gridedge.trainer.tasks import LabelledEvaluation, PreparedTask, Split, prepare_task
+from gridedge.trainer.training import FRAMEWORKS, Framework, train
 
 __all__ = [
     "LabelledEvaluation",
@@ -54,10 +54,10 @@ class TrainedRun:
     def predict(self, feeds: dict[str, NDArray[np.float32]]) -> NDArray[np.float32]:
         """Normalised outputs for named feeds ``{"past": ..., "future": ...}`` (decode with the pipeline)."""
         if self.framework == "keras":
-            from trainer import models_keras
+            from gridedge.trainer import models_keras
 
             return models_keras.predict(self.model, feeds)
-        from trainer import models_torch
+        from gridedge.trainer import models_torch
 
         return models_torch.predict(self.model, feeds)
 
@@ -77,11 +77,11 @@ def load_run(run_dir: str | Path) -> TrainedRun:
     output_spec = json.loads((folder / "output_spec.json").read_text())
     model_config = None
     if framework == "keras":
-        from trainer import models_keras
+        from gridedge.trainer import models_keras
 
         model = models_keras.load(folder)
     else:
-        from trainer import models_torch
+        from gridedge.trainer import models_torch
 
         model = models_torch.load(folder)
         model_config = json.loads((folder / models_torch.CONFIG_FILE).read_text())

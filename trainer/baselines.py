@@ -15,8 +15,8 @@ from numpy.typing import NDArray
 from edge_agent import anomaly as anomaly_rules
 from edge_agent import baselines as naive
 from edge_agent.features import calendar_features
-from trainer.metrics import detection_metrics, forecast_metrics
-from trainer.tasks import LabelledEvaluation, PreparedTask, Split
+from gridedge.trainer.metrics import detection_metrics, forecast_metrics
+from gridedge.trainer.tasks import LabelledEvaluation, PreparedTask, Split
 
 WEEK_DAYS = 7
 

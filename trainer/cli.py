@@ -38,8 +38,8 @@ def train_command(
     from rich.console import Console
 
     from edge_agent.errors import GridedgeError
-    from trainer.config import load_config
-    from trainer.training import train
+    from gridedge.trainer.config import load_config
+    from gridedge.trainer.training import train
 
     console = Console(stderr=True)
     try:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from trainer.tasks import PreparedTask
+from gridedge.trainer.tasks import PreparedTask
 
 
 def hyperparameters(prepared: PreparedTask) -> dict[str, Any]:

@@ -17,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from trainer.config import TaskConfig
-from trainer.tasks import PreparedTask, Split
+from gridedge.trainer.config import TaskConfig
+from gridedge.trainer.tasks import PreparedTask, Split
 
 MODEL_FILE = "model.keras"
 

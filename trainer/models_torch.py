@@ -20,8 +20,8 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.config import TaskConfig
-from trainer.tasks import PreparedTask
+from gridedge.trainer.config import TaskConfig
+from gridedge.trainer.tasks import PreparedTask
 
 STATE_FILE = "model.pt"
 CONFIG_FILE = "model_config.json"

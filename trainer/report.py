@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.tasks import PreparedTask
+from gridedge.trainer.tasks import PreparedTask
 
 FORECAST_DAYS_PLOTTED = 4
 

@@ -29,8 +29,8 @@ from edge_agent.features import (
     forecast_samples,
     local_seconds,
 )
-from trainer import datasets
-from trainer.config import ChannelConfig, TaskConfig
+from gridedge.trainer import datasets
+from gridedge.trainer.config import ChannelConfig, TaskConfig
 
 SECONDS_PER_DAY = 86_400
 WEEK_DAYS = 7

@@ -18,11 +18,11 @@ from numpy.typing import NDArray
 
 from edge_agent import anomaly as anomaly_scores
 from edge_agent.errors import ConfigError
-from trainer import report as reporting
-from trainer.baselines import forecast_baselines, rule_metrics
-from trainer.config import TaskConfig, dump_config
-from trainer.metrics import detection_metrics, forecast_metrics, hyperparameters, summarise_detection
-from trainer.tasks import PreparedTask, Split, prepare_task
+from gridedge.trainer import report as reporting
+from gridedge.trainer.baselines import forecast_baselines, rule_metrics
+from gridedge.trainer.config import TaskConfig, dump_config
+from gridedge.trainer.metrics import detection_metrics, forecast_metrics, hyperparameters, summarise_detection
+from gridedge.trainer.tasks import PreparedTask, Split, prepare_task
 
 Framework = Literal["keras", "torch"]
 FRAMEWORKS: tuple[Framework, ...] = ("keras", "torch")
@@ -36,10 +36,10 @@ class _Model:
 
     def predict(self, feeds: dict[str, NDArray[np.float32]]) -> NDArray[np.float32]:
         if self.framework == "keras":
-            from trainer import models_keras
+            from gridedge.trainer import models_keras
 
             return models_keras.predict(self.model, feeds)
-        from trainer import models_torch
+        from gridedge.trainer import models_torch
 
         return models_torch.predict(self.model, feeds)
 
@@ -145,7 +145,7 @@ def train(
     hp = hyperparameters(prepared)
 
     if framework == "keras":
-        from trainer import models_keras
+        from gridedge.trainer import models_keras
 
         fitted_k = models_keras.fit(config, prepared, hp)
         model = _Model("keras", fitted_k.model)
@@ -153,7 +153,7 @@ def train(
         n_params = models_keras.count_params(fitted_k.model)
         models_keras.save(fitted_k.model, out)
     else:
-        from trainer import models_torch
+        from gridedge.trainer import models_torch
 
         fitted_t = models_torch.fit(config, prepared, hp)
         model = _Model("torch", fitted_t.model)

@@ -49,10 +49,10 @@ class Bundles:
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     """Train and export both frameworks once per session (about a minute on 2 cores)."""
-    from export.pipeline import ExportOptions, export_bundle
-    from export.run_loader import load_source
-    from trainer.config import parse_config
-    from trainer.training import train
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.config import parse_config
+    from gridedge.trainer.training import train
 
     root = tmp_path_factory.mktemp("chain")
     private, _ = new_keypair(root / "keys")
@@ -120,10 +120,10 @@ def agent_config(tmp_path: Path, bundle: Path, keys: Path, port: int, runtime: s
 
 def _small_litert_bundle(root: Path, keys: Path, config: str, name: str, raw_edits: dict[str, Any]) -> Path:
     """Train a shrunken shipped config with Keras and export it to a signed LiteRT bundle under ``root``."""
-    from export.pipeline import ExportOptions, export_bundle
-    from export.run_loader import load_source
-    from trainer.config import parse_config
-    from trainer.training import train
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.config import parse_config
+    from gridedge.trainer.training import train
 
     raw = yaml.safe_load((REPO / "configs" / config).read_text())
     raw["name"] = f"{name}-agent-test"

@@ -35,7 +35,7 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
     runner = CliRunner(env={"COLUMNS": "400"})
     public_key = exported.keys / "bundle-signing.pub"
     with SiteServer(SimulatedSite(speed=60.0), port=0).start_in_thread() as server:
-        from fleet.mosquitto import LocalMosquitto
+        from gridedge.fleet.mosquitto import LocalMosquitto
 
         with LocalMosquitto(tmp_path / "broker") as broker:
             values = _site_values(tmp_path, server.port, broker.port)

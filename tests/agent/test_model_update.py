@@ -25,7 +25,7 @@ from edge_agent.reporting.commands import model_update_requests
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 from edge_agent.updates import AgentCommands
-from fleet.mosquitto import LocalMosquitto
+from gridedge.fleet.mosquitto import LocalMosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.slow]
 PREFIX = "gridedge/v1/test-site/ctrl-1"

@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.datafiles import SLICES, read_csv_series, read_series, slice_path
 from edge_agent.errors import FeatureError
-from trainer import datasets
+from gridedge.trainer import datasets
 
 STEP_15_MIN = 900
 

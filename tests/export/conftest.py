@@ -18,8 +18,8 @@ from edge_agent.bundle import AnomalySpec, OutputSpec, Provenance
 from edge_agent.datafiles import read_series
 from edge_agent.features import ChannelSpec, FeatureSpec, ModelInputs, NormalisationStats, forecast_samples
 from edge_agent.keys import new_keypair
-from export.evaluate import TestSplit, anomaly_scores
-from export.pipeline import ExportSource
+from gridedge.export.evaluate import TestSplit, anomaly_scores
+from gridedge.export.pipeline import ExportSource
 
 W1_STEPS = 96
 W3_STEPS = 16
@@ -193,8 +193,8 @@ def make_source(prepared: Prepared, framework: str, model) -> ExportSource:
 
 
 def _train_one_epoch(config_path: Path, framework: str, out: Path) -> Path:
-    from trainer.api import train
-    from trainer.config import load_config
+    from gridedge.trainer.api import train
+    from gridedge.trainer.config import load_config
 
     config = load_config(config_path)
     config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 1})})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
-from export import converters
+from gridedge.export import converters
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from export.cli import app
-from export.converters import calibration_batches
-from export.errors import CalibrationError
+from gridedge.export.cli import app
+from gridedge.export.converters import calibration_batches
+from gridedge.export.errors import CalibrationError
 
 runner = CliRunner()
 

@@ -16,10 +16,10 @@ from edge_agent.keys import load_private_key, load_public_key, new_keypair
 from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.runtimes.litert import LiteRTConfig
 from edge_agent.runtimes.ort import OnnxRuntimeConfig
-from export import converters
-from export.errors import ConversionError, ParityError
-from export.pipeline import ExportOptions, ExportResult, export_bundle
-from export.report import write_report
+from gridedge.export import converters
+from gridedge.export.errors import ConversionError, ParityError
+from gridedge.export.pipeline import ExportOptions, ExportResult, export_bundle
+from gridedge.export.report import write_report
 
 pytestmark = pytest.mark.slow
 ALL_TARGETS = ("litert", "tflite-runtime-2.14", "ort", "ort-1.16")

@@ -1,6 +1,6 @@
 """PyTorch -> TFLite through litert-torch in its own venv: parity, both TFLite targets, agent self-test.
 
-The converter venv (.venvs/litert-torch, ~2 GB) is built by `python -m export.compat_envs` in .ci/run;
+The converter venv (.venvs/litert-torch, ~2 GB) is built by `python -m gridedge.export.compat_envs` in .ci/run;
 the fixture builds it when missing, as the old-runtime venvs are.
 """
 
@@ -18,11 +18,11 @@ from edge_agent.bundle import pack_archive, read_bundle, unpack_archive
 from edge_agent.keys import load_private_key, load_public_key
 from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
-from export import compat_envs
-from export.cli import app
-from export.errors import ConversionError
-from export.evaluate import predict_batched
-from export.pipeline import ExportOptions, ExportResult, export_bundle
+from gridedge.export import compat_envs
+from gridedge.export.cli import app
+from gridedge.export.errors import ConversionError
+from gridedge.export.evaluate import predict_batched
+from gridedge.export.pipeline import ExportOptions, ExportResult, export_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("litert", "tflite-runtime-2.14")
@@ -108,7 +108,7 @@ def test_missing_converter_venv_names_the_build_command(
 ) -> None:
     monkeypatch.setenv(compat_envs.VENVS_ENV_VAR, str(tmp_path / "no-venvs"))
     options = ExportOptions(name="w1", targets=("litert",))
-    with pytest.raises(ConversionError, match=r"python -m export\.compat_envs"):
+    with pytest.raises(ConversionError, match=r"python -m gridedge\.export\.compat_envs"):
         export_bundle(w1_torch_source, tmp_path / "b", load_private_key(signing_keys[0]), options)
     assert not (tmp_path / "b").exists()
 

@@ -13,7 +13,7 @@ from edge_agent.bundle import read_bundle
 from edge_agent.keys import load_public_key
 from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.runtimes.litert import LiteRTConfig
-from export.cli import app
+from gridedge.export.cli import app
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "w3_anomaly.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.mosquitto import LocalMosquitto
-from fleet.store import FleetStore
+from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.fleet.store import FleetStore
 
 
 @pytest.fixture(scope="session")

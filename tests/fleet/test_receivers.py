@@ -18,10 +18,10 @@ from edge_agent.messages import AlertContent, SummaryContent
 from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter, make_client
-from fleet.cli import app
-from fleet.mosquitto import LocalMosquitto
-from fleet.receiver import FleetReceiver, subscriptions
-from fleet.store import FleetStore
+from gridedge.fleet.cli import app
+from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.fleet.receiver import FleetReceiver, subscriptions
+from gridedge.fleet.store import FleetStore
 
 pytestmark = pytest.mark.mqtt
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def test_cli_listen_status_and_export(broker: LocalMosquitto, tmp_path: Path) ->
     database = tmp_path / "fleet.sqlite3"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     listener = subprocess.Popen(
-        [sys.executable, "-c", "from fleet.cli import app; app()", "listen", "--port", str(broker.port),
+        [sys.executable, "-c", "from gridedge.fleet.cli import app; app()", "listen", "--port", str(broker.port),
          "--db", str(database), "--group", f"cli-{uuid.uuid4().hex[:6]}", "--duration", "4"],
         stderr=subprocess.PIPE, text=True, env=env,
     )

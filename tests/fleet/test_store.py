@@ -14,7 +14,7 @@ from edge_agent.messages import (
     SummaryContent,
 )
 from edge_agent.reporting.base import MessageBuilder
-from fleet.store import FleetStore, Received
+from gridedge.fleet.store import FleetStore, Received
 
 BUILD = MessageBuilder("farm-1", "inv-1")
 

@@ -19,8 +19,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.reporting.config import MqttConfig
-from fleet.mosquitto import LocalMosquitto
-from fleet.store import FleetStore
+from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.fleet.store import FleetStore
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = REPO / "docs" / "mqtt" / "schemas"

@@ -30,9 +30,9 @@ from edge_agent.messages import (
 )
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter, backoff_delay
-from fleet.mosquitto import LocalMosquitto
-from fleet.receiver import FleetReceiver
-from fleet.store import FleetStore
+from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.fleet.receiver import FleetReceiver
+from gridedge.fleet.store import FleetStore
 
 pytestmark = pytest.mark.mqtt
 HERE = Path(__file__).resolve().parent

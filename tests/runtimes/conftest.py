@@ -32,7 +32,7 @@ class TinyModels:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     import keras
 
-    from export import converters
+    from gridedge.export import converters
 
     keras.utils.set_random_seed(1)
     past = keras.Input(PAST, name="past")

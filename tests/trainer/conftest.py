@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer.config import TaskConfig, parse_config
+from gridedge.trainer.config import TaskConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from edge_agent.errors import ConfigError
-from trainer.config import SCHEMA_PATH, TaskConfig, load_config, parse_config, schema_json
-from trainer.tasks import prepare_task
+from gridedge.trainer.config import SCHEMA_PATH, TaskConfig, load_config, parse_config, schema_json
+from gridedge.trainer.tasks import prepare_task
 
 SHIPPED = ["w1_load", "w2_pv", "w3_anomaly"]
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -25,7 +25,7 @@ DictBuilder = Callable[..., dict[str, Any]]
 def test_committed_schema_is_current() -> None:
     assert SCHEMA_PATH.read_text() == schema_json(), (
         "configs/task.schema.json is stale: regenerate it with "
-        "`python -c 'from trainer.config import write_schema; write_schema()'`"
+        "`python -c 'from gridedge.trainer.config import write_schema; write_schema()'`"
     )
 
 

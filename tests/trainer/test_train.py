@@ -13,11 +13,11 @@ import yaml
 from typer.testing import CliRunner
 
 from edge_agent.features import FeatureSpec
-from trainer.api import load_run, prepare_task
-from trainer.cli import app
-from trainer.config import TaskConfig
-from trainer.metrics import forecast_metrics
-from trainer.training import Framework, train
+from gridedge.trainer.api import load_run, prepare_task
+from gridedge.trainer.cli import app
+from gridedge.trainer.config import TaskConfig
+from gridedge.trainer.metrics import forecast_metrics
+from gridedge.trainer.training import Framework, train
 
 pytestmark = pytest.mark.slow
 FORECAST_BASELINES = {"persistence", "seasonal_naive_day", "seasonal_naive_week", "lightgbm"}
