@@ -207,6 +207,8 @@ class FleetReceiver:
             deadline = time.monotonic() + connect_timeout_s
             while not self._connected.wait(0.1):
                 if self._refused is not None or time.monotonic() > deadline:
+                    if self._refused is None:
+                        self.diagnosis.probe(self.broker.host, self.broker.port)
                     raise ReceiverError(
                         f"cannot connect to {self.broker.host}:{self.broker.port}: "
                         f"{self._refused or self.diagnosis.describe()}"

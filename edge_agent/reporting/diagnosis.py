@@ -7,6 +7,7 @@ the CONNACK reason code) into a sentence that says what to check.
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import paho.mqtt.client as mqtt
@@ -47,7 +48,8 @@ class ConnectionDiagnosis:
         client.on_log = self._on_log
 
     def _on_log(self, client: mqtt.Client, userdata: object, level: int, text: str) -> None:
-        if level in (mqtt.MQTT_LOG_ERR, mqtt.MQTT_LOG_WARNING):
+        # Errors only: paho's warnings ("Client is not connected") repeat on every retry and say nothing.
+        if level == mqtt.MQTT_LOG_ERR:
             with self._lock:
                 self._last_error = text
 
@@ -55,6 +57,14 @@ class ConnectionDiagnosis:
         """Note an error raised outside paho's loop (a first, blocking connect)."""
         with self._lock:
             self._last_error = str(error) or type(error).__name__
+
+    def probe(self, host: str, port: int, timeout_s: float = 2.0) -> None:
+        """Open a plain TCP connection to learn why paho could not (it does not log connect errors)."""
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return
+        except OSError as exc:
+            self.record(exc)
 
     def describe(self, reason_code: ReasonCode | None = None) -> str:
         """The best explanation available: a refusing CONNACK, else the last logged error."""
