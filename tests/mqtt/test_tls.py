@@ -111,7 +111,9 @@ def test_fleet_listen_does_mutual_tls_and_fails_loudly_without_a_certificate(tmp
         refused = listen("--cafile", str(pki / "ca.pem"))
         assert refused.returncode == 1, refused.stderr
         assert "client certificate" in refused.stderr and "received 0" not in refused.stderr
-        accepted = listen("--cafile", str(pki / "ca.pem"), "--cert", str(pki / "fleet.pem"), "--key", str(pki / "fleet.key"))
+        accepted = listen(
+            "--cafile", str(pki / "ca.pem"), "--cert", str(pki / "fleet.pem"), "--key", str(pki / "fleet.key")
+        )
         assert accepted.returncode == 0, accepted.stderr
         assert "received 0" in accepted.stderr
     unreachable = listen("--cafile", str(pki / "ca.pem"))
