@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from edge_agent.errors import ConfigError
-from edge_agent.reporting.config import TOPIC_LEVEL_PATTERN, MqttConfig
+from edge_agent.messages import TOPIC_LEVEL_PATTERN
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.runtimes import RuntimeConfig
 from edge_agent.sensors.registry import SensorConfig
 

@@ -15,7 +15,7 @@ import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -23,6 +23,22 @@ SCHEMA_VERSION: Literal["1.0"] = "1.0"
 TOPIC_ROOT = "gridedge/v1"
 
 DeviceState = Literal["online", "offline", "degraded"]
+
+# Bounds every receiver can store: a sequence fits a signed 64-bit column (PostgreSQL BIGINT, SQLite
+# INTEGER), counters stay exact in a double, and no text carries NUL (PostgreSQL text cannot hold it).
+MAX_SEQ = 2**63 - 1
+MAX_COUNT = 2**53 - 1
+NO_NUL = r"^[^\x00]*$"
+MAX_CHANNELS = 256
+MAX_FORECAST_STEPS = 10_000
+# MQTT topic levels must not contain wildcards or separators; we also keep them short and shell-safe.
+TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MESSAGE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
+
+Text = Annotated[str, Field(max_length=4096, pattern=NO_NUL)]
+Name = Annotated[str, Field(max_length=128, pattern=NO_NUL)]
+ChannelName = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 # How outbox overflow evicts: lowest priority first (telemetry), alerts last.
 DROP_PRIORITY: dict[str, int] = {"telemetry": 0, "summary": 1, "alert": 2}
@@ -44,7 +60,8 @@ def utc_now() -> datetime:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are refused: JSON has no spelling for them and a store cannot compare them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Envelope(_Strict):
@@ -55,15 +72,15 @@ class Envelope(_Strict):
     )
     message_id: str = Field(
         default_factory=new_message_id,
-        min_length=8,
-        max_length=64,
+        pattern=MESSAGE_ID_PATTERN,
         description="Unique id of this message; a replay keeps it, receivers deduplicate on it.",
     )
-    site: str = Field(..., description="Site id (same as the topic level).")
-    device: str = Field(..., description="Device id (same as the topic level).")
+    site: str = Field(..., pattern=TOPIC_LEVEL_PATTERN, description="Site id (same as the topic level).")
+    device: str = Field(..., pattern=TOPIC_LEVEL_PATTERN, description="Device id (same as the topic level).")
     seq: int = Field(
         ...,
         ge=0,
+        le=MAX_SEQ,
         description="Per-device sequence number; increases across restarts. Gaps are normal "
         "(status messages and wills that were never sent consume numbers).",
     )
@@ -81,10 +98,10 @@ class Envelope(_Strict):
 class ModelInfo(_Strict):
     """The model a device is running."""
 
-    name: str | None = Field(None, description="Model name from the bundle manifest.")
-    version: str | None = Field(None, description="Model semantic version.")
-    runtime: str | None = Field(None, description="Runtime executing it (tflite, onnx, baseline ...).")
-    precision: str | None = Field(None, description="Artefact precision (fp32, int8 ...).")
+    name: Name | None = Field(None, description="Model name from the bundle manifest.")
+    version: Name | None = Field(None, description="Model semantic version.")
+    runtime: Name | None = Field(None, description="Runtime executing it (tflite, onnx, baseline ...).")
+    precision: Name | None = Field(None, description="Artefact precision (fp32, int8 ...).")
 
 
 class StatusMessage(Envelope):
@@ -92,38 +109,40 @@ class StatusMessage(Envelope):
 
     kind: Literal["status"] = "status"
     state: DeviceState = Field(..., description="online, offline, or degraded (running on the fallback).")
-    reason: str | None = Field(None, description="Why the state was entered, when known.")
+    reason: Text | None = Field(None, description="Why the state was entered, when known.")
     model: ModelInfo | None = Field(None, description="Model in use, when known.")
-    agent_version: str | None = Field(None, description="gridedge agent version.")
+    agent_version: Name | None = Field(None, description="gridedge agent version.")
 
 
 class ChannelAggregate(_Strict):
     """Aggregates of one input channel over the summary window; null when no valid sample."""
 
-    count: int = Field(..., ge=0, description="Valid samples in the window.")
-    missing: int = Field(0, ge=0, description="Samples missing or rejected in the window.")
+    count: Count = Field(..., description="Valid samples in the window.")
+    missing: Count = Field(0, description="Samples missing or rejected in the window.")
     mean: float | None = Field(None, description="Mean of valid samples.")
     min: float | None = Field(None, description="Minimum of valid samples.")
     max: float | None = Field(None, description="Maximum of valid samples.")
     last: float | None = Field(None, description="Latest valid sample.")
-    unit: str | None = Field(None, description="Unit of the channel.")
+    unit: Name | None = Field(None, description="Unit of the channel.")
 
 
 class Forecast(_Strict):
     """The latest forecast of one target channel."""
 
-    target: str = Field(..., description="Target channel name.")
-    unit: str | None = Field(None, description="Unit of the values.")
+    target: ChannelName = Field(..., description="Target channel name.")
+    unit: Name | None = Field(None, description="Unit of the values.")
     origin: AwareDatetime = Field(..., description="Time of the last observed sample, UTC.")
     step_s: float = Field(..., gt=0, description="Seconds between forecast steps.")
-    values: list[float | None] = Field(..., description="One value per horizon step; null when unknown.")
+    values: list[float | None] = Field(
+        ..., max_length=MAX_FORECAST_STEPS, description="One value per horizon step; null when unknown."
+    )
 
 
 class AnomalyStats(_Strict):
     """Anomaly detection over the summary window."""
 
-    windows: int = Field(..., ge=0, description="Windows scored.")
-    anomalies: int = Field(..., ge=0, description="Windows whose score exceeded the threshold.")
+    windows: Count = Field(..., description="Windows scored.")
+    anomalies: Count = Field(..., description="Windows whose score exceeded the threshold.")
     max_score: float | None = Field(None, description="Highest score, when any window was scored.")
     threshold: float | None = Field(None, description="Threshold in force.")
 
@@ -131,7 +150,7 @@ class AnomalyStats(_Strict):
 class LatencyStats(_Strict):
     """Inference latency percentiles over the summary window, milliseconds."""
 
-    count: int = Field(..., ge=0, description="Inferences measured.")
+    count: Count = Field(..., description="Inferences measured.")
     p50_ms: float | None = Field(None, description="Median latency.")
     p95_ms: float | None = Field(None, description="95th percentile latency.")
     p99_ms: float | None = Field(None, description="99th percentile latency.")
@@ -148,25 +167,25 @@ class ChannelDrift(_Strict):
 class DroppedCounts(_Strict):
     """Messages dropped from the outbox by the overflow policy since the outbox was created."""
 
-    telemetry: int = Field(0, ge=0, description="Telemetry messages dropped.")
-    summary: int = Field(0, ge=0, description="Summaries dropped.")
-    alert: int = Field(0, ge=0, description="Alerts dropped.")
+    telemetry: Count = Field(0, description="Telemetry messages dropped.")
+    summary: Count = Field(0, description="Summaries dropped.")
+    alert: Count = Field(0, description="Alerts dropped.")
 
 
 class OutboxStats(_Strict):
     """State of the device's outbox when the summary was made."""
 
-    depth: int = Field(..., ge=0, description="Messages waiting for acknowledgement.")
-    bytes: int = Field(..., ge=0, description="Payload bytes waiting.")
+    depth: Count = Field(..., description="Messages waiting for acknowledgement.")
+    bytes: Count = Field(..., description="Payload bytes waiting.")
     dropped: DroppedCounts = Field(default_factory=DroppedCounts, description="Overflow drops so far.")
 
 
 class HealthStats(_Strict):
     """How the agent itself is doing, counted since it started."""
 
-    cycles: int = Field(..., ge=0, description="Loop cycles run.")
-    overruns: int = Field(0, ge=0, description="Cycles that started late because the previous one overran.")
-    sensor_errors: int = Field(0, ge=0, description="Failed device reads (timeouts, exceptions, disconnects).")
+    cycles: Count = Field(..., description="Loop cycles run.")
+    overruns: Count = Field(0, description="Cycles that started late because the previous one overran.")
+    sensor_errors: Count = Field(0, description="Failed device reads (timeouts, exceptions, disconnects).")
     latency_moving_average_ms: float | None = Field(
         None, description="Exponential moving average of inference latency, when the model has run."
     )
@@ -177,18 +196,20 @@ class SummaryContent(_Strict):
 
     window_start: AwareDatetime = Field(..., description="Start of the summarised window, UTC.")
     window_end: AwareDatetime = Field(..., description="End of the summarised window, UTC.")
-    channels: dict[str, ChannelAggregate] = Field(
-        default_factory=dict, description="Per-channel aggregates by channel name."
+    channels: dict[ChannelName, ChannelAggregate] = Field(
+        default_factory=dict, max_length=MAX_CHANNELS, description="Per-channel aggregates by channel name."
     )
-    forecasts: list[Forecast] = Field(default_factory=list, description="Latest forecast per target.")
+    forecasts: list[Forecast] = Field(
+        default_factory=list, max_length=MAX_CHANNELS, description="Latest forecast per target."
+    )
     anomaly: AnomalyStats | None = Field(None, description="Anomaly counts, for anomaly models.")
     model: ModelInfo | None = Field(None, description="Model in use.")
     fallback_active: bool = Field(False, description="True while the baseline fallback replaces the model.")
     latency: LatencyStats | None = Field(None, description="Inference latency percentiles.")
-    drift: dict[str, ChannelDrift] = Field(
-        default_factory=dict, description="Input drift per channel versus training statistics."
+    drift: dict[ChannelName, ChannelDrift] = Field(
+        default_factory=dict, max_length=MAX_CHANNELS, description="Input drift per channel versus training statistics."
     )
-    skipped_inferences: int = Field(0, ge=0, description="Inference cycles skipped (gaps, errors).")
+    skipped_inferences: Count = Field(0, description="Inference cycles skipped (gaps, errors).")
     health: HealthStats | None = Field(None, description="Loop and sensor health of the agent.")
 
 
@@ -204,10 +225,14 @@ class AlertContent(_Strict):
 
     severity: Literal["info", "warning", "critical"] = Field(..., description="How urgent.")
     code: str = Field(
-        ..., min_length=1, max_length=64, description="Machine-readable cause, e.g. anomaly, model-fallback."
+        ...,
+        min_length=1,
+        max_length=64,
+        pattern=NO_NUL,
+        description="Machine-readable cause, e.g. anomaly, model-fallback.",
     )
-    message: str = Field(..., description="Human-readable explanation.")
-    channel: str | None = Field(None, description="Channel concerned, when one is.")
+    message: Text = Field(..., description="Human-readable explanation.")
+    channel: ChannelName | None = Field(None, description="Channel concerned, when one is.")
     value: float | None = Field(None, description="Observed value or score, when known.")
     threshold: float | None = Field(None, description="Threshold crossed, when one was.")
 
@@ -222,7 +247,9 @@ class TelemetryContent(_Strict):
     """One set of raw channel samples."""
 
     sample_ts: AwareDatetime = Field(..., description="When the samples were read, UTC.")
-    values: dict[str, float | None] = Field(..., description="Value per channel; null when missing.")
+    values: dict[ChannelName, float | None] = Field(
+        ..., max_length=MAX_CHANNELS, description="Value per channel; null when missing."
+    )
 
 
 class TelemetryMessage(TelemetryContent, Envelope):
@@ -253,12 +280,12 @@ class CommandResult(Envelope):
     """The reply to a command, on ``cmd/{name}/result`` or the MQTT 5 response topic."""
 
     kind: Literal["command-result"] = "command-result"
-    command: str = Field(..., description="Command name as received (may be unknown).")
-    request_id: str | None = Field(None, description="request_id of the request, when it could be read.")
+    command: Name = Field(..., description="Command name as received (may be unknown).")
+    request_id: Name | None = Field(None, description="request_id of the request, when it could be read.")
     outcome: Literal["ok", "error", "in-progress"] = Field(
         ..., description="ok, error, or in-progress (a chunk of a transfer was stored)."
     )
-    error: str | None = Field(None, description="What was wrong and what to do, when outcome is error.")
+    error: Text | None = Field(None, description="What was wrong and what to do, when outcome is error.")
     data: dict[str, JsonValue] = Field(default_factory=dict, description="Command-specific reply data.")
 
 

@@ -44,42 +44,70 @@ def listen(
     ] = "gridedge-fleet",
     no_share: Annotated[bool, typer.Option("--no-share", help="Subscribe without a shared group.")] = False,
     name: Annotated[str | None, typer.Option(help="Receiver name (recorded with each message).")] = None,
-    tls_ca: Annotated[Path | None, typer.Option(help="CA file: connect with TLS.")] = None,
+    cafile: Annotated[
+        Path | None, typer.Option("--cafile", "--tls-ca", help="CA file of the broker: connect with TLS.")
+    ] = None,
+    cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Private key (PEM) of the client certificate.")] = None,
+    reconnect_max: Annotated[
+        float, typer.Option(help="Longest wait between reconnect attempts, seconds (a broker restart costs this).")
+    ] = 2.0,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Give up (exit 1) when the first connection fails for this long, seconds.")
+    ] = 10.0,
     username_env: Annotated[str | None, typer.Option(help="Variable holding the username.")] = None,
     password_env: Annotated[str | None, typer.Option(help="Variable holding the password.")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
     db: DbOption = DEFAULT_DB,
     dsn: DsnOption = None,
 ) -> None:
-    """Subscribe to every device's reports and store them, deduplicated on message id."""
+    """Subscribe to every device's reports and store them, deduplicated on message id.
+
+    Exits 1 with the cause (refused certificate, unreachable broker, refused login) when it cannot
+    connect; messages it cannot store go to the dead letters (`gridedge fleet dead-letters`).
+    """
+    from pydantic import ValidationError
     from rich.console import Console
 
-    from edge_agent.reporting.config import BrokerConfig, TlsConfig
-    from gridedge.fleet.receiver import FleetReceiver
+    from edge_agent.reporting.config import BrokerConfig
+    from gridedge.fleet.receiver import FleetReceiver, ReceiverError
 
-    broker = BrokerConfig.model_validate(
-        {
-            "host": host,
-            "port": port,
-            "protocol": protocol,
-            "tls": TlsConfig(ca_file=tls_ca) if tls_ca else None,
-            "username_env": username_env,
-            "password_env": password_env,
-        }
-    )
+    console = Console(stderr=True)
+    tls = None
+    if cafile or cert or key:
+        tls = {"ca_file": cafile, "cert_file": cert, "key_file": key}
+    try:
+        broker = BrokerConfig.model_validate(
+            {
+                "host": host,
+                "port": port,
+                "protocol": protocol,
+                "tls": tls,
+                "username_env": username_env,
+                "password_env": password_env,
+                "reconnect_min_s": min(0.5, reconnect_max),
+                "reconnect_max_s": reconnect_max,
+            }
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     store = open_store(db, dsn)
     receiver = FleetReceiver(broker, store, group=None if no_share else group, name=name)
-    console = Console(stderr=True)
     console.print(f"[bold]{receiver.name}[/] listening on {host}:{port}, storing in {store.location}")
     started = time.monotonic()
-    receiver.run(duration)
+    try:
+        receiver.run(duration, connect_timeout_s=connect_timeout)
+    except ReceiverError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        store.close()
     elapsed = time.monotonic() - started
     stats = receiver.stats
     console.print(
         f"received {stats.received}, stored {stats.stored}, duplicates {stats.duplicates}, "
-        f"invalid {stats.invalid} in {elapsed:.1f} s"
+        f"invalid {stats.invalid}, dead letters {stats.dead_letters} in {elapsed:.1f} s"
     )
-    store.close()
 
 
 @app.command()
@@ -96,9 +124,14 @@ def status(
 
     store = open_store(db, dsn)
     devices = store.devices()
+    gaps = store.gaps()
+    dead_letters = store.dead_letter_count()
+    latest_dead = store.dead_letters(limit=1)
     store.close()
     table = Table(title=f"gridedge fleet ({len(devices)} devices)")
-    columns = ("site", "device", "state", "last seen", "model", "alerts", "drift |z|", "outbox", "dropped")
+    columns = (
+        "site", "device", "state", "last seen", "model", "alerts", "drift |z|", "outbox", "dropped", "seq gaps"
+    )
     for column in columns:
         table.add_column(column)
     now = time.time()
@@ -120,6 +153,41 @@ def status(
             "-" if row["drift_max"] is None else f"{row['drift_max']:.2f}",
             "-" if row["outbox_depth"] is None else str(row["outbox_depth"]),
             "-" if row["dropped"] is None else str(row["dropped"]),
+            _gap_label(gaps.get((row["site"], row["device"]), [])),
+        )
+    console = Console()
+    console.print(table)
+    line = f"dead letters: {dead_letters}"
+    if latest_dead:
+        line += f" (latest: {latest_dead[0]['topic']}: {latest_dead[0]['reason'][:120]})"
+    console.print(line, markup=False)
+
+
+@app.command("dead-letters")
+def dead_letters(
+    db: DbOption = DEFAULT_DB,
+    dsn: DsnOption = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
+) -> None:
+    """List messages that failed validation or could not be stored: topic, reason, payload start."""
+    from rich.console import Console
+    from rich.table import Table
+
+    store = open_store(db, dsn)
+    rows = store.dead_letters(limit)
+    total = store.dead_letter_count()
+    store.close()
+    table = Table(title=f"dead letters ({total} in all, newest {len(rows)} shown)")
+    for column in ("received", "receiver", "topic", "reason", "bytes", "payload"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"])),
+            row["receiver"],
+            row["topic"],
+            row["reason"][:300],
+            str(row["payload_bytes"]),
+            row["payload"][:200],
         )
     Console().print(table)
 
@@ -159,6 +227,14 @@ def schemas(
 
     for path in write_json_schemas(out):
         typer.echo(f"wrote {path}")
+
+
+def _gap_label(gaps: list[tuple[int, int]]) -> str:
+    if not gaps:
+        return "-"
+    missing = sum(last - first + 1 for first, last in gaps)
+    shown = ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in gaps[:3])
+    return f"{missing} missing ({shown}{', ...' if len(gaps) > 3 else ''})"
 
 
 def _age(seconds: float) -> str:

@@ -9,16 +9,24 @@ A message is acknowledged to the broker only after the transaction that stored i
 the receiver keeps a persistent session (stable client id, session expiry): while it is away the broker
 queues its share of the messages (across a broker restart too, with persistence on, except for shared
 subscriptions on Mosquitto 2.0.11: see docs/mqtt/README.md).
+
+A device's identity is the topic's (the broker ACL binds each device to its own topics), never the
+payload's: a payload naming another site or device is refused. A message that is too large, invalid,
+disagrees with its topic or that the database cannot store goes to the dead letters, is acknowledged
+and counted; only errors of the database itself are retried (and a stop request ends the retries).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -35,10 +43,14 @@ from edge_agent.messages import (
     TelemetryMessage,
 )
 from edge_agent.reporting.config import BrokerConfig
+from edge_agent.reporting.diagnosis import ConnectionDiagnosis
 from edge_agent.reporting.mqtt import make_client
 from gridedge.fleet.store import FleetStore, Received
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+# Far above any summary a device makes (a few KB); a larger payload is dead-lettered unparsed.
+MAX_PAYLOAD_BYTES = 256 * 1024
 
 SHARED_LEAVES = ("summary", "alert", "telemetry", "cmd/+/result")
 # The topic's last level names the model: cheaper than trying the discriminated union, and a
@@ -66,6 +78,48 @@ class ReceiverStats:
     stored: int = 0
     duplicates: int = 0
     invalid: int = 0
+    dead_letters: int = 0
+
+
+class ReceiverError(Exception):
+    """The receiver could not connect or was refused; the message says why and what to check."""
+
+
+class _StoppingError(Exception):
+    """A database retry was abandoned because the receiver is stopping."""
+
+
+class PoisonMessageError(ValueError):
+    """A message that will never be stored; its text is the dead-letter reason."""
+
+
+def identity_from_topic(topic: str) -> tuple[str, str, str]:
+    """(site, device, leaf) of a device topic ``gridedge/v1/{site}/{device}/...``."""
+    parts = topic.split("/")
+    root_levels = TOPIC_ROOT.count("/") + 1
+    if len(parts) < root_levels + 3 or "/".join(parts[:root_levels]) != TOPIC_ROOT:
+        raise PoisonMessageError(f"not a gridedge v1 device topic: {topic}")
+    return parts[root_levels], parts[root_levels + 1], parts[-1]
+
+
+def validate(topic: str, payload: bytes, received_at: float) -> Received:
+    """Parse a device message, checking size, schema, and that its identity is its topic's."""
+    site, device, leaf = identity_from_topic(topic)
+    model = MODEL_BY_LEAF.get(leaf)
+    if model is None:
+        raise PoisonMessageError(f"not a gridedge v1 device topic: {topic}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PoisonMessageError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES} bytes")
+    try:
+        message = model.model_validate_json(payload)
+        text = payload.decode()
+    except ValueError as exc:  # pydantic's ValidationError and UnicodeDecodeError included
+        raise PoisonMessageError(f"invalid {leaf}: {exc}") from exc
+    if (message.site, message.device) != (site, device):
+        raise PoisonMessageError(
+            f"identity mismatch: the payload says {message.site}/{message.device}, the topic {site}/{device}"
+        )
+    return Received(message, text, received_at, topic)
 
 
 class FleetReceiver:
@@ -94,10 +148,13 @@ class FleetReceiver:
         self._queue: queue.Queue[tuple[int, mqtt.MQTTMessage] | None] = queue.Queue(maxsize=2 * batch_size)
         self._generation = 0
         self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._refused: str | None = None
         self._writer: threading.Thread | None = None
         self._client = make_client(
             broker, broker.client_id or f"gridedge-fleet-{self.name}", persistent_session=session_expiry_s > 0
         )
+        self.diagnosis = ConnectionDiagnosis(self._client)
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -128,21 +185,37 @@ class FleetReceiver:
         return self._connected.wait(timeout_s)
 
     def stop(self) -> None:
-        """Store what was received, then disconnect."""
-        self._queue.put(None)
+        """Store what was received (unless the database is failing), then disconnect."""
+        # Set first: a writer retrying a failing database gives up, leaving its batch unacknowledged
+        # for the broker to redeliver, instead of holding the stop for ever.
+        self._stopping.set()
         if self._writer is not None:
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=30)
             self._writer.join(30)
         self._client.disconnect()
         self._client.loop_stop()
 
-    def run(self, duration_s: float | None = None) -> None:
-        """Receive until interrupted (Ctrl-C) or for ``duration_s`` seconds."""
+    def run(self, duration_s: float | None = None, connect_timeout_s: float = 10.0) -> None:
+        """Receive until interrupted (Ctrl-C) or for ``duration_s`` seconds.
+
+        Raises :class:`ReceiverError` when the first connection is refused or does not succeed
+        within ``connect_timeout_s``, saying why (refused certificate, unreachable broker ...).
+        """
         self.start()
         try:
-            if duration_s is None:
-                while True:
-                    time.sleep(3600)
-            time.sleep(duration_s)
+            deadline = time.monotonic() + connect_timeout_s
+            while not self._connected.wait(0.1):
+                if self._refused is not None or time.monotonic() > deadline:
+                    if self._refused is None:
+                        self.diagnosis.probe(self.broker.host, self.broker.port)
+                    raise ReceiverError(
+                        f"cannot connect to {self.broker.host}:{self.broker.port}: "
+                        f"{self._refused or self.diagnosis.describe()}"
+                    )
+            end = None if duration_s is None else time.monotonic() + duration_s
+            while end is None or time.monotonic() < end:
+                time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))
         except KeyboardInterrupt:
             logger.info("stopping on request")
         finally:
@@ -157,7 +230,8 @@ class FleetReceiver:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            logger.warning("broker refused the receiver: %s", reason_code)
+            self._refused = self.diagnosis.describe(reason_code)
+            logger.warning("broker refused the receiver: %s", self._refused)
             return
         self._generation += 1
         client.subscribe([(topic, 1) for topic in subscriptions(self.group)])
@@ -173,9 +247,15 @@ class FleetReceiver:
         properties: Properties | None,
     ) -> None:
         self._connected.clear()
+        if not self._stopping.is_set():
+            logger.warning("disconnected from the broker: %s", self.diagnosis.describe(reason_code))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self._queue.put((self._generation, message))
+        # Never block for good on a full queue: once stopping, the message is left unacknowledged.
+        while not self._stopping.is_set():
+            with contextlib.suppress(queue.Full):
+                self._queue.put((self._generation, message), timeout=0.2)
+                return
 
     def _write_loop(self) -> None:
         stopping = False
@@ -201,33 +281,46 @@ class FleetReceiver:
     def _store(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
         now = time.time()
         items = []
+        poison: list[tuple[str, bytes, str]] = []
         for _, message in batch:
-            model = MODEL_BY_LEAF.get(message.topic.rsplit("/", 1)[-1])
             try:
-                if model is None:
-                    raise ValueError("not a gridedge v1 device topic")
-                items.append(Received(model.model_validate_json(message.payload), message.payload.decode(), now))
-            except ValueError as exc:  # pydantic's ValidationError and UnicodeDecodeError included
+                items.append(validate(message.topic, bytes(message.payload), now))
+            except PoisonMessageError as exc:
                 self.stats.invalid += 1
-                logger.warning("ignoring an invalid message on %s: %s", message.topic, exc)
-        new = self._ingest_with_retry(items)
+                poison.append((message.topic, bytes(message.payload), str(exc)))
+        try:
+            new, refused = self._retry(
+                lambda: self.store.ingest_isolating(items, self.name), f"storing {len(items)} messages"
+            )
+            poison += [(item.topic or "", item.payload.encode(), reason) for item, reason in refused]
+            for topic, payload, reason in poison:
+                logger.warning("dead-lettering a message on %s: %s", topic, reason)
+                self._retry(
+                    lambda: self.store.dead_letter(topic, payload, reason, self.name, now),  # noqa: B023
+                    "dead-lettering",
+                )
+        except _StoppingError:
+            return  # the batch stays unacknowledged: the broker redelivers it to the next receiver
         self.stats.received += len(batch)
         self.stats.stored += new
-        self.stats.duplicates += len(items) - new
+        self.stats.dead_letters += len(poison)
+        self.stats.duplicates += len(items) - len(refused) - new
         for generation, message in batch:
             # After a reconnect the broker redelivers unacknowledged messages itself; acking an old
             # mid on the new connection could acknowledge a different message that is not stored yet.
             if message.qos > 0 and generation == self._generation:
                 self._client.ack(message.mid, message.qos)
 
-    def _ingest_with_retry(self, items: list[Received]) -> int:
+    def _retry(self, action: Callable[[], T], what: str) -> T:
         # A database hiccup (lock timeout, deadlock victim, restart) must not kill the writer: the
-        # batch is retried and stays unacknowledged until it is stored.
+        # batch is retried and stays unacknowledged until it is stored, or until a stop is requested.
         delay = 0.1
         while True:
             try:
-                return self.store.ingest(items, self.name)
+                return action()
             except Exception:
-                logger.exception("storing %d messages failed; retrying in %.1f s", len(items), delay)
-                time.sleep(delay)
+                if self._stopping.is_set():
+                    raise _StoppingError(what) from None
+                logger.exception("%s failed; retrying in %.1f s", what, delay)
+                self._stopping.wait(delay)
                 delay = min(delay * 2, 10.0)

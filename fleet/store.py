@@ -3,13 +3,21 @@
 The same schema and SQL run on SQLite (default, a file) and PostgreSQL (given a DSN, via psycopg 3):
 only the placeholder style and the connection differ. Device rows are updated with upserts whose
 conditions make them order-independent, so several receivers may share one database.
+
+Two more tables keep the fleet honest about what it did not store:
+
+* ``fleet_dead_letters``: a message that failed validation or could not be stored (topic, bounded raw
+  payload, reason, time), so one poison message never blocks the ones behind it;
+* ``fleet_seq_ranges``: the sequence numbers received per device as merged ranges ``[first, last]``;
+  the holes between them are the gaps the fleet asks the device to replay (``fleet_seq_unavailable``
+  holds the ranges a device answered it does not hold, so they are not asked for again).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,29 @@ SCHEMA = [
         payload TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS fleet_messages_device_seq ON fleet_messages (site, device, seq)",
+    """CREATE TABLE IF NOT EXISTS fleet_dead_letters (
+        received_at DOUBLE PRECISION NOT NULL,
+        receiver TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        payload_bytes BIGINT NOT NULL,
+        payload TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS fleet_dead_letters_time ON fleet_dead_letters (received_at)",
+    """CREATE TABLE IF NOT EXISTS fleet_seq_ranges (
+        site TEXT NOT NULL,
+        device TEXT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        PRIMARY KEY (site, device, first_seq)
+    )""",
+    """CREATE TABLE IF NOT EXISTS fleet_seq_unavailable (
+        site TEXT NOT NULL,
+        device TEXT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        PRIMARY KEY (site, device, first_seq)
+    )""",
     """CREATE TABLE IF NOT EXISTS fleet_devices (
         site TEXT NOT NULL,
         device TEXT NOT NULL,
@@ -69,6 +100,10 @@ MESSAGE_COLUMNS = (
     "message_id", "site", "device", "kind", "seq", "ts", "is_historical", "received_at", "receiver",
     "payload",
 )
+DEAD_LETTER_COLUMNS = ("received_at", "receiver", "topic", "reason", "payload_bytes", "payload")
+# Enough of a poison payload to see what it was; the rest would only fill the table.
+DEAD_LETTER_PAYLOAD_CHARS = 4096
+DEAD_LETTER_REASON_CHARS = 1024
 
 
 def _newer(column: str, order: str) -> str:
@@ -110,6 +145,39 @@ _INSERT_MESSAGE = (
 )
 
 
+def printable(raw: bytes | str, limit: int) -> str:
+    """Text any store accepts: invalid UTF-8 and NUL escaped, cut to ``limit`` characters."""
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    return text.replace("\x00", "\\x00")[:limit]
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, merged inclusive ranges: overlapping and adjacent ranges become one."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def subtract_ranges(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of merged ``ranges`` not covered by merged ``holes``."""
+    result = []
+    for first, last in ranges:
+        start = first
+        for hole_first, hole_last in holes:
+            if hole_last < start or hole_first > last:
+                continue
+            if hole_first > start:
+                result.append((start, hole_first - 1))
+            start = max(start, hole_last + 1)
+        if start <= last:
+            result.append((start, last))
+    return result
+
+
 @dataclass(frozen=True)
 class Received:
     """A validated device message and when/where it arrived."""
@@ -117,6 +185,7 @@ class Received:
     message: Envelope
     payload: str
     received_at: float
+    topic: str | None = None
 
 
 @dataclass
@@ -208,6 +277,15 @@ class FleetStore:
         with self._transaction() as cursor:
             for statement in SCHEMA:
                 cursor.execute(statement)
+        # Errors that say "this message cannot be stored" (as opposed to "the database is unwell"):
+        # the message goes to the dead letters instead of being retried.
+        self._data_errors: tuple[type[BaseException], ...] = (
+            OverflowError, ValueError, TypeError, sqlite3.DataError, sqlite3.IntegrityError
+        )
+        if self.postgres:
+            import psycopg
+
+            self._data_errors += (psycopg.DataError, psycopg.IntegrityError)
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.postgres else statement
@@ -273,11 +351,13 @@ class FleetStore:
                 ],
             )
             deltas: dict[tuple[str, str], _DeviceDelta] = {}
+            seqs: dict[tuple[str, str], list[int]] = {}
             for item in fresh.values():
                 message = item.message
+                key = (message.site, message.device)
+                seqs.setdefault(key, []).append(message.seq)
                 if isinstance(message, CommandResult):
                     continue
-                key = (message.site, message.device)
                 delta = deltas.get(key)
                 if delta is None:
                     delta = deltas[key] = _DeviceDelta(
@@ -288,7 +368,117 @@ class FleetStore:
             # A fixed lock order: receivers sharing a database cannot deadlock on device rows.
             for key in sorted(deltas):
                 cursor.execute(upsert, deltas[key].row())
+            # After the upserts: on PostgreSQL the device row lock now serialises range merges.
+            for key in sorted(seqs):
+                self._merge_seqs(cursor, key, seqs[key])
         return len(fresh)
+
+    def _merge_seqs(self, cursor: Any, key: tuple[str, str], seqs: list[int]) -> None:
+        incoming = merge_ranges((seq, seq) for seq in seqs)
+        low, high = incoming[0][0], incoming[-1][1]
+        where = "site = ? AND device = ? AND last_seq >= ? AND first_seq <= ?"
+        bounds = (*key, low - 1, high + 1)
+        cursor.execute(self._sql(f"SELECT first_seq, last_seq FROM fleet_seq_ranges WHERE {where}"), bounds)
+        touching = [(int(first), int(last)) for first, last in cursor.fetchall()]
+        cursor.execute(self._sql(f"DELETE FROM fleet_seq_ranges WHERE {where}"), bounds)
+        cursor.executemany(
+            self._sql("INSERT INTO fleet_seq_ranges (site, device, first_seq, last_seq) VALUES (?, ?, ?, ?)"),
+            [(*key, first, last) for first, last in merge_ranges(touching + incoming)],
+        )
+
+    def ingest_isolating(
+        self, items: Sequence[Received], receiver: str = "receiver"
+    ) -> tuple[int, list[tuple[Received, str]]]:
+        """Like :meth:`ingest`, but a message the database refuses is returned with the reason
+        instead of failing the batch. Errors of the database itself (locked, gone) still raise."""
+        try:
+            return self.ingest(items, receiver), []
+        except self._data_errors:
+            if len(items) == 1:
+                raise
+        new, refused = 0, []
+        for item in items:
+            try:
+                new += self.ingest([item], receiver)
+            except self._data_errors as exc:
+                refused.append((item, f"cannot be stored: {type(exc).__name__}: {exc}"))
+        return new, refused
+
+    def dead_letter(self, topic: str, payload: bytes, reason: str, receiver: str, at: float) -> None:
+        """Keep a message that could not be stored, with why (bounded, NUL-free text)."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    f"INSERT INTO fleet_dead_letters ({', '.join(DEAD_LETTER_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)"
+                ),
+                (
+                    at,
+                    printable(receiver, 256),
+                    printable(topic, 1024),
+                    printable(reason, DEAD_LETTER_REASON_CHARS),
+                    len(payload),
+                    printable(payload, DEAD_LETTER_PAYLOAD_CHARS),
+                ),
+            )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest dead letters first."""
+        return self._query(
+            f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM fleet_dead_letters ORDER BY received_at DESC LIMIT ?",
+            (limit,),
+        )
+
+    def dead_letter_count(self) -> int:
+        """How many messages were dead-lettered in all."""
+        return int(self._query("SELECT COUNT(*) AS n FROM fleet_dead_letters", ())[0]["n"])
+
+    def gaps(self, site: str | None = None, device: str | None = None) -> dict[tuple[str, str], list[tuple[int, int]]]:
+        """Per device, the sequence ranges missing between received ones (not before the first one
+        received, nor those the device said it does not hold)."""
+        conditions, params = [], []
+        for column, value in (("site", site), ("device", device)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        received: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for row in self._query(
+            f"SELECT site, device, first_seq, last_seq FROM fleet_seq_ranges{where} ORDER BY site, device, first_seq",
+            tuple(params),
+        ):
+            received.setdefault((row["site"], row["device"]), []).append((int(row["first_seq"]), int(row["last_seq"])))
+        unavailable: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for row in self._query(
+            f"SELECT site, device, first_seq, last_seq FROM fleet_seq_unavailable{where}", tuple(params)
+        ):
+            unavailable.setdefault((row["site"], row["device"]), []).append(
+                (int(row["first_seq"]), int(row["last_seq"]))
+            )
+        result = {}
+        for key, ranges in received.items():
+            holes = [(ranges[i][1] + 1, ranges[i + 1][0] - 1) for i in range(len(ranges) - 1)]
+            missing = subtract_ranges(holes, merge_ranges(unavailable.get(key, [])))
+            if missing:
+                result[key] = missing
+        return result
+
+    def mark_unavailable(self, site: str, device: str, ranges: Sequence[tuple[int, int]]) -> None:
+        """Record ranges the device answered it cannot replay (never stored, or past its retention)."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql("SELECT first_seq, last_seq FROM fleet_seq_unavailable WHERE site = ? AND device = ?"),
+                (site, device),
+            )
+            known = [(int(first), int(last)) for first, last in cursor.fetchall()]
+            cursor.execute(
+                self._sql("DELETE FROM fleet_seq_unavailable WHERE site = ? AND device = ?"), (site, device)
+            )
+            cursor.executemany(
+                self._sql(
+                    "INSERT INTO fleet_seq_unavailable (site, device, first_seq, last_seq) VALUES (?, ?, ?, ?)"
+                ),
+                [(site, device, first, last) for first, last in merge_ranges([*known, *ranges])],
+            )
 
     def devices(self) -> list[dict[str, Any]]:
         """Every device row, sorted by site and device."""
@@ -324,8 +514,9 @@ class FleetStore:
     def clear(self) -> None:
         """Delete every row (tests and benchmarks start from an empty PostgreSQL database this way)."""
         with self._transaction() as cursor:
-            cursor.execute("DELETE FROM fleet_messages")
-            cursor.execute("DELETE FROM fleet_devices")
+            for table in ("fleet_messages", "fleet_devices", "fleet_dead_letters", "fleet_seq_ranges",
+                          "fleet_seq_unavailable"):
+                cursor.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:
         """Close the database connection."""

@@ -14,9 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge_agent.errors import ConfigError
-
-# MQTT topic levels must not contain wildcards or separators; we also keep them short and shell-safe.
-TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+from edge_agent.messages import TOPIC_LEVEL_PATTERN
 
 
 class TlsConfig(BaseModel):

@@ -45,6 +45,7 @@ from edge_agent.outbox import Outbox, OutboxKind
 from edge_agent.reporting.base import MessageBuilder, RateLimiter
 from edge_agent.reporting.commands import AgentControl, CommandProcessor, CommandReply, ModelUpdater
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
+from edge_agent.reporting.diagnosis import ConnectionDiagnosis
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class MqttReporter:
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+        self._diagnosis = ConnectionDiagnosis(self._client)
 
         # _lock guards the mid->row map; it is held across publish() so that an ack can never be
         # processed before its mid is recorded. paho callbacks never wait for it (acks go via a queue).
@@ -268,7 +270,7 @@ class MqttReporter:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            logger.warning("broker refused the connection: %s", reason_code)
+            logger.warning("broker refused the connection: %s", self._diagnosis.describe(reason_code))
             return
         with self._lock:
             # Unacknowledged messages of the old connection are resent by our replay (flagged
@@ -300,7 +302,9 @@ class MqttReporter:
         self._connected.clear()
         if self._stopping.is_set():
             return
-        logger.warning("disconnected from the broker (%s); messages wait in the outbox", reason_code)
+        logger.warning(
+            "disconnected from the broker (%s); messages wait in the outbox", self._diagnosis.describe(reason_code)
+        )
         self._set_will()
         self._schedule_reconnect()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,3 +81,65 @@ def test_tls_config_errors_say_what_to_fix(tmp_path: Path) -> None:
         TlsConfig(cert_file=tmp_path / "device.pem")
     with pytest.raises(ConfigError, match=r"check tls\.ca_file"):
         TlsConfig(ca_file=tmp_path / "missing.pem").ssl_context()
+
+
+def test_fleet_listen_does_mutual_tls_and_fails_loudly_without_a_certificate(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = issue(pki, "ca", None)
+    issue(pki, "broker", ca, server=True)
+    issue(pki, "fleet", ca)
+    broker = LocalMosquitto(
+        tmp_path / "broker",
+        extra_config=f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'broker.pem'}\nkeyfile {pki / 'broker.key'}\n"
+        "require_certificate true",
+    )
+
+    def listen(*tls: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from gridedge.fleet.cli import app; app()", "listen", "--port", str(broker.port),
+             "--db", str(tmp_path / "fleet.sqlite3"), "--duration", "0.5", "--connect-timeout", "3", *tls],
+            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=30, check=False,
+        )
+
+    with broker:
+        refused = listen("--cafile", str(pki / "ca.pem"))
+        assert refused.returncode == 1, refused.stderr
+        assert "client certificate" in refused.stderr and "received 0" not in refused.stderr
+        accepted = listen(
+            "--cafile", str(pki / "ca.pem"), "--cert", str(pki / "fleet.pem"), "--key", str(pki / "fleet.key")
+        )
+        assert accepted.returncode == 0, accepted.stderr
+        assert "received 0" in accepted.stderr
+    unreachable = listen("--cafile", str(pki / "ca.pem"))
+    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr, unreachable.stderr
+
+
+def test_the_agent_log_names_a_refused_client_certificate(
+    tmp_path: Path, make_config: Callable[..., MqttConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca = issue(pki, "ca", None)
+    issue(pki, "broker", ca, server=True)
+    broker = LocalMosquitto(
+        tmp_path / "broker",
+        extra_config=f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'broker.pem'}\nkeyfile {pki / 'broker.key'}\n"
+        "require_certificate true",
+    )
+    with broker, caplog.at_level("WARNING", logger="edge_agent.reporting.mqtt"):
+        reporter = MqttReporter(make_config(broker.port, broker={"tls": {"ca_file": str(pki / "ca.pem")}}))
+        reporter.start()
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and "client certificate" not in caplog.text:
+                time.sleep(0.05)
+        finally:
+            reporter.close()
+    assert "refused our client certificate" in caplog.text, caplog.text
+    assert "(Unspecified error)" not in caplog.text
