@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from edge_agent.keys import new_keypair
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 from gridedge.cli import app
+from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]
@@ -35,7 +35,7 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
     runner = CliRunner(env={"COLUMNS": "400"})
     public_key = exported.keys / "bundle-signing.pub"
     with SiteServer(SimulatedSite(speed=60.0), port=0).start_in_thread() as server:
-        from gridedge.fleet.mosquitto import LocalMosquitto
+        from gridedge.broker import LocalMosquitto
 
         with LocalMosquitto(tmp_path / "broker") as broker:
             values = _site_values(tmp_path, server.port, broker.port)
