@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="Measured run at 1 s cadence (after 10 s).")
     args = parser.parse_args()
 
-    from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+    from gridedge.sim.site import SimulatedSite, SiteServer
 
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import pymodbus
 
 from edge_agent.sensors.modbus import ModbusTcpConfig, ModbusTcpSource
 from edge_agent.sensors.registers import RegisterMap, load_register_map
-from edge_agent.sensors.simulated_site import SITE_DEVICES
+from gridedge.sim.site import SITE_DEVICES
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTERS = REPO / "firmware_configs" / "registers"
@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     port = _free_port()
-    command = [sys.executable, "-c", "from edge_agent.sensors.cli import app; app()"]
+    command = [sys.executable, "-m", "gridedge.cli"]
     site = subprocess.Popen(
         [*command, "sim", "site", "--port", str(port), "--speed", "60", "--status-every", "0"],
         cwd=REPO,

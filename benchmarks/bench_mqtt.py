@@ -43,7 +43,7 @@ from edge_agent.messages import (
 from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore, Received
 

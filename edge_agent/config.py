@@ -182,16 +182,36 @@ class AgentConfig(_Section):
         def fix(path: Path) -> Path:
             return path if path.is_absolute() else (base / path).resolve()
 
+        state_dir = fix(self.state_dir)
+
+        def in_state(path: Path) -> Path:
+            # The defaults (state/outbox.sqlite3, state/incoming) name files of the state folder, which a
+            # profile may put elsewhere (/var/lib/gridedge): a relative one lands there, by its last name.
+            return path if path.is_absolute() else state_dir / path.name
+
         update: dict[str, Any] = {
-            "state_dir": fix(self.state_dir),
+            "state_dir": state_dir,
             "bundle": self.bundle.model_copy(
                 update={"path": fix(self.bundle.path), "public_key": fix(self.bundle.public_key)}
             ),
         }
         if self.mqtt is not None:
-            outbox = self.mqtt.outbox
-            outbox_path = outbox.path if outbox.path.is_absolute() else fix(self.state_dir) / outbox.path.name
-            update["mqtt"] = self.mqtt.model_copy(update={"outbox": outbox.model_copy(update={"path": outbox_path})})
+            outbox = self.mqtt.outbox.model_copy(update={"path": in_state(self.mqtt.outbox.path)})
+            broker = self.mqtt.broker
+            if broker.tls is not None:
+                tls_files = {
+                    name: fix(path)
+                    for name in ("ca_file", "cert_file", "key_file")
+                    if (path := getattr(broker.tls, name)) is not None
+                }
+                broker = broker.model_copy(update={"tls": broker.tls.model_copy(update=tls_files)})
+            update["mqtt"] = self.mqtt.model_copy(
+                update={
+                    "outbox": outbox,
+                    "broker": broker,
+                    "command_staging_dir": in_state(self.mqtt.command_staging_dir),
+                }
+            )
         resolved = self.model_copy(update=update)
         resolved._base_dir = base
         return resolved

@@ -3,8 +3,9 @@
 A compatibility target (``tflite-runtime-2.14``, ``ort-1.16``) is only worth its name when the artefact
 was loaded and run in that exact runtime version. Those runtimes cannot share the central Python (they
 need numpy<2), so each gets its own venv, built once and cached under ``$GRIDEDGE_COMPAT_VENVS``
-(default ``.venvs/`` in the repository). A small runner script, executed by the venv's python, loads the
-artefact, runs the given inputs and prints the outputs as JSON.
+(default ``gridedge/venvs`` in the user's cache folder, shared by every project). A small runner
+script, executed by the venv's python, loads the artefact, runs the given inputs and prints the outputs
+as JSON.
 
 Current runtimes (``litert``, ``ort``) are checked in-process with the edge runtimes instead.
 
@@ -28,6 +29,7 @@ import time
 import venv
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +37,16 @@ from numpy.typing import NDArray
 
 from gridedge.export.errors import CompatibilityError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VENVS_ENV_VAR = "GRIDEDGE_COMPAT_VENVS"
 _MARKER = "gridedge-requirements.txt"
-_RUNNER = Path(__file__).with_name("compat_runner.py")
+
+
+def runner_script(name: str) -> Path:
+    """A script of this package that a venv's own python runs (wheels install unpacked: a real file)."""
+    return Path(str(files("gridedge.export").joinpath(name)))
+
+
+_RUNNER = runner_script("compat_runner.py")
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,16 @@ COMPAT_ENVS: dict[str, CompatEnv] = {
 
 
 def venvs_root() -> Path:
-    """Where compatibility venvs are cached (``$GRIDEDGE_COMPAT_VENVS`` or ``.venvs/`` in the repo)."""
-    return Path(os.environ.get(VENVS_ENV_VAR) or REPO_ROOT / ".venvs")
+    """Where compatibility venvs are cached: ``$GRIDEDGE_COMPAT_VENVS``, else ``$XDG_CACHE_HOME/gridedge/venvs``.
+
+    A per-user cache rather than the current folder, because the litert-torch venv is about 2 GB and an
+    installed gridedge is run from many folders.
+    """
+    configured = os.environ.get(VENVS_ENV_VAR)
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "gridedge" / "venvs"
 
 
 def _python_of(env_dir: Path) -> Path:

@@ -29,7 +29,7 @@ from gridedge.export import compat_envs
 from gridedge.export.errors import ConversionError
 
 TorchTflitePrecision = Literal["fp32", "int8"]
-_RUNNER = Path(__file__).with_name("torch_tflite_runner.py")
+_RUNNER = compat_envs.runner_script("torch_tflite_runner.py")
 BUILD_COMMAND = "python -m gridedge.export.compat_envs"
 
 

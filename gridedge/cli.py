@@ -2,25 +2,63 @@
 
 Each package owns its subcommands in a light ``cli`` module (heavy libraries are imported inside the
 commands), so ``gridedge --help`` and ``gridedge agent`` work on a device with only the ``edge`` extra.
+The central-side groups (train, export, fleet, sim) are imported only when that command runs or the
+top-level help lists them: a device running ``gridedge agent`` loads no trainer, exporter, fleet or
+simulator code.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from edge_agent.cli import agent_app
 from edge_agent.errors import GridedgeError
-from edge_agent.sensors.cli import sensors_app, sim_app
-from gridedge.export.cli import export_command
-from gridedge.fleet.cli import app as fleet_app
-from gridedge.trainer.cli import train_command
+from edge_agent.sensors.cli import sensors_app
+
+if TYPE_CHECKING:
+    # typer vendors click: these are the types TyperGroup's methods take and return.
+    from typer._click import Command, Context
+
+# Command name -> (module, attribute): a Typer group or a single command function.
+CENTRAL_COMMANDS = {
+    "train": ("gridedge.trainer.cli", "train_command"),
+    "export": ("gridedge.export.cli", "export_command"),
+    "fleet": ("gridedge.fleet.cli", "app"),
+    "sim": ("gridedge.sim.cli", "sim_app"),
+}
+
+
+class _CentralCommandsOnDemand(TyperGroup):
+    """The top-level group, importing a central-side command's module only when it is asked for."""
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        return [*super().list_commands(ctx), *CENTRAL_COMMANDS]
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        if cmd_name not in CENTRAL_COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = CENTRAL_COMMANDS[cmd_name]
+        target = getattr(importlib.import_module(module), attribute)
+        if isinstance(target, typer.Typer):
+            command: Command = typer.main.get_group(target)
+        else:
+            single = typer.Typer()
+            single.command(cmd_name)(target)
+            command = typer.main.get_command(single)
+        command.name = cmd_name
+        return command
+
 
 app = typer.Typer(
     name="gridedge",
+    cls=_CentralCommandsOnDemand,
     help="Machine learning on microgrid controllers: train, export, provision, run and watch the fleet.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -28,11 +66,7 @@ app = typer.Typer(
 keys_app = typer.Typer(help="Create the Ed25519 key pair that signs model bundles.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(agent_app, name="agent")
-app.add_typer(sim_app, name="sim")
 app.add_typer(sensors_app, name="sensors")
-app.add_typer(fleet_app, name="fleet")
-app.command("train")(train_command)
-app.command("export")(export_command)
 
 _err = Console(stderr=True)
 
@@ -50,6 +84,14 @@ def keys_new(
     typer.echo(f"public key:  {public_path} (copy to every device)")
 
 
+def _print_example_site(wanted: bool) -> None:
+    if wanted:
+        from gridedge.sites import EXAMPLE_SITE, site_file
+
+        typer.echo(site_file(EXAMPLE_SITE).read_text(encoding="utf-8"), nl=False)
+        raise typer.Exit()
+
+
 @app.command("provision")
 def provision_device(
     profile: str = typer.Option(..., "--profile", help="Device profile name in firmware_configs/ or a file."),
@@ -57,6 +99,13 @@ def provision_device(
     bundle: Path = typer.Option(..., "--bundle", help="Signed bundle folder or .tar.gz from `gridedge export`."),
     public_key: Path = typer.Option(..., "--public-key", help="The fleet's bundle-signing.pub."),
     out: Path = typer.Option(..., "--out", help="Folder to build; copy it onto the device."),
+    example_site: bool = typer.Option(
+        False,
+        "--example-site",
+        is_eager=True,
+        callback=_print_example_site,
+        help="Print the shipped example site values (for `> site.yaml`) and exit.",
+    ),
 ) -> None:
     """Build the folder that goes onto a device: config, verified bundle, key, register maps, service."""
     from gridedge.provision import provision

@@ -25,7 +25,6 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-REPO = Path(__file__).resolve().parent.parent
 # 900 s of site time every 50 ms: two days of history fill the window in ~10 s of wall time.
 SITE_SPEED = 18_000.0
 CADENCE_S = 0.05
@@ -62,9 +61,10 @@ def _gridedge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 def w1_task_config(quick: bool) -> Any:
     """The shipped W1 config; ``quick`` trains on six months for a few epochs without LightGBM."""
+    from gridedge.resources import resource_path
     from gridedge.trainer.config import parse_config
 
-    raw = yaml.safe_load((REPO / "configs" / "w1_load.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load(resource_path("configs", "w1_load.yaml").read_text(encoding="utf-8"))
     if quick:
         raw["data"]["end"] = "2007-06-30"
         raw["training"].update({"epochs": 4, "patience": 2})
@@ -116,10 +116,10 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
 
     _step("4/6 broker, simulated site, fleet receiver")
     from edge_agent.reporting.config import BrokerConfig
-    from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
-    from gridedge.fleet.mosquitto import LocalMosquitto
+    from gridedge.broker import LocalMosquitto
     from gridedge.fleet.receiver import FleetReceiver
     from gridedge.fleet.store import FleetStore
+    from gridedge.sim.site import SimulatedSite, SiteServer
 
     fleet_db = workdir / "fleet.sqlite3"
     fleet_db.unlink(missing_ok=True)
@@ -197,7 +197,7 @@ def _plot_last_forecast(summaries: list[dict[str, Any]], path: Path) -> float | 
     """Plot the newest forecast the fleet received against what the household really used."""
     import json
 
-    from edge_agent.datafiles import read_series
+    from gridedge.datafiles import read_series
 
     forecasts = [json.loads(s["payload"])["forecasts"] for s in summaries]
     forecasts = [f[0] for f in forecasts if f]

@@ -4,7 +4,8 @@ A device profile (``firmware_configs/<name>.yaml``: runtime, loop timing, compat
 with the site's values (identity, sensors, broker), validated as a whole agent config, and checked
 against the bundle: the bundle must verify with the fleet key and hold an artefact proven on the
 profile's compatibility target. The output folder holds everything the agent needs, with relative paths,
-so it can be copied anywhere:
+so it can be copied anywhere. It is built beside ``--out`` and renamed into place only when everything
+checked out, so a refused provision leaves no folder a technician could mistake for a good one:
 
     config.yaml                 the agent config
     bundle/                     the verified model bundle
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_agent.bundle import Bundle, read_bundle, unpack_archive
 from edge_agent.config import AgentConfig, format_validation_error, load_config
 from edge_agent.errors import ConfigError, IntegrityError
-from edge_agent.fsutil import atomic_write_text
+from edge_agent.fsutil import atomic_write_text, fsync_dir
 from edge_agent.keys import PUBLIC_KEY_NAME, load_public_key
 from edge_agent.runtimes.registry import PRECISION_PREFERENCE
+from edge_agent.sensors.registers import register_map_path
+from gridedge.resources import resource_path
 
-PROFILE_DIR = Path(__file__).resolve().parent.parent / "firmware_configs"
+PROFILE_DIR = resource_path("firmware_configs")
 RUNTIME_ARTEFACTS = {"litert": "tflite", "onnxruntime": "onnx"}
 
 
@@ -60,7 +64,7 @@ class DeviceProfile(BaseModel):
 
 
 def profile_path(name_or_path: str) -> Path:
-    """A profile file: a path as given, or the named profile shipped in firmware_configs/."""
+    """A profile file: a path as given, or the named profile shipped with gridedge (firmware_configs/)."""
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} and path.exists():
         return path
@@ -92,14 +96,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def _copy_register_maps(raw: dict[str, Any], values_dir: Path, out_dir: Path) -> None:
-    """Copy register-map files the sensors name into out/registers and point the config at the copies."""
+    """Copy register-map files the sensors name into out/registers and point the config at the copies.
+
+    A name (``load_meter``) is a shipped map; a path is relative to the site file that names it.
+    """
     for source in raw.get("sensors", []):
         for device in source.get("devices", []) if isinstance(source, dict) else []:
             register_map = device.get("register_map")
             if not isinstance(register_map, str):
                 continue
-            origin = Path(register_map)
-            origin = origin if origin.is_absolute() else values_dir / origin
+            origin = register_map_path(Path(register_map), values_dir)
             if not origin.is_file():
                 raise ConfigError(
                     f"sensor device {device.get('name')!r}: register_map {register_map!r} not found at {origin}"
@@ -147,15 +153,26 @@ def provision(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, f"{profile_name} + {site_values}")) from exc
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _copy_register_maps(raw, Path(site_values).resolve().parent, out_dir)
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        artefact = _build_device_folder(staging, raw, profile, Path(site_values), bundle_source, public_key)
+        _replace_folder(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return load_config(out_dir / "config.yaml"), artefact
+
+
+def _build_device_folder(
+    out_dir: Path, raw: dict[str, Any], profile: DeviceProfile, site_values: Path, bundle_source: Path, public_key: Path
+) -> str:
+    """Fill ``out_dir`` with the device folder; returns the artefact the device will run."""
+    _copy_register_maps(raw, site_values.resolve().parent, out_dir)
     key = load_public_key(public_key)
     if Path(bundle_source).is_dir():
-        staged = out_dir / "bundle"
-        if staged.exists():
-            shutil.rmtree(staged)
-        shutil.copytree(bundle_source, staged)
+        shutil.copytree(bundle_source, out_dir / "bundle")
     else:
         unpack_archive(Path(bundle_source), out_dir / "bundle")
     bundle = read_bundle(out_dir / "bundle", key)
@@ -169,11 +186,24 @@ def provision(
     artefact = _check_artefact_for_target(bundle, config, profile.profile.compatibility_target)
     _write_service(out_dir)
     _write_install_notes(out_dir, profile, config, bundle, artefact)
-    return config, artefact
+    return artefact
+
+
+def _replace_folder(built: Path, out_dir: Path) -> None:
+    """Move a finished folder into place; a previous one at ``out_dir`` is removed only afterwards."""
+    previous = None
+    if out_dir.exists():
+        previous = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        out_dir.rename(previous / out_dir.name)
+    built.chmod(0o755)
+    built.rename(out_dir)
+    fsync_dir(out_dir.parent)
+    if previous is not None:
+        shutil.rmtree(previous)
 
 
 def _write_service(out_dir: Path) -> None:
-    unit = (PROFILE_DIR / "systemd" / "gridedge-agent.service").read_text(encoding="utf-8")
+    unit = resource_path("firmware_configs", "systemd", "gridedge-agent.service").read_text(encoding="utf-8")
     target = out_dir / "systemd" / "gridedge-agent.service"
     target.parent.mkdir(exist_ok=True)
     atomic_write_text(target, unit)

@@ -7,20 +7,31 @@ from typing import Any
 
 import yaml
 
-SITES_DIR = Path(__file__).resolve().parent.parent / "firmware_configs" / "sites"
+from edge_agent.errors import ConfigError
+from gridedge.resources import resource_path
+
+SITES_DIR = resource_path("firmware_configs", "sites")
+EXAMPLE_SITE = "simulated-household"
+
+
+def site_file(name: str) -> Path:
+    """The shipped site values file called ``name``."""
+    path = SITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
+        raise ConfigError(f"no shipped site values called {name!r}; choose one of {available}")
+    return path
 
 
 def site_values(name: str, port: int, devices: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The named site values with the Modbus port set and register-map paths made absolute.
+    """The named site values with the Modbus port set.
 
-    ``devices`` keeps only the named Modbus devices (e.g. just the meter).
+    ``devices`` keeps only the named Modbus devices (e.g. just the meter). Register maps are named, so
+    the values work written anywhere.
     """
-    path = SITES_DIR / f"{name}.yaml"
-    values: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    values: dict[str, Any] = yaml.safe_load(site_file(name).read_text(encoding="utf-8"))
     for source in values["sensors"]:
         source["port"] = port
         if devices is not None:
             source["devices"] = [d for d in source["devices"] if d["name"] in devices]
-        for device in source["devices"]:
-            device["register_map"] = str((path.parent / device["register_map"]).resolve())
     return values

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edge_agent.errors import ConfigError
 from edge_agent.features import GapPolicy, SiteLocation
+from gridedge.resources import resource_path
 
-REPO = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO / "configs" / "task.schema.json"
+SCHEMA_PATH = resource_path("configs", "task.schema.json")
 TaskKind = Literal["load_forecast", "pv_forecast", "anomaly"]
 
 

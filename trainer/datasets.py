@@ -1,7 +1,7 @@
 """Load gridedge's shipped data slices as time-indexed pandas frames with units and provenance.
 
 Reads only the repository's ``data/`` folder (or a folder passed in), through the same numpy reader the
-device uses (:mod:`edge_agent.datafiles`), so both sides see identical numbers.
+device uses (:mod:`edge_agent.csvseries`, through :mod:`gridedge.datafiles`), so both sides see identical numbers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from edge_agent.datafiles import SLICES, read_series, slice_info, slice_path
+from gridedge.datafiles import SLICES, read_series, slice_info, slice_path
 
 UCI_UNITS = {
     "Global_active_power": "kW",

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from edge_agent.datafiles import slice_info, slice_path
 from edge_agent.errors import ConfigError, FeatureError
 from edge_agent.features import (
     DERIVED_CHANNELS,
@@ -29,6 +28,7 @@ from edge_agent.features import (
     forecast_samples,
     local_seconds,
 )
+from gridedge.datafiles import slice_info, slice_path
 from gridedge.trainer import datasets
 from gridedge.trainer.config import ChannelConfig, TaskConfig
 

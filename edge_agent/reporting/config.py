@@ -25,13 +25,18 @@ class TlsConfig(BaseModel):
     ca_file: Path | None = Field(
         None,
         title="CA certificate",
-        description="PEM file of the CA that signed the broker certificate; None uses the system store.",
+        description="PEM file of the CA that signed the broker certificate (relative to the config file); "
+        "None uses the system store.",
     )
     cert_file: Path | None = Field(
-        None, title="Client certificate", description="PEM client certificate for mutual TLS."
+        None,
+        title="Client certificate",
+        description="PEM client certificate for mutual TLS (relative to the config file).",
     )
     key_file: Path | None = Field(
-        None, title="Client key", description="PEM private key of the client certificate."
+        None,
+        title="Client key",
+        description="PEM private key of the client certificate (relative to the config file).",
     )
     insecure: bool = Field(
         False,
@@ -137,7 +142,8 @@ class OutboxConfig(BaseModel):
     path: Path = Field(
         Path("state/outbox.sqlite3"),
         title="Outbox file",
-        description="SQLite database holding unacknowledged messages and the device sequence counter.",
+        description="SQLite database holding unacknowledged messages and the device sequence counter; a "
+        "relative path names a file in the state folder.",
     )
     max_bytes: int = Field(
         64 * 1024 * 1024,
@@ -198,7 +204,8 @@ class MqttConfig(BaseModel):
     command_staging_dir: Path = Field(
         Path("state/incoming"),
         title="Command staging folder",
-        description="Where chunks of a model-update archive are assembled before verification.",
+        description="Where chunks of a model-update archive are assembled before verification; a relative "
+        "path names a folder in the state folder.",
     )
     max_update_bytes: int = Field(
         64 * 1024 * 1024,

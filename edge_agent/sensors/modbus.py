@@ -30,6 +30,7 @@ from edge_agent.sensors.registers import (
     decode_registers,
     load_register_map,
     plan_blocks,
+    register_map_path,
 )
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ class ModbusDeviceConfig(StrictConfig):
     unit_id: int = Field(default=1, ge=0, le=247, title="Unit id", description="Modbus unit (slave) id of the device.")
     register_map: Path | RegisterMap = Field(
         title="Register map",
-        description="Path of a register map YAML (relative to the config file) or the map inline.",
+        description="A shipped register map by name (e.g. load_meter), the path of a register map YAML "
+        "(relative to the config file), or the map inline.",
     )
     timeout_s: float = Field(
         default=1.0,
@@ -144,8 +146,7 @@ class ModbusRtuConfig(StrictConfig):
 def _resolve_map(register_map: Path | RegisterMap, base_dir: Path | None) -> RegisterMap:
     if isinstance(register_map, RegisterMap):
         return register_map
-    path = register_map if register_map.is_absolute() or base_dir is None else base_dir / register_map
-    return load_register_map(path)
+    return load_register_map(register_map_path(register_map, base_dir))
 
 
 def _pymodbus() -> Any:

@@ -38,6 +38,8 @@ MAX_REGISTERS_PER_READ = 125
 # SunSpec scale factors are small exponents; anything beyond this is a corrupt register, not a scale.
 MAX_SCALE_EXPONENT = 10
 NOT_READ = "not read"
+# Inside this package: a link to firmware_configs/registers/, packaged into the wheel.
+SHIPPED_MAPS_FOLDER = "register_maps"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +195,35 @@ class RegisterMap(StrictConfig):
             ChannelSpec(name=prefix + spec.name, unit=spec.unit, min_value=spec.min_value, max_value=spec.max_value)
             for spec in self.measurements()
         ]
+
+
+def shipped_register_maps_dir() -> Path:
+    """The folder of the register maps shipped with gridedge (``firmware_configs/registers/``).
+
+    Wheels install unpacked, so the packaged folder is a real one.
+    """
+    from importlib.resources import files
+
+    return Path(str(files("edge_agent.sensors").joinpath(SHIPPED_MAPS_FOLDER)))
+
+
+def register_map_path(reference: Path, base_dir: Path | None) -> Path:
+    """The file a ``register_map`` entry points at.
+
+    A bare name without a suffix (``load_meter``) is the map shipped with gridedge, so a site file works
+    wherever it is copied; anything else is a path, taken relative to ``base_dir`` (the folder of the file
+    that names it).
+    """
+    if len(reference.parts) == 1 and not reference.suffix:
+        shipped = shipped_register_maps_dir() / f"{reference}.yaml"
+        if not shipped.is_file():
+            names = sorted(p.stem for p in shipped_register_maps_dir().glob("*.yaml"))
+            raise ConfigError(
+                f"register_map {str(reference)!r} is not a shipped register map; name one of {names} "
+                "or give the path of a .yaml file"
+            )
+        return shipped
+    return reference if reference.is_absolute() or base_dir is None else base_dir / reference
 
 
 def load_register_map(path: Path) -> RegisterMap:

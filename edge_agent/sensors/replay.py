@@ -3,7 +3,7 @@
 Each read returns the latest sample at or before the replay clock, which runs ``speed`` times faster
 than the wall clock from the chosen start: a meter reports its last measurement, it does not
 interpolate. Readings carry the data's own UTC timestamps so windows and calendar features see the
-recorded time. CSV goes through :mod:`edge_agent.datafiles` (numpy only); Parquet needs pyarrow, which
+recorded time. CSV goes through :mod:`edge_agent.csvseries` (numpy only); Parquet needs pyarrow, which
 comes with the ``train`` extra.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
-from edge_agent.datafiles import read_csv_series
+from edge_agent.csvseries import read_csv_series
 from edge_agent.errors import ConfigError, FeatureError, missing_extra
 from edge_agent.features import ChannelSpec
 from edge_agent.sensors.base import MISSING, ChannelStatus, ChannelValue, Reading, StrictConfig, checked_value

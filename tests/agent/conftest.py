@@ -18,7 +18,7 @@ import yaml
 
 from edge_agent.config import AgentConfig
 from edge_agent.keys import load_private_key, new_keypair
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
 
 REPO = Path(__file__).resolve().parents[2]

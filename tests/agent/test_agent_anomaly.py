@@ -12,13 +12,13 @@ from edge_agent.agent import Agent
 from edge_agent.anomaly import reconstruction_scores
 from edge_agent.bundle import read_bundle
 from edge_agent.config import AgentConfig
-from edge_agent.datafiles import read_series
 from edge_agent.features import FeaturePipeline
 from edge_agent.keys import load_public_key
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
 from edge_agent.runtimes.litert import LiteRTConfig
 from edge_agent.sensors.replay import ReplayConfig, ReplaySource
+from gridedge.datafiles import read_series
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -11,13 +11,13 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.bundle import Artefact, read_bundle
 from edge_agent.config import AgentConfig
-from edge_agent.datafiles import read_series
 from edge_agent.features import FeaturePipeline, derive_channels
 from edge_agent.keys import load_public_key
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
 from edge_agent.runtimes.litert import LiteRTConfig
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.datafiles import read_series
+from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]

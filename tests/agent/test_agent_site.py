@@ -13,12 +13,12 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.bundle import read_bundle
-from edge_agent.datafiles import read_series
 from edge_agent.features import FeaturePipeline
 from edge_agent.keys import load_public_key
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.datafiles import read_series
+from gridedge.sim.site import SimulatedSite, SiteServer
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]
 PERIOD = 900

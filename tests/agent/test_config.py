@@ -95,3 +95,37 @@ def test_every_shipped_profile_merges_into_a_valid_config(profile: str) -> None:
     merged = deep_merge(load_profile(profile).agent, MINIMAL)
     merged = deep_merge(merged, {"runtime": load_profile(profile).agent["runtime"]})
     AgentConfig.model_validate(merged)
+
+
+def test_every_relative_path_resolves_against_the_config_file_not_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = {
+        **MINIMAL,
+        "state_dir": "var/state",
+        "mqtt": {
+            "broker": {"tls": {"ca_file": "tls/ca.pem", "cert_file": "tls/client.pem", "key_file": "tls/client.key"}},
+            "command_staging_dir": "state/incoming",
+        },
+    }
+    path = _write(tmp_path, data)
+    monkeypatch.chdir("/")
+    config = load_config(path)
+    assert config.mqtt is not None and config.mqtt.broker.tls is not None
+    tls = config.mqtt.broker.tls
+    assert (tls.ca_file, tls.cert_file, tls.key_file) == (
+        tmp_path / "tls" / "ca.pem",
+        tmp_path / "tls" / "client.pem",
+        tmp_path / "tls" / "client.key",
+    )
+    # Update chunks and the outbox belong to the state folder, wherever a profile puts it.
+    assert config.mqtt.command_staging_dir == tmp_path / "var" / "state" / "incoming"
+    assert config.mqtt.outbox.path == tmp_path / "var" / "state" / "outbox.sqlite3"
+
+
+def test_absolute_paths_are_kept(tmp_path: Path) -> None:
+    data = {**MINIMAL, "mqtt": {"command_staging_dir": "/srv/incoming", "broker": {"tls": {"ca_file": "/etc/ca.pem"}}}}
+    config = load_config(_write(tmp_path, data))
+    assert config.mqtt is not None and config.mqtt.broker.tls is not None
+    assert config.mqtt.command_staging_dir == Path("/srv/incoming")
+    assert config.mqtt.broker.tls.ca_file == Path("/etc/ca.pem")

@@ -10,10 +10,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from edge_agent.errors import ConfigError
 from edge_agent.keys import new_keypair
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 from gridedge.cli import app
-from gridedge.sites import site_values
+from gridedge.provision import provision
+from gridedge.sim.site import SimulatedSite, SiteServer
+from gridedge.sites import EXAMPLE_SITE, site_file, site_values
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]
 
@@ -35,7 +37,7 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
     runner = CliRunner(env={"COLUMNS": "400"})
     public_key = exported.keys / "bundle-signing.pub"
     with SiteServer(SimulatedSite(speed=60.0), port=0).start_in_thread() as server:
-        from gridedge.fleet.mosquitto import LocalMosquitto
+        from gridedge.broker import LocalMosquitto
 
         with LocalMosquitto(tmp_path / "broker") as broker:
             values = _site_values(tmp_path, server.port, broker.port)
@@ -46,6 +48,9 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
             )  # fmt: skip
             assert refused.exit_code != 0
             assert "no onnx artefact proven on 'ort'" in _plain(str(refused.exception))
+            # Nothing a technician could mistake for a device folder: no --out, no half-built staging.
+            assert not (tmp_path / "wrong").exists()
+            assert not list(tmp_path.glob(".wrong*"))
 
             device = tmp_path / "device"
             made = runner.invoke(
@@ -86,3 +91,36 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
         app, ["agent", "doctor", "--config", str(device / "config.yaml"), "--broker-timeout", "1"]
     )
     assert wrong_key.exit_code == 1 and "signed with another key" in _plain(wrong_key.output)
+
+
+def test_a_site_file_copied_anywhere_still_provisions(
+    tmp_path: Path, exported: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "customer" / "hut"
+    elsewhere.mkdir(parents=True)
+    values = yaml.safe_load(site_file(EXAMPLE_SITE).read_text())
+    # One map of the site's own, named by a path relative to the site file; the others by shipped name.
+    (elsewhere / "maps").mkdir()
+    shutil.copyfile(site_file(EXAMPLE_SITE).parent.parent / "registers" / "battery_bms.yaml",
+                    elsewhere / "maps" / "our_bms.yaml")  # fmt: skip
+    values["sensors"][0]["devices"][1]["register_map"] = "maps/our_bms.yaml"
+    site = elsewhere / "site.yaml"
+    site.write_text(yaml.safe_dump(values))
+    monkeypatch.chdir(tmp_path)  # neither the site's folder nor the repository
+
+    public_key = exported.keys / "bundle-signing.pub"
+    config, artefact = provision("raspberry-pi-4", site, exported.keras, public_key, Path("device"))
+    device = tmp_path / "device"
+    assert artefact == "w1-keras.int8.tflite"
+    written = yaml.safe_load((device / "config.yaml").read_text())
+    assert [d["register_map"] for d in written["sensors"][0]["devices"]] == [
+        "registers/load_meter.yaml", "registers/our_bms.yaml", "registers/inverter_sunspec.yaml",
+    ]  # fmt: skip
+    assert (device / "registers" / "our_bms.yaml").read_bytes() == (elsewhere / "maps" / "our_bms.yaml").read_bytes()
+    assert config.bundle.path == device / "bundle"
+
+    values["sensors"][0]["devices"][0]["register_map"] = "load_metre"
+    site.write_text(yaml.safe_dump(values))
+    with pytest.raises(ConfigError, match="register_map 'load_metre' is not a shipped register map"):
+        provision("raspberry-pi-4", site, exported.keras, public_key, tmp_path / "second")
+    assert not (tmp_path / "second").exists()

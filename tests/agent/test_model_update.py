@@ -23,9 +23,9 @@ from edge_agent.bundle import MANIFEST_NAME, Manifest, pack_archive, read_bundle
 from edge_agent.keys import load_private_key, load_public_key
 from edge_agent.reporting.commands import model_update_requests
 from edge_agent.reporting.mqtt import MqttReporter
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 from edge_agent.updates import AgentCommands
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
+from gridedge.sim.site import SimulatedSite, SiteServer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.slow]
 PREFIX = "gridedge/v1/test-site/ctrl-1"

@@ -17,8 +17,8 @@ from edge_agent.agent import Agent
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.reporting.base import MemoryReporter
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 from edge_agent.updates import AgentCommands
+from gridedge.sim.site import SimulatedSite, SiteServer
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]
 

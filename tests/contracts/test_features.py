@@ -220,8 +220,8 @@ def test_pipeline_decodes_to_physical_units() -> None:
 
 
 def test_clear_sky_is_derived_from_time_and_place_and_tracks_the_satellite_clear_sky() -> None:
-    from edge_agent.datafiles import read_series
     from edge_agent.features import SiteLocation, derive_channels
+    from gridedge.datafiles import read_series
 
     golden = SiteLocation(latitude=39.742, longitude=-105.179)
     times, columns = read_series("w2_pv_system50_15min")

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.datafiles import SLICES, read_csv_series, read_series, slice_path
+from edge_agent.csvseries import read_csv_series
 from edge_agent.errors import FeatureError
+from gridedge.datafiles import SLICES, read_series, slice_path
 from gridedge.trainer import datasets
 
 STEP_15_MIN = 900

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from edge_agent.bundle import AnomalySpec, OutputSpec, Provenance
-from edge_agent.datafiles import read_series
 from edge_agent.features import ChannelSpec, FeatureSpec, ModelInputs, NormalisationStats, forecast_samples
 from edge_agent.keys import new_keypair
+from gridedge.datafiles import read_series
 from gridedge.export.evaluate import TestSplit, anomaly_scores
 from gridedge.export.pipeline import ExportSource
 

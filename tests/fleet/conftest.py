@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
 from gridedge.fleet.store import FleetStore
 
 

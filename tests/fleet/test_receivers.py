@@ -18,8 +18,8 @@ from edge_agent.messages import AlertContent, SummaryContent
 from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter, make_client
+from gridedge.broker import LocalMosquitto
 from gridedge.fleet.cli import app
-from gridedge.fleet.mosquitto import LocalMosquitto
 from gridedge.fleet.receiver import FleetReceiver, subscriptions
 from gridedge.fleet.store import FleetStore
 

@@ -19,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.reporting.config import MqttConfig
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
 from gridedge.fleet.store import FleetStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ from edge_agent.messages import CommandRequest, ModelInfo
 from edge_agent.reporting.commands import UpdateOutcome, model_update_requests
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
 
 pytestmark = pytest.mark.mqtt
 

@@ -27,7 +27,7 @@ from edge_agent.reporting import Reporter
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.reporting.config import BrokerConfig, MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "mqtt"

@@ -18,7 +18,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.messages import AlertContent
 from edge_agent.reporting.config import MqttConfig, TlsConfig
 from edge_agent.reporting.mqtt import MqttReporter
-from gridedge.fleet.mosquitto import LocalMosquitto
+from gridedge.broker import LocalMosquitto
 
 pytestmark = pytest.mark.mqtt
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from edge_agent.sensors.modbus import ModbusTcpConfig
-from edge_agent.sensors.simulated_site import SITE_DEVICES, SimulatedSite, SiteServer
+from gridedge.sim.site import SITE_DEVICES, SimulatedSite, SiteServer
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTER_DIR = REPO / "firmware_configs" / "registers"

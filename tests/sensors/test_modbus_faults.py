@@ -11,7 +11,7 @@ import pytest
 from edge_agent.sensors.base import ChannelStatus
 from edge_agent.sensors.modbus import ModbusTcpConfig, ModbusTcpSource
 from edge_agent.sensors.registers import ReadBlock
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.sim.site import SimulatedSite, SiteServer
 
 pytestmark = pytest.mark.modbus
 

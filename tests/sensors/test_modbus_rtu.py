@@ -18,7 +18,7 @@ import pytest
 
 from edge_agent.sensors.base import ChannelStatus
 from edge_agent.sensors.modbus import ModbusRtuConfig, ModbusRtuSource
-from edge_agent.sensors.simulated_site import SITE_DEVICES, SimulatedSite, SiteServer
+from gridedge.sim.site import SITE_DEVICES, SimulatedSite, SiteServer
 
 pytestmark = pytest.mark.modbus
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"

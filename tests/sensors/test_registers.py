@@ -23,6 +23,8 @@ from edge_agent.sensors.registers import (
     load_register_map,
     plan_blocks,
     raw_from_engineering,
+    register_map_path,
+    shipped_register_maps_dir,
 )
 
 # (dtype, value, words as a big-endian device sends them: most significant word first, bytes AB)
@@ -242,3 +244,19 @@ def test_raw_from_engineering_inverts_decoding() -> None:
     spec = RegisterSpec(name="v", address=0, dtype="uint16", scale=0.1, offset=-40)
     raw = raw_from_engineering(spec, 25.0)
     assert raw == 650
+
+
+def test_a_bare_name_is_a_shipped_map_and_anything_else_a_path_from_the_naming_file(
+    tmp_path: Path, register_dir: Path
+) -> None:
+    shipped = register_map_path(Path("load_meter"), tmp_path)
+    assert shipped.read_bytes() == (register_dir / "load_meter.yaml").read_bytes()
+    assert sorted(p.name for p in shipped_register_maps_dir().glob("*.yaml")) == sorted(
+        p.name for p in register_dir.glob("*.yaml")
+    )
+    assert register_map_path(Path("maps/mine.yaml"), tmp_path) == tmp_path / "maps" / "mine.yaml"
+    assert register_map_path(Path("mine.yaml"), tmp_path) == tmp_path / "mine.yaml"
+    assert register_map_path(Path("/etc/mine.yaml"), tmp_path) == Path("/etc/mine.yaml")
+    with pytest.raises(ConfigError, match=r"register_map 'load_metre' is not a shipped register map; name one of "
+                       r"\['battery_bms', 'inverter_sunspec', 'load_meter'\]"):
+        register_map_path(Path("load_metre"), tmp_path)

@@ -18,7 +18,7 @@ from edge_agent.sensors.cli import app
 from edge_agent.sensors.modbus import ModbusTcpSource
 from edge_agent.sensors.registry import SOURCE_CLASSES, build_source, load_sensor_configs, source_class
 from edge_agent.sensors.replay import ReplaySource
-from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+from gridedge.sim.site import SimulatedSite, SiteServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_sim_site_command_serves_the_site_from_a_subprocess(make_tcp_config) -> 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-c", "from edge_agent.sensors.cli import app; app()"]
+    command = [sys.executable, "-m", "gridedge.cli"]
     args = ["sim", "site", "--port", str(port), "--speed", "60", "--status-every", "0"]
     process = subprocess.Popen(command + args, cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

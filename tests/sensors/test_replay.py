@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from edge_agent.datafiles import read_csv_series, read_series
+from edge_agent.csvseries import read_csv_series
 from edge_agent.errors import ConfigError, MissingExtraError
 from edge_agent.sensors.base import ChannelStatus
 from edge_agent.sensors.replay import ReplayConfig, ReplaySource
+from gridedge.datafiles import read_series
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 LOAD = {"name": "load", "column": "Global_active_power", "unit": "W", "scale": 1000, "min_value": 0, "max_value": 15000}

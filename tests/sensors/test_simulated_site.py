@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from edge_agent.datafiles import read_series
 from edge_agent.sensors.base import ChannelStatus
 from edge_agent.sensors.modbus import ModbusTcpSource
 from edge_agent.sensors.registers import decode_registers
-from edge_agent.sensors.simulated_site import BatteryModel, BatteryParams, SimulatedSite, SiteServer
+from gridedge.datafiles import read_series
+from gridedge.sim.site import BatteryModel, BatteryParams, SimulatedSite, SiteServer
 
 pytestmark = pytest.mark.modbus
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"

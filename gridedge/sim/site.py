@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.datafiles import read_series
 from edge_agent.errors import ConfigError
 from edge_agent.sensors.registers import (
     DTYPES,
@@ -46,13 +45,13 @@ from edge_agent.sensors.registers import (
     encode_value,
     load_register_map,
     raw_from_engineering,
+    shipped_register_maps_dir,
 )
+from gridedge.datafiles import read_series
 
 if TYPE_CHECKING:
     from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REGISTER_DIR = REPO_ROOT / "firmware_configs" / "registers"
 SITE_DEVICES: dict[str, tuple[int, str]] = {
     "inverter": (1, "inverter_sunspec.yaml"),
     "battery": (2, "battery_bms.yaml"),
@@ -186,7 +185,7 @@ class SimulatedSite:
         self.pv, self.load = _site_series(data_dir)
         self.speed = speed
         self.battery = BatteryModel(battery or BatteryParams())
-        folder = register_dir or DEFAULT_REGISTER_DIR
+        folder = register_dir or shipped_register_maps_dir()
         self.maps: dict[str, RegisterMap] = {
             device: load_register_map(folder / file) for device, (_, file) in SITE_DEVICES.items()
         }
