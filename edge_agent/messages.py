@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, JsonValue, field_validator
+
+from edge_agent.yamlconfig import StrictModel
 
 SCHEMA_VERSION: Literal["1.0"] = "1.0"
 TOPIC_ROOT = "gridedge/v1"
@@ -43,11 +45,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Envelope(_Strict):
+class Envelope(StrictModel):
     """Fields every device message carries."""
 
     schema_version: Literal["1.0"] = Field(
@@ -78,7 +76,7 @@ class Envelope(_Strict):
         return value.astimezone(UTC)
 
 
-class ModelInfo(_Strict):
+class ModelInfo(StrictModel):
     """The model a device is running."""
 
     name: str | None = Field(None, description="Model name from the bundle manifest.")
@@ -97,7 +95,7 @@ class StatusMessage(Envelope):
     agent_version: str | None = Field(None, description="gridedge agent version.")
 
 
-class ChannelAggregate(_Strict):
+class ChannelAggregate(StrictModel):
     """Aggregates of one input channel over the summary window; null when no valid sample."""
 
     count: int = Field(..., ge=0, description="Valid samples in the window.")
@@ -109,7 +107,7 @@ class ChannelAggregate(_Strict):
     unit: str | None = Field(None, description="Unit of the channel.")
 
 
-class Forecast(_Strict):
+class Forecast(StrictModel):
     """The latest forecast of one target channel."""
 
     target: str = Field(..., description="Target channel name.")
@@ -119,7 +117,7 @@ class Forecast(_Strict):
     values: list[float | None] = Field(..., description="One value per horizon step; null when unknown.")
 
 
-class AnomalyStats(_Strict):
+class AnomalyStats(StrictModel):
     """Anomaly detection over the summary window."""
 
     windows: int = Field(..., ge=0, description="Windows scored.")
@@ -128,7 +126,7 @@ class AnomalyStats(_Strict):
     threshold: float | None = Field(None, description="Threshold in force.")
 
 
-class LatencyStats(_Strict):
+class LatencyStats(StrictModel):
     """Inference latency percentiles over the summary window, milliseconds."""
 
     count: int = Field(..., ge=0, description="Inferences measured.")
@@ -138,14 +136,14 @@ class LatencyStats(_Strict):
     max_ms: float | None = Field(None, description="Worst latency.")
 
 
-class ChannelDrift(_Strict):
+class ChannelDrift(StrictModel):
     """Input drift of one channel versus the training statistics of the model."""
 
     z_mean: float | None = Field(None, description="(window mean - training mean) / training std.")
     std_ratio: float | None = Field(None, description="Window std / training std.")
 
 
-class DroppedCounts(_Strict):
+class DroppedCounts(StrictModel):
     """Messages dropped from the outbox by the overflow policy since the outbox was created."""
 
     telemetry: int = Field(0, ge=0, description="Telemetry messages dropped.")
@@ -153,7 +151,7 @@ class DroppedCounts(_Strict):
     alert: int = Field(0, ge=0, description="Alerts dropped.")
 
 
-class OutboxStats(_Strict):
+class OutboxStats(StrictModel):
     """State of the device's outbox when the summary was made."""
 
     depth: int = Field(..., ge=0, description="Messages waiting for acknowledgement.")
@@ -161,7 +159,7 @@ class OutboxStats(_Strict):
     dropped: DroppedCounts = Field(default_factory=DroppedCounts, description="Overflow drops so far.")
 
 
-class HealthStats(_Strict):
+class HealthStats(StrictModel):
     """How the agent itself is doing, counted since it started."""
 
     cycles: int = Field(..., ge=0, description="Loop cycles run.")
@@ -172,7 +170,7 @@ class HealthStats(_Strict):
     )
 
 
-class SummaryContent(_Strict):
+class SummaryContent(StrictModel):
     """What the agent reports periodically; the reporter adds envelope and outbox state."""
 
     window_start: AwareDatetime = Field(..., description="Start of the summarised window, UTC.")
@@ -199,7 +197,7 @@ class SummaryMessage(SummaryContent, Envelope):
     outbox: OutboxStats = Field(..., description="Outbox depth and drops when the summary was made.")
 
 
-class AlertContent(_Strict):
+class AlertContent(StrictModel):
     """An event that needs attention now."""
 
     severity: Literal["info", "warning", "critical"] = Field(..., description="How urgent.")
@@ -218,7 +216,7 @@ class AlertMessage(AlertContent, Envelope):
     kind: Literal["alert"] = "alert"
 
 
-class TelemetryContent(_Strict):
+class TelemetryContent(StrictModel):
     """One set of raw channel samples."""
 
     sample_ts: AwareDatetime = Field(..., description="When the samples were read, UTC.")
@@ -231,7 +229,7 @@ class TelemetryMessage(TelemetryContent, Envelope):
     kind: Literal["telemetry"] = "telemetry"
 
 
-class CommandRequest(_Strict):
+class CommandRequest(StrictModel):
     """A command sent to ``gridedge/v1/{site}/{device}/cmd/{name}`` by an operator or the fleet."""
 
     schema_version: Literal["1.0"] = Field(SCHEMA_VERSION, description="Payload schema version.")

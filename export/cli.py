@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS
+
 app = typer.Typer(add_completion=False, help="Quantise, check parity, prove runtimes and sign a model bundle.")
 
 
@@ -22,7 +24,7 @@ def export_command(
         list[str] | None,
         typer.Option(
             "--target",
-            help="Compatibility target, repeatable: litert, tflite-runtime-2.14, ort, ort-1.16 "
+            help=f"Compatibility target, repeatable: {', '.join(COMPATIBILITY_TARGETS)} "
             "(default: litert+ort for Keras, ort for PyTorch).",
         ),
     ] = None,

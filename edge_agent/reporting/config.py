@@ -11,18 +11,17 @@ import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from edge_agent.errors import ConfigError
+from edge_agent.yamlconfig import StrictModel
 
 # MQTT topic levels must not contain wildcards or separators; we also keep them short and shell-safe.
 TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class TlsConfig(BaseModel):
+class TlsConfig(StrictModel):
     """TLS settings; the broker certificate is always verified unless ``insecure`` is set."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ca_file: Path | None = Field(
         None,
@@ -64,10 +63,8 @@ class TlsConfig(BaseModel):
         return context
 
 
-class BrokerConfig(BaseModel):
+class BrokerConfig(StrictModel):
     """Where and how to connect to the MQTT broker."""
-
-    model_config = ConfigDict(extra="forbid")
 
     host: str = Field("127.0.0.1", title="Broker host", description="Host name or IP of the MQTT broker.")
     port: int = Field(1883, ge=1, le=65535, title="Broker port", description="TCP port (8883 for TLS).")
@@ -131,10 +128,8 @@ class BrokerConfig(BaseModel):
         return username, password
 
 
-class OutboxConfig(BaseModel):
+class OutboxConfig(StrictModel):
     """The durable SQLite outbox every report passes through."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(
         Path("state/outbox.sqlite3"),
@@ -163,10 +158,8 @@ class OutboxConfig(BaseModel):
     )
 
 
-class TelemetryConfig(BaseModel):
+class TelemetryConfig(StrictModel):
     """Optional raw telemetry; off by default because summaries carry what a fleet needs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, title="Send telemetry", description="Publish raw channel samples.")
     max_per_s: float = Field(
@@ -174,10 +167,8 @@ class TelemetryConfig(BaseModel):
     )
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(StrictModel):
     """MQTT reporting of one device (the ``mqtt`` section of the agent config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     site: str = Field(
         ..., pattern=TOPIC_LEVEL_PATTERN, title="Site", description="Site id; a topic level."

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.errors import missing_extra
 from edge_agent.features import ChannelSpec
-from edge_agent.sensors.base import ChannelValue, Reading, StrictConfig
+from edge_agent.sensors.base import ChannelValue, Reading
 from edge_agent.sensors.registers import (
     NOT_READ,
     ReadBlock,
@@ -31,6 +31,7 @@ from edge_agent.sensors.registers import (
     load_register_map,
     plan_blocks,
 )
+from edge_agent.yamlconfig import StrictModel
 
 if TYPE_CHECKING:
     from pymodbus.client import ModbusSerialClient, ModbusTcpClient
@@ -49,7 +50,7 @@ MODBUS_EXCEPTIONS = {
 }
 
 
-class ModbusDeviceConfig(StrictConfig):
+class ModbusDeviceConfig(StrictModel, frozen=True):
     """One Modbus device: its unit id, register map and how patiently to ask it."""
 
     name: str = Field(
@@ -102,7 +103,7 @@ def _unique_device_names(devices: list[Any]) -> None:
         raise ValueError(f"device names must be unique, {duplicates} repeat; rename one of them")
 
 
-class ModbusTcpConfig(StrictConfig):
+class ModbusTcpConfig(StrictModel, frozen=True):
     """Modbus TCP devices, each read over its own kept-open connection."""
 
     type: Literal["modbus_tcp"] = Field(title="Type", description="Selects the Modbus TCP source.")
@@ -119,7 +120,7 @@ class ModbusTcpConfig(StrictConfig):
         return self
 
 
-class ModbusRtuConfig(StrictConfig):
+class ModbusRtuConfig(StrictModel, frozen=True):
     """Modbus RTU devices sharing one serial line (RS-485)."""
 
     type: Literal["modbus_rtu"] = Field(title="Type", description="Selects the Modbus RTU source.")

@@ -16,7 +16,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.sensors.base import SensorSource
 from edge_agent.sensors.cli import app
 from edge_agent.sensors.modbus import ModbusTcpSource
-from edge_agent.sensors.registry import SOURCE_CLASSES, build_source, load_sensor_configs, source_class
+from edge_agent.sensors.registry import SENSOR_SOURCES, build_source, load_sensor_configs
 from edge_agent.sensors.replay import ReplaySource
 from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
 
@@ -33,11 +33,11 @@ def test_importing_the_registry_loads_no_backend_library() -> None:
 
 
 def test_every_registered_class_satisfies_the_protocol() -> None:
-    for key in SOURCE_CLASSES:
-        cls = source_class(key)
+    for key in SENSOR_SOURCES:
+        cls = SENSOR_SOURCES.get(key)
         assert all(hasattr(cls, attribute) for attribute in ("read", "close", "channels")), key
     with pytest.raises(ConfigError, match="unknown sensor type 'mqtt'"):
-        source_class("mqtt")
+        SENSOR_SOURCES.get("mqtt")
 
 
 def _agent_yaml(tmp_path: Path, port: int) -> Path:
