@@ -54,7 +54,7 @@ def listen(
     """Subscribe to every device's reports and store them, deduplicated on message id."""
     from rich.console import Console
 
-    from edge_agent.reporting.config import BrokerConfig, TlsConfig
+    from edge_agent.transport import BrokerConfig, TlsConfig
     from gridedge.fleet.receiver import FleetReceiver
 
     broker = BrokerConfig.model_validate(

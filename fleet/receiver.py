@@ -34,8 +34,7 @@ from edge_agent.messages import (
     SummaryMessage,
     TelemetryMessage,
 )
-from edge_agent.reporting.config import BrokerConfig
-from edge_agent.reporting.mqtt import make_client
+from edge_agent.transport import BrokerConfig, make_client
 from gridedge.fleet.store import FleetStore, Received
 
 logger = logging.getLogger(__name__)

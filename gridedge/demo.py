@@ -115,8 +115,8 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
         )
 
     _step("4/6 broker, simulated site, fleet receiver")
-    from edge_agent.reporting.config import BrokerConfig
     from edge_agent.sensors.simulated_site import SimulatedSite, SiteServer
+    from edge_agent.transport import BrokerConfig
     from gridedge.fleet.mosquitto import LocalMosquitto
     from gridedge.fleet.receiver import FleetReceiver
     from gridedge.fleet.store import FleetStore

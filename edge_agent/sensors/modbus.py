@@ -31,6 +31,7 @@ from edge_agent.sensors.registers import (
     load_register_map,
     plan_blocks,
 )
+from edge_agent.transport import backoff_delay
 from edge_agent.yamlconfig import StrictModel
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class ModbusDeviceConfig(StrictModel, frozen=True):
         ge=0,
         le=3600,
         title="Longest back-off (s)",
-        description="After the device stops answering, skip it for 1, 2, 4 … s up to this long, so a dead "
+        description="After the device stops answering, skip it for a jittered 1, 2, 4 … s up to this long, so a dead "
         "device does not cost a timeout every cycle; 0 asks it every cycle.",
     )
 
@@ -214,9 +215,9 @@ class _Device:
             self._failures = 0
             return
         self._failures += 1
-        if self.config.backoff_max_s > 0:
-            backoff = min(self.config.backoff_max_s, 2.0 ** (self._failures - 1))
-            self._skip_until = time.monotonic() + backoff
+        longest = self.config.backoff_max_s
+        if longest > 0:
+            self._skip_until = time.monotonic() + backoff_delay(self._failures - 1, min(1.0, longest), longest)
 
     def _read_block(self, client: Any, block: ReadBlock, on_failure: Callable[[], None]) -> list[int] | _BlockFailure:
         exceptions = _pymodbus().exceptions

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from edge_agent.messages import AlertContent, SummaryContent
 from edge_agent.reporting.base import MessageBuilder
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
-from edge_agent.reporting.mqtt import MqttReporter, make_client
+from edge_agent.reporting.config import MqttConfig
+from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig, make_client
 from gridedge.fleet.cli import app
 from gridedge.fleet.mosquitto import LocalMosquitto
 from gridedge.fleet.receiver import FleetReceiver, subscriptions

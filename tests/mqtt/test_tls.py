@@ -15,8 +15,9 @@ from cryptography.x509.oid import NameOID
 
 from edge_agent.errors import ConfigError
 from edge_agent.messages import AlertContent
-from edge_agent.reporting.config import MqttConfig, TlsConfig
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import TlsConfig
 from gridedge.fleet.mosquitto import LocalMosquitto
 
 pytestmark = pytest.mark.mqtt
