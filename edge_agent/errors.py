@@ -12,15 +12,26 @@
     ├── OutboxError               the outbox cannot store a message
     ├── ExistingFileError         an output exists and replacing it would lose something (keys)
     ├── ServiceError              a process gridedge starts (broker, simulated site, a demo step) failed
+    ├── FleetError                the fleet store cannot be opened or is not a fleet store
     ├── MissingExtraError         an optional dependency is not installed (names the extra)
     └── ExportError               (gridedge.export.errors) a trained run cannot become a trusted bundle
         ├── TrainingRunError, CalibrationError, ConversionError, CompatibilityError, ParityError
 
 Messages say what was wrong *and* what to do. Third-party errors are translated at the boundary with
 ``raise ... from exc`` so the original cause stays visible.
+
+Every ``gridedge`` command exits with one of these codes (``gridedge --help`` shows them too):
+0 done; 1 a check ran and failed (``agent doctor``, ``sensors read``); 2 refused: bad input, a usage
+error or any GridedgeError, with one ``error:`` line naming the file/field; 3 an internal error (a bug:
+the traceback is printed); 130 interrupted.
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_INTERNAL_ERROR = 3
 
 
 class GridedgeError(Exception):
@@ -69,6 +80,10 @@ class ExistingFileError(GridedgeError):
 
 class ServiceError(GridedgeError):
     """A process gridedge starts or drives (broker, simulated site, a demo step) did not come up or failed."""
+
+
+class FleetError(GridedgeError):
+    """The fleet store cannot be opened, or the file given is not a fleet store."""
 
 
 class MissingExtraError(GridedgeError, ImportError):

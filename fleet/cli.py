@@ -27,11 +27,21 @@ DsnOption = Annotated[
 DEFAULT_DB = Path("fleet.sqlite3")
 
 
-def open_store(db: Path, dsn: str | None) -> FleetStore:
-    """The PostgreSQL store when a DSN is given, else the SQLite file."""
+def open_store(db: Path, dsn: str | None, *, existing: bool = False) -> FleetStore:
+    """The PostgreSQL store when a DSN is given, else the SQLite file (which must exist if ``existing``)."""
+    import sqlite3
+
+    from edge_agent.errors import FleetError
     from gridedge.fleet.store import FleetStore
 
-    return FleetStore(dsn=dsn) if dsn else FleetStore(path=db)
+    if dsn:
+        return FleetStore(dsn=dsn)
+    if existing and not db.is_file():
+        raise FleetError(f"fleet store {db} not found; pass --db with the file `gridedge fleet listen` writes")
+    try:
+        return FleetStore(path=db)
+    except sqlite3.Error as exc:
+        raise FleetError(f"cannot open the fleet store {db}: {exc}; pass --db with a fleet SQLite file") from exc
 
 
 @app.command()
@@ -55,9 +65,10 @@ def listen(
     from rich.console import Console
 
     from edge_agent.transport import BrokerConfig, TlsConfig
+    from edge_agent.yamlconfig import validate_data
     from gridedge.fleet.receiver import FleetReceiver
 
-    broker = BrokerConfig.model_validate(
+    broker = validate_data(
         {
             "host": host,
             "port": port,
@@ -65,7 +76,9 @@ def listen(
             "tls": TlsConfig(ca_file=tls_ca) if tls_ca else None,
             "username_env": username_env,
             "password_env": password_env,
-        }
+        },
+        BrokerConfig,
+        "broker options",
     )
     store = open_store(db, dsn)
     receiver = FleetReceiver(broker, store, group=None if no_share else group, name=name)
@@ -94,7 +107,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    store = open_store(db, dsn)
+    store = open_store(db, dsn, existing=True)
     devices = store.devices()
     store.close()
     table = Table(title=f"gridedge fleet ({len(devices)} devices)")
@@ -136,7 +149,7 @@ def export(
 
     if what not in ("devices", "messages"):
         raise typer.BadParameter("use --what devices or --what messages", param_hint="--what")
-    store = open_store(db, dsn)
+    store = open_store(db, dsn, existing=True)
     rows = store.devices() if what == "devices" else store.messages()
     store.close()
     from gridedge.fleet.store import DEVICE_COLUMNS, MESSAGE_COLUMNS

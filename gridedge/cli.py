@@ -2,26 +2,61 @@
 
 Each package owns its subcommands in a light ``cli`` module (heavy libraries are imported inside the
 commands), so ``gridedge --help`` and ``gridedge agent`` work on a device with only the ``edge`` extra.
+Errors are turned into exit codes in one place, :class:`GridedgeGroup`, for every subcommand alike.
 """
 
 from __future__ import annotations
 
-import sys
+import traceback
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
 from edge_agent.cli import agent_app
-from edge_agent.errors import GridedgeError
+from edge_agent.errors import EXIT_INTERNAL_ERROR, EXIT_REFUSED, GridedgeError
 from edge_agent.sensors.cli import sensors_app, sim_app
 from gridedge.export.cli import export_command
 from gridedge.fleet.cli import app as fleet_app
-from gridedge.trainer.cli import train_command
+from gridedge.trainer.cli import FrameworkChoice, train_command
+
+EXIT_CODES_EPILOG = (
+    "Exit codes: 0 done; 1 a check ran and failed (agent doctor, sensors read); 2 refused: bad input or "
+    "usage, one 'error:' line names the file and field; 3 internal error (a bug, traceback printed); "
+    "130 interrupted."
+)
+_err = Console(stderr=True, soft_wrap=True)
+
+
+class GridedgeGroup(TyperGroup):
+    """The root command: maps what any subcommand raises to gridedge's exit codes (see the epilog)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GridedgeError as exc:
+            _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from exc
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            _err.print(
+                f"[bold red]internal error:[/] {escape(type(exc).__name__)}; this is a gridedge bug, please "
+                "report it with the traceback above",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_INTERNAL_ERROR) from exc
+
 
 app = typer.Typer(
     name="gridedge",
+    cls=GridedgeGroup,
     help="Machine learning on microgrid controllers: train, export, provision, run and watch the fleet.",
+    epilog=EXIT_CODES_EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -33,8 +68,6 @@ app.add_typer(sensors_app, name="sensors")
 app.add_typer(fleet_app, name="fleet")
 app.command("train")(train_command)
 app.command("export")(export_command)
-
-_err = Console(stderr=True)
 
 
 @keys_app.command("new")
@@ -69,24 +102,22 @@ def provision_device(
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Folder for every artefact of the demo."),
-    framework: str = typer.Option("keras", "--framework", help="keras (-> TFLite int8) or torch (-> ONNX int8)."),
+    framework: FrameworkChoice = typer.Option(
+        FrameworkChoice.keras, "--framework", help="keras (-> TFLite int8) or torch (-> ONNX int8)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Train on 6 months for 4 epochs, skip LightGBM."),
     days: float = typer.Option(2.0, "--days", help="Simulated days the agent forecasts after its warm-up."),
 ) -> None:
     """Run the whole chain on real data: train, export, sign, provision, run the agent, watch the fleet."""
     from gridedge.demo import run_demo
 
-    result = run_demo(workdir, framework, quick, days)
+    result = run_demo(workdir, framework.value, quick, days)
     typer.echo(f"demo finished: {result.workdir / 'demo_report.md'}")
 
 
 def main() -> None:
-    """Console entry point: run the app and turn gridedge's own errors into one clear line and exit 2."""
-    try:
-        app()
-    except (GridedgeError, FileExistsError) as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+    """Console entry point; :class:`GridedgeGroup` has already turned errors into exit codes."""
+    app()
 
 
 if __name__ == "__main__":
