@@ -31,7 +31,7 @@ from pydantic import Field, ValidationError, field_validator
 from edge_agent.errors import BundleFormatError, IntegrityError, SignatureError
 from edge_agent.features import FeatureSpec
 from edge_agent.fsutil import atomic_write_bytes, fsync_dir
-from edge_agent.yamlconfig import StrictModel
+from edge_agent.yamlconfig import StrictModel, format_validation_error
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
@@ -289,7 +289,7 @@ def parse_manifest(payload: bytes, source: str = MANIFEST_NAME) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleFormatError(f"{source}: invalid manifest: {exc}") from exc
+        raise BundleFormatError(format_validation_error(exc, f"manifest {source}", "re-export the bundle")) from exc
 
 
 def pack_archive(bundle_dir: Path, archive: Path) -> Path:
