@@ -41,8 +41,9 @@ from edge_agent.messages import (
     SummaryContent,
 )
 from edge_agent.reporting.base import MessageBuilder
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore, Received

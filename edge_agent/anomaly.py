@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.arrays import FloatArray
 from edge_agent.errors import FeatureError
 
-FloatArray = NDArray[np.float32]
 BoolArray = NDArray[np.bool_]
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.arrays import FloatArray
 from edge_agent.errors import FeatureError
 
-FloatArray = NDArray[np.float32]
 # Below this clear-sky irradiance (W/m2) a ratio of two clear-sky values is noise (dawn, dusk, night).
 MIN_CLEAR_SKY = 20.0
 

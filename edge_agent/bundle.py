@@ -26,11 +26,12 @@ from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from edge_agent.errors import BundleFormatError, IntegrityError, SignatureError
 from edge_agent.features import FeatureSpec
 from edge_agent.fsutil import atomic_write_bytes, fsync_dir
+from edge_agent.yamlconfig import StrictModel, format_validation_error
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
@@ -44,11 +45,7 @@ Runtime = Literal["tflite", "onnx"]
 Precision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AnomalySpec(_Model):
+class AnomalySpec(StrictModel, frozen=True):
     """How a reconstruction becomes an anomaly decision."""
 
     threshold: float = Field(description="Score above which a window is anomalous (normalised units).")
@@ -61,7 +58,7 @@ class AnomalySpec(_Model):
     )
 
 
-class OutputSpec(_Model):
+class OutputSpec(StrictModel, frozen=True):
     """What the model's single output means."""
 
     kind: Literal["forecast", "reconstruction"]
@@ -71,7 +68,7 @@ class OutputSpec(_Model):
     anomaly: AnomalySpec | None = None
 
 
-class TensorQuantisation(_Model):
+class TensorQuantisation(StrictModel, frozen=True):
     """Affine quantisation of one tensor: real = scale * (q - zero_point)."""
 
     dtype: Literal["int8", "uint8", "int16"]
@@ -79,12 +76,12 @@ class TensorQuantisation(_Model):
     zero_point: int
 
 
-class Latency(_Model):
+class Latency(StrictModel, frozen=True):
     p50_us: float
     p99_us: float
 
 
-class Artefact(_Model):
+class Artefact(StrictModel, frozen=True):
     """One runnable model file and what was proven about it at export time."""
 
     file: str
@@ -111,7 +108,7 @@ class Artefact(_Model):
         return _safe_relative(value)
 
 
-class TestVector(_Model):
+class TestVector(StrictModel, frozen=True):
     """A real input window and the outputs expected from the float model and from each artefact."""
 
     inputs: dict[str, list[Any]]
@@ -121,7 +118,7 @@ class TestVector(_Model):
     )
 
 
-class Provenance(_Model):
+class Provenance(StrictModel, frozen=True):
     data_fingerprint: str
     config: dict[str, Any]
     seed: int
@@ -129,7 +126,7 @@ class Provenance(_Model):
     trained_utc: str | None = None
 
 
-class Manifest(_Model):
+class Manifest(StrictModel, frozen=True):
     """Everything a device needs to know to run, check and report on a model."""
 
     format_version: int
@@ -159,10 +156,8 @@ class Manifest(_Model):
         return (json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=1) + "\n").encode()
 
 
-class Bundle(_Model):
+class Bundle(StrictModel, frozen=True, arbitrary_types_allowed=True):
     """A verified bundle on disk."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     root: Path
     manifest: Manifest
@@ -294,7 +289,7 @@ def parse_manifest(payload: bytes, source: str = MANIFEST_NAME) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleFormatError(f"{source}: invalid manifest: {exc}") from exc
+        raise BundleFormatError(format_validation_error(exc, f"manifest {source}", "re-export the bundle")) from exc
 
 
 def pack_archive(bundle_dir: Path, archive: Path) -> Path:

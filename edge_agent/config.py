@@ -12,21 +12,16 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from edge_agent.errors import ConfigError
 from edge_agent.messages import TOPIC_LEVEL_PATTERN
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.runtimes import RuntimeConfig
 from edge_agent.sensors.registry import SensorConfig
+from edge_agent.yamlconfig import StrictModel, load_yaml_model
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BundleSection(_Section):
+class BundleSection(StrictModel):
     """Which model bundle to run and the key that must have signed it."""
 
     path: Path = Field(
@@ -42,7 +37,7 @@ class BundleSection(_Section):
     )
 
 
-class ClockSection(_Section):
+class ClockSection(StrictModel):
     """Which clock labels the samples: the device's own, or one a sensor serves (e.g. a site controller)."""
 
     source: Literal["system", "sensor", "reading"] = Field(
@@ -72,7 +67,7 @@ class ClockSection(_Section):
         return self
 
 
-class LoopSection(_Section):
+class LoopSection(StrictModel):
     """Timing of the control loop and the model supervision policy."""
 
     cadence_s: float = Field(
@@ -95,7 +90,7 @@ class LoopSection(_Section):
     )
 
 
-class AnomalySection(_Section):
+class AnomalySection(StrictModel):
     """Hysteresis of anomaly alerts, so a noisy score does not flood the fleet."""
 
     raise_after: int = Field(
@@ -106,7 +101,7 @@ class AnomalySection(_Section):
     )
 
 
-class ChannelLink(_Section):
+class ChannelLink(StrictModel):
     """Where a model channel comes from, with a linear unit conversion (model = source * scale + offset)."""
 
     source: str = Field(min_length=1, title="Sensor channel", description="Sensor channel, e.g. meter.active_power.")
@@ -114,7 +109,7 @@ class ChannelLink(_Section):
     offset: float = Field(default=0.0, title="Offset", description="Added after scaling.")
 
 
-class AgentConfig(_Section):
+class AgentConfig(StrictModel):
     """Everything one device's agent needs: identity, sensors, model, runtime, loop and reporting."""
 
     site: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Site", description="Site id; a topic level.")
@@ -217,33 +212,16 @@ class AgentConfig(_Section):
         return resolved
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line per problem: the dotted field path, what is wrong, and the offending value."""
-    lines = [f"{source}: {exc.error_count()} problem(s) in the agent config:"]
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        value = error.get("input")
-        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-        lines.append(f"  - {where}: {error['msg']}{shown}")
-    lines.append("Fix these fields; `gridedge agent schema` prints every field with its description.")
-    return "\n".join(lines)
-
-
 def load_config(path: Path) -> AgentConfig:
     """Read, validate and resolve an agent config file; every problem is reported with its field path."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} not found; pass --config with a file from `gridedge provision`") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    try:
-        config = AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from exc
+    config = load_yaml_model(
+        path,
+        AgentConfig,
+        "agent config",
+        hint="fix these fields; `gridedge agent schema` prints every field with its description",
+        missing_hint="pass --config with a file from `gridedge provision`",
+    )
     return config.resolve_paths(path.resolve().parent)
 
 

@@ -155,7 +155,7 @@ def _model_checks(config: AgentConfig, bundle: Bundle | None) -> Iterator[Check]
 def _broker_check(config: AgentConfig, timeout_s: float) -> Check:
     if config.mqtt is None:
         return Check("broker", "warn", "no mqtt section: reports stay in the device log")
-    from edge_agent.reporting.mqtt import make_client
+    from edge_agent.transport import make_client
 
     broker = config.mqtt.broker
     try:

@@ -25,11 +25,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from edge_agent.arrays import FloatArray
 from edge_agent.errors import FeatureError
+from edge_agent.yamlconfig import StrictModel
 
-FloatArray = NDArray[np.float32]
 CALENDAR_FEATURES = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
 # A channel whose training spread is below this is constant; dividing by its std would blow up noise.
 MIN_STD = 1e-6
@@ -37,11 +38,7 @@ SECONDS_PER_DAY = 86_400
 SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ChannelSpec(_Strict):
+class ChannelSpec(StrictModel, frozen=True):
     """One measured quantity: its name, unit and physically plausible range."""
 
     name: str = Field(min_length=1, title="Name", description="Channel name as used in data and configs.")
@@ -62,7 +59,7 @@ class ChannelSpec(_Strict):
         return self
 
 
-class GapPolicy(_Strict):
+class GapPolicy(StrictModel, frozen=True):
     """How missing values inside a window are treated."""
 
     method: Literal["hold", "interpolate"] = Field(
@@ -78,7 +75,7 @@ class GapPolicy(_Strict):
     )
 
 
-class NormalisationStats(_Strict):
+class NormalisationStats(StrictModel, frozen=True):
     """Per-channel mean and standard deviation, fitted once on the training split."""
 
     channels: tuple[str, ...]
@@ -213,7 +210,7 @@ def calendar_features(timestamps_utc: NDArray[np.integer], timezone: str) -> Flo
     )
 
 
-class SiteLocation(_Strict):
+class SiteLocation(StrictModel, frozen=True):
     """Where the site is: what derived astronomical channels are computed for."""
 
     latitude: float = Field(ge=-90, le=90, title="Latitude", description="Degrees north.")
@@ -243,7 +240,7 @@ def derive_channels(
     return np.stack([DERIVED_CHANNELS[n](ts, location) for n in names], axis=-1).astype(np.float32)
 
 
-class FeatureSpec(_Strict):
+class FeatureSpec(StrictModel, frozen=True):
     """Everything needed to turn raw channels into model inputs; carried in every bundle's manifest."""
 
     sample_period_s: int = Field(gt=0, title="Sample period", description="Seconds between samples.")

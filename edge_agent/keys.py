@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_agent.errors import SignatureError
+from edge_agent.errors import ExistingFileError, SignatureError
 from edge_agent.fsutil import atomic_write_bytes
 
 PRIVATE_KEY_NAME = "bundle-signing.key"
@@ -19,7 +19,7 @@ def new_keypair(out_dir: Path, overwrite: bool = False) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     private_path, public_path = out_dir / PRIVATE_KEY_NAME, out_dir / PUBLIC_KEY_NAME
     if private_path.exists() and not overwrite:
-        raise FileExistsError(
+        raise ExistingFileError(
             f"{private_path} already exists; refusing to replace a signing key (bundles signed with it "
             "would stop verifying). Choose another --out folder or pass --force"
         )

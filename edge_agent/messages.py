@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
 
+from edge_agent.yamlconfig import StrictModel
+
 SCHEMA_VERSION: Literal["1.0"] = "1.0"
 TOPIC_ROOT = "gridedge/v1"
 
@@ -59,12 +61,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Strict(BaseModel):
+class _Message(StrictModel):
     # NaN and infinities are refused: JSON has no spelling for them and a store cannot compare them.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class Envelope(_Strict):
+class Envelope(_Message):
     """Fields every device message carries."""
 
     schema_version: Literal["1.0"] = Field(
@@ -95,7 +97,7 @@ class Envelope(_Strict):
         return value.astimezone(UTC)
 
 
-class ModelInfo(_Strict):
+class ModelInfo(_Message):
     """The model a device is running."""
 
     name: Name | None = Field(None, description="Model name from the bundle manifest.")
@@ -114,7 +116,7 @@ class StatusMessage(Envelope):
     agent_version: Name | None = Field(None, description="gridedge agent version.")
 
 
-class ChannelAggregate(_Strict):
+class ChannelAggregate(_Message):
     """Aggregates of one input channel over the summary window; null when no valid sample."""
 
     count: Count = Field(..., description="Valid samples in the window.")
@@ -126,7 +128,7 @@ class ChannelAggregate(_Strict):
     unit: Name | None = Field(None, description="Unit of the channel.")
 
 
-class Forecast(_Strict):
+class Forecast(_Message):
     """The latest forecast of one target channel."""
 
     target: ChannelName = Field(..., description="Target channel name.")
@@ -138,7 +140,7 @@ class Forecast(_Strict):
     )
 
 
-class AnomalyStats(_Strict):
+class AnomalyStats(_Message):
     """Anomaly detection over the summary window."""
 
     windows: Count = Field(..., description="Windows scored.")
@@ -147,7 +149,7 @@ class AnomalyStats(_Strict):
     threshold: float | None = Field(None, description="Threshold in force.")
 
 
-class LatencyStats(_Strict):
+class LatencyStats(_Message):
     """Inference latency percentiles over the summary window, milliseconds."""
 
     count: Count = Field(..., description="Inferences measured.")
@@ -157,14 +159,14 @@ class LatencyStats(_Strict):
     max_ms: float | None = Field(None, description="Worst latency.")
 
 
-class ChannelDrift(_Strict):
+class ChannelDrift(_Message):
     """Input drift of one channel versus the training statistics of the model."""
 
     z_mean: float | None = Field(None, description="(window mean - training mean) / training std.")
     std_ratio: float | None = Field(None, description="Window std / training std.")
 
 
-class DroppedCounts(_Strict):
+class DroppedCounts(_Message):
     """Messages dropped from the outbox by the overflow policy since the outbox was created."""
 
     telemetry: Count = Field(0, description="Telemetry messages dropped.")
@@ -172,7 +174,7 @@ class DroppedCounts(_Strict):
     alert: Count = Field(0, description="Alerts dropped.")
 
 
-class OutboxStats(_Strict):
+class OutboxStats(_Message):
     """State of the device's outbox when the summary was made."""
 
     depth: Count = Field(..., description="Messages waiting for acknowledgement.")
@@ -180,7 +182,7 @@ class OutboxStats(_Strict):
     dropped: DroppedCounts = Field(default_factory=DroppedCounts, description="Overflow drops so far.")
 
 
-class HealthStats(_Strict):
+class HealthStats(_Message):
     """How the agent itself is doing, counted since it started."""
 
     cycles: Count = Field(..., description="Loop cycles run.")
@@ -191,7 +193,7 @@ class HealthStats(_Strict):
     )
 
 
-class SummaryContent(_Strict):
+class SummaryContent(_Message):
     """What the agent reports periodically; the reporter adds envelope and outbox state."""
 
     window_start: AwareDatetime = Field(..., description="Start of the summarised window, UTC.")
@@ -220,7 +222,7 @@ class SummaryMessage(SummaryContent, Envelope):
     outbox: OutboxStats = Field(..., description="Outbox depth and drops when the summary was made.")
 
 
-class AlertContent(_Strict):
+class AlertContent(_Message):
     """An event that needs attention now."""
 
     severity: Literal["info", "warning", "critical"] = Field(..., description="How urgent.")
@@ -243,7 +245,7 @@ class AlertMessage(AlertContent, Envelope):
     kind: Literal["alert"] = "alert"
 
 
-class TelemetryContent(_Strict):
+class TelemetryContent(_Message):
     """One set of raw channel samples."""
 
     sample_ts: AwareDatetime = Field(..., description="When the samples were read, UTC.")
@@ -258,7 +260,7 @@ class TelemetryMessage(TelemetryContent, Envelope):
     kind: Literal["telemetry"] = "telemetry"
 
 
-class CommandRequest(_Strict):
+class CommandRequest(_Message):
     """A command sent to ``gridedge/v1/{site}/{device}/cmd/{name}`` by an operator or the fleet."""
 
     schema_version: Literal["1.0"] = Field(SCHEMA_VERSION, description="Payload schema version.")

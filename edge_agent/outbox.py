@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge_agent.errors import GridedgeError
+from edge_agent.errors import OutboxError
 from edge_agent.messages import DROP_PRIORITY, DroppedCounts, OutboxStats
 
 OutboxKind = Literal["summary", "alert", "telemetry"]
@@ -40,10 +40,6 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 INSERT OR IGNORE INTO counters (name, value) VALUES
     ('next_seq', 0), ('dropped_telemetry', 0), ('dropped_summary', 0), ('dropped_alert', 0);
 """
-
-
-class OutboxError(GridedgeError):
-    """The outbox cannot store a message (for example one larger than the whole byte cap)."""
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.arrays import FloatArray
 from edge_agent.bundle import Artefact, Bundle, verify_files, verify_manifest
 from edge_agent.errors import GridedgeError
 from edge_agent.features import FeaturePipeline, ModelInputs
 from edge_agent.keys import load_public_key
 from edge_agent.runtimes import ModelRuntime, RuntimeConfig, load_model, run_self_test
 
-FloatArray = NDArray[np.float32]
 # A fallback sees the raw past window (steps, channels) in units and returns normalised outputs shaped
 # like the model's, so everything downstream treats both sources alike.
 FallbackPredictor = Callable[[FloatArray, NDArray[np.int64]], FloatArray]

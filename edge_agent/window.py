@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.arrays import FloatArray
 from edge_agent.fsutil import atomic_write_bytes
-
-FloatArray = NDArray[np.float32]
 
 
 @dataclass(frozen=True)

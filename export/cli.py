@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS
+
 app = typer.Typer(add_completion=False, help="Quantise, check parity, prove runtimes and sign a model bundle.")
 
 
@@ -22,7 +24,7 @@ def export_command(
         list[str] | None,
         typer.Option(
             "--target",
-            help="Compatibility target, repeatable: litert, tflite-runtime-2.14, ort, ort-1.16 "
+            help=f"Compatibility target, repeatable: {', '.join(COMPATIBILITY_TARGETS)} "
             "(default: litert+ort for Keras, ort for PyTorch).",
         ),
     ] = None,
@@ -39,36 +41,30 @@ def export_command(
         typer.Option(help="Anomaly models: int8 ranges cover spikes this many std past the training range."),
     ] = 4.0,
 ) -> None:
-    """Export TRAIN_DIR into a signed bundle; exits 1 with the reason when anything is refused."""
+    """Export TRAIN_DIR into a signed bundle; anything refused exits 2 with the reason (`gridedge --help`)."""
     from rich.console import Console
 
     from edge_agent.bundle import pack_archive
-    from edge_agent.errors import GridedgeError
     from edge_agent.keys import load_private_key
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.report import write_report
+    from gridedge.export.run_loader import check_run_dir, load_source
 
     console = Console(stderr=True, soft_wrap=True)
-    try:
-        private_key = load_private_key(key)
-        from gridedge.export.pipeline import ExportOptions, export_bundle
-        from gridedge.export.report import write_report
-        from gridedge.export.run_loader import check_run_dir, load_source
-
-        check_run_dir(train_dir)
-        options = ExportOptions(
-            name=name or train_dir.resolve().name,
-            version=version,
-            targets=tuple(target) if target else None,
-            max_degradation=max_degradation,
-            onnx_dynamic_int8=onnx_dynamic_int8,
-            fault_margin_std=fault_margin_std,
-        )
-        console.print(f"loading {train_dir}")
-        source = load_source(train_dir)
-        result = export_bundle(source, out, private_key, options, progress=lambda m: console.print(m))
-        archive = pack_archive(result.bundle_dir, out.with_name(out.name + ".tar.gz"))
-        paths = write_report(result, out.with_name(out.name + "-report"))
-    except (GridedgeError, ValueError) as exc:
-        console.print(f"[red]export failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    private_key = load_private_key(key)
+    check_run_dir(train_dir)
+    options = ExportOptions(
+        name=name or train_dir.resolve().name,
+        version=version,
+        targets=tuple(target) if target else None,
+        max_degradation=max_degradation,
+        onnx_dynamic_int8=onnx_dynamic_int8,
+        fault_margin_std=fault_margin_std,
+    )
+    console.print(f"loading {train_dir}")
+    source = load_source(train_dir)
+    result = export_bundle(source, out, private_key, options, progress=lambda m: console.print(m))
+    archive = pack_archive(result.bundle_dir, out.with_name(out.name + ".tar.gz"))
+    paths = write_report(result, out.with_name(out.name + "-report"))
     typer.echo(paths["md"].read_text())
     typer.echo(f"bundle: {result.bundle_dir}\narchive: {archive}\nreport: {paths['json']}")

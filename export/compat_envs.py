@@ -28,13 +28,13 @@ import tempfile
 import time
 import venv
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS, CompatibilityTarget
 from gridedge.export.errors import CompatibilityError
 
 VENVS_ENV_VAR = "GRIDEDGE_COMPAT_VENVS"
@@ -49,29 +49,9 @@ def runner_script(name: str) -> Path:
 _RUNNER = runner_script("compat_runner.py")
 
 
-@dataclass(frozen=True)
-class CompatEnv:
-    """An isolated runtime: the pip requirements that pin it and the runtime kind it serves."""
-
-    target: str
-    runtime: str
-    requirements: tuple[str, ...]
-    module: str
-
-
-COMPAT_ENVS: dict[str, CompatEnv] = {
-    "tflite-runtime-2.14": CompatEnv(
-        target="tflite-runtime-2.14",
-        runtime="tflite",
-        requirements=("tflite-runtime==2.14.0", "numpy<2"),
-        module="tflite_runtime",
-    ),
-    "ort-1.16": CompatEnv(
-        target="ort-1.16",
-        runtime="onnx",
-        requirements=("onnxruntime==1.16.3", "numpy<2"),
-        module="onnxruntime",
-    ),
+# The old runtimes that need a venv of their own, as the one target table defines them.
+COMPAT_ENVS: dict[str, CompatibilityTarget] = {
+    name: target for name, target in COMPATIBILITY_TARGETS.items() if target.isolated
 }
 
 
@@ -185,7 +165,7 @@ def run_in_env(
         raise CompatibilityError(f"target {target!r} has no isolated environment; known: {sorted(COMPAT_ENVS)}")
     python = ensure_env(target, root)
     request = {
-        "runtime": env.runtime,
+        "runtime": env.artefact_runtime,
         "model": str(Path(model_path).resolve()),
         "feeds": [{name: value.tolist() for name, value in feed.items()} for feed in feeds],
     }

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_agent.features import FloatArray
+from edge_agent.arrays import FloatArray
 from gridedge.export.errors import CalibrationError, ConversionError
 
 TflitePrecision = Literal["fp32", "fp16", "dynamic-int8", "int8"]

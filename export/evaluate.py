@@ -10,8 +10,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.anomaly import reconstruction_scores
+from edge_agent.arrays import FloatArray
 from edge_agent.bundle import AnomalySpec, Latency, OutputSpec
-from edge_agent.features import FeaturePipeline, FeatureSpec, FloatArray
+from edge_agent.features import FeaturePipeline, FeatureSpec
 from edge_agent.runtimes.base import ModelRuntime
 from gridedge.export.errors import ParityError
 

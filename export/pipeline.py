@@ -18,6 +18,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.arrays import FloatArray
 from edge_agent.bundle import (
     FORMAT_VERSION,
     Artefact,
@@ -33,10 +34,11 @@ from edge_agent.bundle import (
     describe_file,
     write_bundle,
 )
-from edge_agent.features import FeatureSpec, FloatArray
+from edge_agent.features import FeatureSpec
 from edge_agent.runtimes.base import ModelRuntime
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
+from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS
 from gridedge.export import compat_envs, converters, torch_tflite
 from gridedge.export.errors import CompatibilityError, ExportError, ParityError
 from gridedge.export.evaluate import (
@@ -49,7 +51,6 @@ from gridedge.export.evaluate import (
 )
 
 Framework = Literal["keras", "torch"]
-TARGETS: dict[str, Runtime] = {"litert": "tflite", "tflite-runtime-2.14": "tflite", "ort": "onnx", "ort-1.16": "onnx"}
 DEFAULT_TARGETS: dict[Framework, tuple[str, ...]] = {"keras": ("litert", "ort"), "torch": ("ort",)}
 TEST_VECTOR_COUNT = 3
 LATENCY_RUNS = 300
@@ -145,9 +146,9 @@ class ExportResult:
 
 
 def _check_targets(source: ExportSource, targets: Sequence[str]) -> list[str]:
-    unknown = [t for t in targets if t not in TARGETS]
+    unknown = [t for t in targets if t not in COMPATIBILITY_TARGETS]
     if unknown:
-        raise ExportError(f"unknown compatibility target(s) {unknown}; choose from {sorted(TARGETS)}")
+        raise ExportError(f"unknown compatibility target(s) {unknown}; choose from {sorted(COMPATIBILITY_TARGETS)}")
     return list(dict.fromkeys(targets))
 
 
@@ -165,8 +166,8 @@ def _convert(
         )
     stem = options.name
     results: list[ArtefactResult] = []
-    wants_tflite = any(TARGETS[t] == "tflite" for t in targets)
-    wants_onnx = any(TARGETS[t] == "onnx" for t in targets)
+    wants_tflite = any(COMPATIBILITY_TARGETS[t].artefact_runtime == "tflite" for t in targets)
+    wants_onnx = any(COMPATIBILITY_TARGETS[t].artefact_runtime == "onnx" for t in targets)
     if wants_tflite and source.framework == "torch":
         # litert-torch runs in its own venv (export.torch_tflite); it writes fp32 and full-integer int8.
         converted = torch_tflite.torch_to_tflite(source.model, calibration, workdir, stem)
@@ -236,7 +237,7 @@ def _prove_targets(
     """Run the artefact in every requested target of its kind; returns the failures."""
     problems: list[str] = []
     for target in targets:
-        if TARGETS[target] != result.runtime:
+        if COMPATIBILITY_TARGETS[target].artefact_runtime != result.runtime:
             continue
         if target == "ort-1.16" and result.precision == "dynamic-int8":
             notes.append(f"{result.file}: not offered for ort-1.16, which gets static QDQ int8 only")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_agent.features import FloatArray
+from edge_agent.arrays import FloatArray
 from gridedge.export import compat_envs
 from gridedge.export.errors import ConversionError
 

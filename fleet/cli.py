@@ -27,11 +27,21 @@ DsnOption = Annotated[
 DEFAULT_DB = Path("fleet.sqlite3")
 
 
-def open_store(db: Path, dsn: str | None) -> FleetStore:
-    """The PostgreSQL store when a DSN is given, else the SQLite file."""
+def open_store(db: Path, dsn: str | None, *, existing: bool = False) -> FleetStore:
+    """The PostgreSQL store when a DSN is given, else the SQLite file (which must exist if ``existing``)."""
+    import sqlite3
+
+    from edge_agent.errors import FleetError
     from gridedge.fleet.store import FleetStore
 
-    return FleetStore(dsn=dsn) if dsn else FleetStore(path=db)
+    if dsn:
+        return FleetStore(dsn=dsn)
+    if existing and not db.is_file():
+        raise FleetError(f"fleet store {db} not found; pass --db with the file `gridedge fleet listen` writes")
+    try:
+        return FleetStore(path=db)
+    except sqlite3.Error as exc:
+        raise FleetError(f"cannot open the fleet store {db}: {exc}; pass --db with a fleet SQLite file") from exc
 
 
 @app.command()
@@ -66,40 +76,36 @@ def listen(
     Exits 1 with the cause (refused certificate, unreachable broker, refused login) when it cannot
     connect; messages it cannot store go to the dead letters (`gridedge fleet dead-letters`).
     """
-    from pydantic import ValidationError
     from rich.console import Console
 
-    from edge_agent.reporting.config import BrokerConfig
-    from gridedge.fleet.receiver import FleetReceiver, ReceiverError
+    from edge_agent.transport import BrokerConfig
+    from edge_agent.yamlconfig import validate_data
+    from gridedge.fleet.receiver import FleetReceiver
 
     console = Console(stderr=True)
     tls = None
     if cafile or cert or key:
         tls = {"ca_file": cafile, "cert_file": cert, "key_file": key}
-    try:
-        broker = BrokerConfig.model_validate(
-            {
-                "host": host,
-                "port": port,
-                "protocol": protocol,
-                "tls": tls,
-                "username_env": username_env,
-                "password_env": password_env,
-                "reconnect_min_s": min(0.5, reconnect_max),
-                "reconnect_max_s": reconnect_max,
-            }
-        )
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    broker = validate_data(
+        {
+            "host": host,
+            "port": port,
+            "protocol": protocol,
+            "tls": tls,
+            "username_env": username_env,
+            "password_env": password_env,
+            "reconnect_min_s": min(0.5, reconnect_max),
+            "reconnect_max_s": reconnect_max,
+        },
+        BrokerConfig,
+        "broker options",
+    )
     store = open_store(db, dsn)
     receiver = FleetReceiver(broker, store, group=None if no_share else group, name=name)
     console.print(f"[bold]{receiver.name}[/] listening on {host}:{port}, storing in {store.location}")
     started = time.monotonic()
     try:
         receiver.run(duration, connect_timeout_s=connect_timeout)
-    except ReceiverError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     finally:
         store.close()
     elapsed = time.monotonic() - started
@@ -122,7 +128,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    store = open_store(db, dsn)
+    store = open_store(db, dsn, existing=True)
     devices = store.devices()
     gaps = store.gaps()
     dead_letters = store.dead_letter_count()
@@ -204,7 +210,7 @@ def export(
 
     if what not in ("devices", "messages"):
         raise typer.BadParameter("use --what devices or --what messages", param_hint="--what")
-    store = open_store(db, dsn)
+    store = open_store(db, dsn, existing=True)
     rows = store.devices() if what == "devices" else store.messages()
     store.close()
     from gridedge.fleet.store import DEVICE_COLUMNS, MESSAGE_COLUMNS

@@ -33,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.errors import FleetError
 from edge_agent.messages import (
     TOPIC_ROOT,
     AlertMessage,
@@ -42,9 +43,8 @@ from edge_agent.messages import (
     SummaryMessage,
     TelemetryMessage,
 )
-from edge_agent.reporting.config import BrokerConfig
 from edge_agent.reporting.diagnosis import ConnectionDiagnosis
-from edge_agent.reporting.mqtt import make_client
+from edge_agent.transport import BrokerConfig, make_client
 from gridedge.fleet.store import FleetStore, Received
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class ReceiverStats:
     dead_letters: int = 0
 
 
-class ReceiverError(Exception):
+class ReceiverError(FleetError):
     """The receiver could not connect or was refused; the message says why and what to check."""
 
 

@@ -4,22 +4,25 @@ Each package owns its subcommands in a light ``cli`` module (heavy libraries are
 commands), so ``gridedge --help`` and ``gridedge agent`` work on a device with only the ``edge`` extra.
 The central-side groups (train, export, fleet, sim) are imported only when that command runs or the
 top-level help lists them: a device running ``gridedge agent`` loads no trainer, exporter, fleet or
-simulator code.
+simulator code. Errors are turned into exit codes in one place, :class:`GridedgeGroup`, for every
+subcommand alike.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
+import traceback
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from edge_agent.cli import agent_app
-from edge_agent.errors import GridedgeError
+from edge_agent.errors import EXIT_INTERNAL_ERROR, EXIT_REFUSED, GridedgeError
 from edge_agent.sensors.cli import sensors_app
 
 if TYPE_CHECKING:
@@ -33,10 +36,17 @@ CENTRAL_COMMANDS = {
     "fleet": ("gridedge.fleet.cli", "app"),
     "sim": ("gridedge.sim.cli", "sim_app"),
 }
+EXIT_CODES_EPILOG = (
+    "Exit codes: 0 done; 1 a check ran and failed (agent doctor, sensors read); 2 refused: bad input or "
+    "usage, one 'error:' line names the file and field; 3 internal error (a bug, traceback printed); "
+    "130 interrupted."
+)
+_err = Console(stderr=True, soft_wrap=True)
 
 
-class _CentralCommandsOnDemand(TyperGroup):
-    """The top-level group, importing a central-side command's module only when it is asked for."""
+class GridedgeGroup(TyperGroup):
+    """The root command: imports a central-side command only when asked for, and maps what any
+    subcommand raises to gridedge's exit codes (see the epilog)."""
 
     def list_commands(self, ctx: Context) -> list[str]:
         return [*super().list_commands(ctx), *CENTRAL_COMMANDS]
@@ -55,11 +65,36 @@ class _CentralCommandsOnDemand(TyperGroup):
         command.name = cmd_name
         return command
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GridedgeError as exc:
+            _err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_REFUSED) from exc
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise
+        except Exception as exc:
+            traceback.print_exc()
+            _err.print(
+                f"[bold red]internal error:[/] {escape(type(exc).__name__)}; this is a gridedge bug, please "
+                "report it with the traceback above",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_INTERNAL_ERROR) from exc
+
+
+class DemoFramework(StrEnum):
+    """The demo's two paths: Keras to TFLite int8, PyTorch to ONNX int8."""
+
+    keras = "keras"
+    torch = "torch"
+
 
 app = typer.Typer(
     name="gridedge",
-    cls=_CentralCommandsOnDemand,
+    cls=GridedgeGroup,
     help="Machine learning on microgrid controllers: train, export, provision, run and watch the fleet.",
+    epilog=EXIT_CODES_EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -67,8 +102,6 @@ keys_app = typer.Typer(help="Create the Ed25519 key pair that signs model bundle
 app.add_typer(keys_app, name="keys")
 app.add_typer(agent_app, name="agent")
 app.add_typer(sensors_app, name="sensors")
-
-_err = Console(stderr=True)
 
 
 @keys_app.command("new")
@@ -118,24 +151,22 @@ def provision_device(
 @app.command("demo")
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), "--workdir", help="Folder for every artefact of the demo."),
-    framework: str = typer.Option("keras", "--framework", help="keras (-> TFLite int8) or torch (-> ONNX int8)."),
+    framework: DemoFramework = typer.Option(
+        DemoFramework.keras, "--framework", help="keras (-> TFLite int8) or torch (-> ONNX int8)."
+    ),
     quick: bool = typer.Option(False, "--quick", help="Train on 6 months for 4 epochs, skip LightGBM."),
     days: float = typer.Option(2.0, "--days", help="Simulated days the agent forecasts after its warm-up."),
 ) -> None:
     """Run the whole chain on real data: train, export, sign, provision, run the agent, watch the fleet."""
     from gridedge.demo import run_demo
 
-    result = run_demo(workdir, framework, quick, days)
+    result = run_demo(workdir, framework.value, quick, days)
     typer.echo(f"demo finished: {result.workdir / 'demo_report.md'}")
 
 
 def main() -> None:
-    """Console entry point: run the app and turn gridedge's own errors into one clear line and exit 2."""
-    try:
-        app()
-    except (GridedgeError, FileExistsError) as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+    """Console entry point; :class:`GridedgeGroup` has already turned errors into exit codes."""
+    app()
 
 
 if __name__ == "__main__":

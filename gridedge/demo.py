@@ -25,6 +25,8 @@ import numpy as np
 import yaml
 from rich.console import Console
 
+from edge_agent.errors import ServiceError
+
 # 900 s of site time every 50 ms: two days of history fill the window in ~10 s of wall time.
 SITE_SPEED = 18_000.0
 CADENCE_S = 0.05
@@ -55,7 +57,9 @@ def _gridedge(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     sys.stdout.flush()
     if check and result.returncode != 0:
         console.print(result.stderr[-3000:], markup=False)
-        raise RuntimeError(f"`gridedge {' '.join(args)}` failed with exit code {result.returncode}")
+        raise ServiceError(
+            f"demo step `gridedge {' '.join(args)}` failed with exit code {result.returncode}; its output is above"
+        )
     return result
 
 
@@ -115,7 +119,7 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
         )
 
     _step("4/6 broker, simulated site, fleet receiver")
-    from edge_agent.reporting.config import BrokerConfig
+    from edge_agent.transport import BrokerConfig
     from gridedge.broker import LocalMosquitto
     from gridedge.fleet.receiver import FleetReceiver
     from gridedge.fleet.store import FleetStore
@@ -157,7 +161,7 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
         )
         if run.returncode != 0:
             console.print(run.stderr[-3000:], markup=False)
-            raise RuntimeError("the agent exited with an error")
+            raise ServiceError(f"the demo's agent exited with code {run.returncode}; its output is above")
         console.print(f"agent ran {cycles} cycles in {time.monotonic() - started:.1f} s")
         time.sleep(1.0)
         receiver.stop()

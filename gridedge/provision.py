@@ -24,25 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from edge_agent.bundle import Bundle, read_bundle, unpack_archive
-from edge_agent.config import AgentConfig, format_validation_error, load_config
-from edge_agent.errors import ConfigError, IntegrityError
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import ConfigError
 from edge_agent.fsutil import atomic_write_text, fsync_dir
 from edge_agent.keys import PUBLIC_KEY_NAME, load_public_key
-from edge_agent.runtimes.registry import PRECISION_PREFERENCE
+from edge_agent.runtimes.targets import choose_artefact, compatibility_target
 from edge_agent.sensors.registers import register_map_path
+from edge_agent.yamlconfig import StrictModel, load_yaml_model, read_yaml_mapping, validate_data
 from gridedge.resources import resource_path
 
 PROFILE_DIR = resource_path("firmware_configs")
-RUNTIME_ARTEFACTS = {"litert": "tflite", "onnxruntime": "onnx"}
 
 
-class ProfileInfo(BaseModel):
+class ProfileInfo(StrictModel):
     """What a device profile targets."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(title="Name", description="Profile name, as given to --profile.")
     description: str = Field(title="Description", description="The hardware and OS image it is for.")
@@ -54,10 +52,8 @@ class ProfileInfo(BaseModel):
     install: str = Field(title="Install", description="The pip command that installs the agent on this device.")
 
 
-class DeviceProfile(BaseModel):
+class DeviceProfile(StrictModel):
     """A firmware profile: target facts plus the agent settings every device of that kind shares."""
-
-    model_config = ConfigDict(extra="forbid")
 
     profile: ProfileInfo
     agent: dict[str, Any] = Field(description="Partial agent config; site values are merged over it.")
@@ -77,11 +73,7 @@ def profile_path(name_or_path: str) -> Path:
 
 def load_profile(name_or_path: str) -> DeviceProfile:
     """Read and validate a device profile."""
-    path = profile_path(name_or_path)
-    try:
-        return DeviceProfile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid device profile:\n{exc}") from exc
+    return load_yaml_model(profile_path(name_or_path), DeviceProfile, "device profile")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -116,19 +108,18 @@ def _copy_register_maps(raw: dict[str, Any], values_dir: Path, out_dir: Path) ->
             device["register_map"] = f"registers/{origin.name}"
 
 
-def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target: str) -> str:
-    wanted = RUNTIME_ARTEFACTS[config.runtime.type]
-    proven = [a for a in bundle.manifest.artefacts if a.runtime == wanted and target in a.compatibility_targets]
-    if config.bundle.artefact is not None:
-        proven = [a for a in proven if a.file == config.bundle.artefact]
-    if not proven:
-        have = {a.file: list(a.compatibility_targets) for a in bundle.manifest.artefacts}
-        raise IntegrityError(
-            f"bundle {bundle.manifest.name} {bundle.manifest.version} has no {wanted} artefact proven on "
-            f"{target!r} (it has {have}); re-export with `gridedge export --target {target}`"
+def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target_name: str) -> str:
+    """The artefact the device will run: proven on the profile's target, as the device itself ranks them."""
+    target = compatibility_target(target_name)
+    if target.backend != config.runtime.type:
+        raise ConfigError(
+            f"the profile's compatibility target {target.name!r} runs on the {target.backend!r} runtime but "
+            f"runtime.type is {config.runtime.type!r}; make them agree"
         )
-    # The same preference the device applies when it loads the bundle (most compact proven precision).
-    return min(proven, key=lambda a: PRECISION_PREFERENCE.index(a.precision)).file
+    artefact = choose_artefact(
+        bundle.manifest, target.artefact_runtime, target.name, config.bundle.artefact, proven_only=True
+    )
+    return artefact.file
 
 
 def provision(
@@ -140,18 +131,10 @@ def provision(
 ) -> tuple[AgentConfig, str]:
     """Write a device folder; returns the validated config and the artefact the device will run."""
     profile = load_profile(profile_name)
-    try:
-        values = yaml.safe_load(Path(site_values).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"site values file {site_values} not found") from exc
-    if not isinstance(values, dict):
-        raise ConfigError(f"{site_values}: expected a mapping of settings")
+    values = read_yaml_mapping(Path(site_values), "site values")
     raw = deep_merge(profile.agent, values)
     raw["bundle"] = {**raw.get("bundle", {}), "path": "bundle", "public_key": f"keys/{PUBLIC_KEY_NAME}"}
-    try:
-        AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"{profile_name} + {site_values}")) from exc
+    validate_data(raw, AgentConfig, f"profile {profile_name} + site values {site_values}", "fix them in the site file")
 
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)

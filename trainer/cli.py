@@ -37,19 +37,14 @@ def train_command(
     """Train CONFIG in the chosen framework and write the run folder OUT."""
     from rich.console import Console
 
-    from edge_agent.errors import GridedgeError
     from gridedge.trainer.config import load_config
     from gridedge.trainer.training import train
 
     console = Console(stderr=True)
-    try:
-        task = load_config(config)
-        if seed is not None:
-            task = task.model_copy(update={"seed": seed})
-        report = train(task, framework.value, out, data_dir=data_dir)
-    except GridedgeError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=2) from exc
+    task = load_config(config)
+    if seed is not None:
+        task = task.model_copy(update={"seed": seed})
+    report = train(task, framework.value, out, data_dir=data_dir)
     test = report["metrics"]["test"]
     headline = (
         f"test MAE {test['mae']:.4f}" if "mae" in test else f"test F1 {test['f1']:.3f} (mean over labelled series)"

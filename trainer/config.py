@@ -12,21 +12,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from edge_agent.errors import ConfigError
 from edge_agent.features import GapPolicy, SiteLocation
+from edge_agent.yamlconfig import StrictModel, load_yaml_model, validate_data
 from gridedge.resources import resource_path
 
 SCHEMA_PATH = resource_path("configs", "task.schema.json")
 TaskKind = Literal["load_forecast", "pv_forecast", "anomaly"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ChannelConfig(_Strict):
+class ChannelConfig(StrictModel):
     """One input channel: which column of the slice, under which name, in which unit."""
 
     column: str = Field(title="Column", description="Column of the data slice to read.")
@@ -50,7 +46,7 @@ class ChannelConfig(_Strict):
         return self.name or self.column
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Which shipped slice to read, and which part of it."""
 
     slice: str = Field(title="Data slice", description="Name of a slice in data/, e.g. w1_load_uci_15min.")
@@ -78,7 +74,7 @@ class DataConfig(_Strict):
     )
 
 
-class FeaturesConfig(_Strict):
+class FeaturesConfig(StrictModel):
     """Model inputs and outputs, turned into an edge_agent FeatureSpec."""
 
     input_steps: int = Field(gt=0, title="Input window", description="Past samples the model sees.")
@@ -98,7 +94,7 @@ class FeaturesConfig(_Strict):
     gap_policy: GapPolicy = Field(default_factory=GapPolicy, title="Gap policy")
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Time-ordered train / validation / test split, cut at whole local days, never shuffled across time."""
 
     val_fraction: float = Field(default=0.15, gt=0, lt=1, title="Validation share of days")
@@ -111,7 +107,7 @@ class SplitConfig(_Strict):
         return self
 
 
-class ProtocolConfig(_Strict):
+class ProtocolConfig(StrictModel):
     """How forecast origins are chosen."""
 
     origin_hour: int = Field(
@@ -133,7 +129,7 @@ class ProtocolConfig(_Strict):
     )
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Architecture and size; the same hyperparameters build the Keras and the PyTorch model."""
 
     architecture: Literal["tcn_forecaster", "conv_autoencoder"] = Field(title="Architecture")
@@ -149,7 +145,7 @@ class ModelConfig(_Strict):
     dropout: float = Field(default=0.0, ge=0, lt=1, title="Dropout")
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(StrictModel):
     """Optimiser and stopping."""
 
     epochs: int = Field(default=60, gt=0, title="Maximum epochs")
@@ -168,7 +164,7 @@ class TrainingConfig(_Strict):
     )
 
 
-class LightGBMConfig(_Strict):
+class LightGBMConfig(StrictModel):
     """The LightGBM baseline (lag + calendar features, one model for every horizon step)."""
 
     enabled: bool = Field(default=True, title="Run LightGBM")
@@ -178,7 +174,7 @@ class LightGBMConfig(_Strict):
     train_stride_steps: int = Field(default=8, gt=0, title="Training origin stride")
 
 
-class BaselinesConfig(_Strict):
+class BaselinesConfig(StrictModel):
     """Baselines scored on exactly the model's test windows."""
 
     clear_sky_channel: str | None = Field(
@@ -189,7 +185,7 @@ class BaselinesConfig(_Strict):
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig, title="LightGBM baseline")
 
 
-class LabelledSeries(_Strict):
+class LabelledSeries(StrictModel):
     """A labelled series the anomaly detector is evaluated on."""
 
     slice: str = Field(title="Data slice")
@@ -197,7 +193,7 @@ class LabelledSeries(_Strict):
     label_column: str = Field(title="Label column", description="1/True where the sample is anomalous.")
 
 
-class AnomalyConfig(_Strict):
+class AnomalyConfig(StrictModel):
     """Threshold calibration, labelled evaluation data and the rule baselines (W3)."""
 
     score_steps: int = Field(default=1, gt=0, title="Scored steps", description="Newest samples scored.")
@@ -218,7 +214,7 @@ class AnomalyConfig(_Strict):
     )
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     """One training task: data, features, protocol, model and training settings."""
 
     name: str = Field(min_length=1, title="Task name", description="Model name used in bundles and reports.")
@@ -265,36 +261,17 @@ class TaskConfig(_Strict):
         return self
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
+TASK_CONFIG_HINT = "fix these fields (schema: configs/task.schema.json)"
 
 
 def parse_config(data: dict[str, Any], source: str = "task config") -> TaskConfig:
     """Validate a config mapping, turning pydantic's errors into a ConfigError naming each field."""
-    try:
-        return TaskConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"{source} is invalid:\n{_describe(exc)}\nfix these fields (schema: configs/task.schema.json)"
-        ) from exc
+    return validate_data(data, TaskConfig, source, TASK_CONFIG_HINT)
 
 
 def load_config(path: str | Path) -> TaskConfig:
     """Read and validate a YAML task config."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read task config {path}: {exc}; check the path") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"task config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"task config {path} must be a YAML mapping with name, task, data, features...")
-    return parse_config(data, str(path))
+    return load_yaml_model(Path(path), TaskConfig, "task config", TASK_CONFIG_HINT, "check the path")
 
 
 def dump_config(config: TaskConfig) -> str:

@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import Field, JsonValue, ValidationError
 
 from edge_agent.errors import GridedgeError
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.messages import CommandRequest, ModelInfo
+from edge_agent.yamlconfig import StrictModel, validation_problems
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,8 @@ COMMANDS = ("ping", "status", "reload-config", "set-log-level", "rollback", "mod
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class UpdateOutcome(BaseModel):
+class UpdateOutcome(StrictModel):
     """What a model swap or rollback did."""
-
-    model_config = ConfigDict(extra="forbid")
 
     active: ModelInfo = Field(..., description="The model running now.")
     previous: ModelInfo | None = Field(None, description="The model kept for rollback, if any.")
@@ -76,10 +75,8 @@ class AgentControl(Protocol):
         """Re-read the configuration and apply it; raise a ConfigError to refuse. Returns a summary."""
 
 
-class ModelUpdateChunk(BaseModel):
+class ModelUpdateChunk(StrictModel):
     """Arguments of one ``model-update`` request."""
-
-    model_config = ConfigDict(extra="forbid")
 
     transfer_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Id shared by all chunks.")
     chunk_index: int = Field(..., ge=0, description="Position of this chunk, from 0.")
@@ -89,10 +86,8 @@ class ModelUpdateChunk(BaseModel):
     data: str = Field(..., description="This chunk's bytes, base64.")
 
 
-class SetLogLevelArgs(BaseModel):
+class SetLogLevelArgs(StrictModel):
     """Arguments of ``set-log-level``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     level: str = Field(..., description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     logger: str = Field("", description="Logger name; empty for the root logger.")
@@ -151,7 +146,7 @@ class CommandProcessor:
             request = CommandRequest.model_validate_json(payload)
         except ValidationError as exc:
             request_id = _salvage_request_id(payload)
-            problem = "is not JSON" if _is_not_json(payload) else f"is invalid: {_first_error(exc)}"
+            problem = "is not JSON" if _is_not_json(payload) else f"is invalid: {validation_problems(exc)[0]}"
             return CommandReply(
                 command,
                 "error",
@@ -170,7 +165,7 @@ class CommandProcessor:
             outcome, data = self._dispatch(command, request)
         except ValidationError as exc:
             return CommandReply(
-                command, "error", request.request_id, f"bad arguments for {command}: {_first_error(exc)}"
+                command, "error", request.request_id, f"bad arguments for {command}: {validation_problems(exc)[0]}"
             )
         except GridedgeError as exc:
             return CommandReply(command, "error", request.request_id, str(exc))
@@ -277,8 +272,3 @@ def _salvage_request_id(payload: bytes) -> str | None:
     request_id = document.get("request_id") if isinstance(document, dict) else None
     return request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
 
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"]) or "payload"
-    return f"{where}: {error['msg']}"

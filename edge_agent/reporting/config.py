@@ -1,143 +1,24 @@
-"""Configuration of MQTT reporting: broker connection, identity, outbox and rates.
+"""Configuration of MQTT reporting: identity, outbox and rates (the broker connection is in transport).
 
-The lead's agent config tree embeds :class:`MqttConfig`; the fleet receiver reuses :class:`BrokerConfig`.
-Secrets never appear in the file: the config names the environment variables that hold them.
+The agent config tree embeds :class:`MqttConfig`; its ``broker`` is the :class:`~edge_agent.transport.BrokerConfig`
+the fleet receiver uses too. Secrets never appear in the file: the config names the environment variables
+that hold them.
 """
 
 from __future__ import annotations
 
-import os
-import ssl
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
-from edge_agent.errors import ConfigError
 from edge_agent.messages import TOPIC_LEVEL_PATTERN
+from edge_agent.transport import BrokerConfig
+from edge_agent.yamlconfig import StrictModel
 
 
-class TlsConfig(BaseModel):
-    """TLS settings; the broker certificate is always verified unless ``insecure`` is set."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ca_file: Path | None = Field(
-        None,
-        title="CA certificate",
-        description="PEM file of the CA that signed the broker certificate (relative to the config file); "
-        "None uses the system store.",
-    )
-    cert_file: Path | None = Field(
-        None,
-        title="Client certificate",
-        description="PEM client certificate for mutual TLS (relative to the config file).",
-    )
-    key_file: Path | None = Field(
-        None,
-        title="Client key",
-        description="PEM private key of the client certificate (relative to the config file).",
-    )
-    insecure: bool = Field(
-        False,
-        title="Skip hostname check",
-        description="Do not check the broker hostname against its certificate (lab use only).",
-    )
-
-    @model_validator(mode="after")
-    def _cert_needs_key(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls.cert_file and tls.key_file must be given together (mutual TLS needs both)")
-        return self
-
-    def ssl_context(self) -> ssl.SSLContext:
-        """Build the client SSL context, failing with a ConfigError when a file cannot be loaded."""
-        try:
-            context = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file is not None else None
-            )
-            if self.cert_file is not None and self.key_file is not None:
-                context.load_cert_chain(str(self.cert_file), str(self.key_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load the TLS files ({exc}); check tls.ca_file, tls.cert_file and tls.key_file"
-            ) from exc
-        if self.insecure:
-            context.check_hostname = False
-        return context
-
-
-class BrokerConfig(BaseModel):
-    """Where and how to connect to the MQTT broker."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    host: str = Field("127.0.0.1", title="Broker host", description="Host name or IP of the MQTT broker.")
-    port: int = Field(1883, ge=1, le=65535, title="Broker port", description="TCP port (8883 for TLS).")
-    protocol: Literal["5", "3.1.1"] = Field(
-        "5",
-        title="MQTT protocol version",
-        description="MQTT 5 (default; response topics, shared subscriptions) or 3.1.1 for old brokers.",
-    )
-    keepalive_s: int = Field(
-        30, ge=5, le=3600, title="Keepalive", description="Seconds between pings when idle."
-    )
-    client_id: str | None = Field(
-        None,
-        title="Client id",
-        description="MQTT client id; None derives a unique one from site and device.",
-    )
-    tls: TlsConfig | None = Field(None, title="TLS", description="TLS settings; None connects in clear.")
-    username_env: str | None = Field(
-        None,
-        title="Username variable",
-        description="Name of the environment variable holding the broker username.",
-    )
-    password_env: str | None = Field(
-        None,
-        title="Password variable",
-        description="Name of the environment variable holding the broker password.",
-    )
-    reconnect_min_s: float = Field(
-        0.5, gt=0, title="Minimum reconnect delay", description="First reconnect wait, in seconds."
-    )
-    reconnect_max_s: float = Field(
-        60.0, gt=0, title="Maximum reconnect delay", description="Cap of the jittered exponential backoff."
-    )
-
-    @model_validator(mode="after")
-    def _password_needs_user(self) -> BrokerConfig:
-        if self.password_env is not None and self.username_env is None:
-            raise ValueError("broker.password_env needs broker.username_env: MQTT sends no password alone")
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError("broker.reconnect_max_s must be >= broker.reconnect_min_s")
-        return self
-
-    def credentials(self) -> tuple[str, str | None] | None:
-        """Read username and password from the named environment variables (None when not configured)."""
-        if self.username_env is None:
-            return None
-        username = os.environ.get(self.username_env)
-        if username is None:
-            raise ConfigError(
-                f"environment variable {self.username_env!r} (broker.username_env) is not set; "
-                "export it or remove broker.username_env"
-            )
-        password = None
-        if self.password_env is not None:
-            password = os.environ.get(self.password_env)
-            if password is None:
-                raise ConfigError(
-                    f"environment variable {self.password_env!r} (broker.password_env) is not set; "
-                    "export it or remove broker.password_env"
-                )
-        return username, password
-
-
-class OutboxConfig(BaseModel):
+class OutboxConfig(StrictModel):
     """The durable SQLite outbox every report passes through."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: Path = Field(
         Path("state/outbox.sqlite3"),
@@ -167,10 +48,8 @@ class OutboxConfig(BaseModel):
     )
 
 
-class TelemetryConfig(BaseModel):
+class TelemetryConfig(StrictModel):
     """Optional raw telemetry; off by default because summaries carry what a fleet needs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, title="Send telemetry", description="Publish raw channel samples.")
     max_per_s: float = Field(
@@ -178,10 +57,8 @@ class TelemetryConfig(BaseModel):
     )
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(StrictModel):
     """MQTT reporting of one device (the ``mqtt`` section of the agent config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     site: str = Field(
         ..., pattern=TOPIC_LEVEL_PATTERN, title="Site", description="Site id; a topic level."

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -44,49 +43,15 @@ from edge_agent.messages import (
 from edge_agent.outbox import Outbox, OutboxKind
 from edge_agent.reporting.base import MessageBuilder, RateLimiter
 from edge_agent.reporting.commands import AgentControl, CommandProcessor, CommandReply, ModelUpdater
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.diagnosis import ConnectionDiagnosis
+from edge_agent.transport import ReconnectBackoff, make_client
 
 logger = logging.getLogger(__name__)
 
 QOS = 1
 # Rows handed to paho but not yet acknowledged during a replay; bounds memory when the cap is high.
 MAX_REPLAY_OUTSTANDING = 1000
-
-
-def backoff_delay(attempt: int, min_s: float, max_s: float) -> float:
-    """Jittered exponential backoff ("full jitter"): uniform in [min, min(max, min * 2**attempt)]."""
-    ceiling = min(max_s, min_s * 2 ** min(attempt, 30))
-    return random.uniform(min_s, max(min_s, ceiling))
-
-
-def make_client(broker: BrokerConfig, client_id: str, *, persistent_session: bool = False) -> mqtt.Client:
-    """A paho client (callback API v2) configured for protocol, TLS and credentials of ``broker``.
-
-    ``persistent_session`` matters for MQTT 3.1.1 only (MQTT 5 chooses it at connect time).
-    """
-    protocol = mqtt.MQTTv5 if broker.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=protocol,
-        clean_session=None if protocol == mqtt.MQTTv5 else not persistent_session,
-    )
-    if broker.tls is not None:
-        client.tls_set_context(broker.tls.ssl_context())
-        if broker.tls.insecure:
-            client.tls_insecure_set(True)
-    credentials = broker.credentials()
-    if credentials is not None:
-        client.username_pw_set(*credentials)
-    set_reconnect_delay(client, broker.reconnect_min_s, broker.reconnect_max_s)
-    return client
-
-
-def set_reconnect_delay(client: mqtt.Client, min_s: float, max_s: float) -> None:
-    """Set paho's reconnect delays; sub-second values matter on a LAN and in tests."""
-    # paho annotates the delays as int but only ever sleeps on them, so floats work as intended.
-    client.reconnect_delay_set(min_s, max_s)  # type: ignore[arg-type]
 
 
 class MqttReporter:
@@ -109,6 +74,7 @@ class MqttReporter:
         self._telemetry = RateLimiter(config.telemetry.max_per_s)
         self._mqtt5 = config.broker.protocol == "5"
         self._client = make_client(config.broker, config.client_id())
+        self._backoff = ReconnectBackoff(self._client, config.broker)
         self._client.max_inflight_messages_set(200)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -133,7 +99,6 @@ class MqttReporter:
         self._command_queue: queue.SimpleQueue[mqtt.MQTTMessage | None] = queue.SimpleQueue()
         self._connected = threading.Event()
         self._stopping = threading.Event()
-        self._attempt = 0
         self._state: DeviceState = "online"
         self._reason: str | None = None
         self._model: ModelInfo | None = None
@@ -282,8 +247,7 @@ class MqttReporter:
             self._replay_cursor = 0
             self._replay_outstanding = 0
             self._backlog_version += 1
-        self._attempt = 0
-        set_reconnect_delay(client, self.config.broker.reconnect_min_s, self.config.broker.reconnect_max_s)
+        self._backoff.connected()
         client.subscribe(self._topic("cmd/+"), qos=QOS)
         self.connections += 1
         # Birth before anyone may publish on this connection, so "online" is the first status seen.
@@ -306,18 +270,10 @@ class MqttReporter:
             "disconnected from the broker (%s); messages wait in the outbox", self._diagnosis.describe(reason_code)
         )
         self._set_will()
-        self._schedule_reconnect()
+        self._backoff.failed()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self._schedule_reconnect()
-
-    def _schedule_reconnect(self) -> None:
-        # paho waits min(previous*2, max) before reconnecting; pinning both to our jittered value
-        # turns its schedule into jittered exponential backoff (fleets must not reconnect in lockstep).
-        broker = self.config.broker
-        delay = backoff_delay(self._attempt, broker.reconnect_min_s, broker.reconnect_max_s)
-        self._attempt += 1
-        set_reconnect_delay(self._client, delay, delay)
+        self._backoff.failed()
 
     def _on_publish(
         self,

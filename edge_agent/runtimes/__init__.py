@@ -5,11 +5,11 @@ quantisation of int8 models happens inside the runtime, so callers never see int
 """
 
 from edge_agent.runtimes.base import ModelRuntime, RuntimeInfo
-from edge_agent.runtimes.registry import RUNTIME_BACKENDS, RuntimeConfig, create_runtime, load_model
+from edge_agent.runtimes.registry import RUNTIMES, RuntimeConfig, create_runtime, load_model
 from edge_agent.runtimes.selftest import run_self_test
 
 __all__ = [
-    "RUNTIME_BACKENDS",
+    "RUNTIMES",
     "ModelRuntime",
     "RuntimeConfig",
     "RuntimeInfo",

@@ -9,9 +9,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.errors import ConfigError
-
-FloatArray = NDArray[np.float32]
+from edge_agent.arrays import FloatArray
+from edge_agent.errors import ModelLoadError
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ def check_feeds(
     """Return ``feeds`` restricted to ``expected`` names as float32, or say which input is missing."""
     missing = [name for name in expected if name not in feeds]
     if missing:
-        raise ConfigError(
+        raise ModelLoadError(
             f"{artefact}: model needs input(s) {list(expected)} but feeds give {sorted(feeds)}; "
             f"missing {missing} — does the bundle's feature spec match this model?"
         )

@@ -9,20 +9,20 @@ from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from edge_agent.errors import ConfigError, missing_extra
-from edge_agent.runtimes.base import AffineQuantiser, FloatArray, RuntimeInfo, check_feeds
+from edge_agent.arrays import FloatArray
+from edge_agent.errors import ModelLoadError, missing_extra
+from edge_agent.runtimes.base import AffineQuantiser, RuntimeInfo, check_feeds
 from edge_agent.runtimes.matching import match_inputs
+from edge_agent.yamlconfig import StrictModel
 
 RUNTIME_KEY = "litert"
 ARTEFACT_RUNTIME = "tflite"
 
 
-class LiteRTConfig(BaseModel):
+class LiteRTConfig(StrictModel, frozen=True):
     """Run ``.tflite`` artefacts with LiteRT."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["litert"] = Field(default="litert", title="Runtime", description="LiteRT / TFLite.")
     num_threads: int = Field(
@@ -75,6 +75,9 @@ class _Tensor:
 class LiteRTRuntime:
     """A ``.tflite`` model behind the :class:`~edge_agent.runtimes.base.ModelRuntime` protocol."""
 
+    ARTEFACT_RUNTIME = ARTEFACT_RUNTIME
+    available_target = staticmethod(available_target)
+
     def __init__(
         self,
         model_path: Path,
@@ -88,7 +91,7 @@ class LiteRTRuntime:
         try:
             self._interpreter = module.Interpreter(model_path=str(path), num_threads=config.num_threads)
         except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"{path.name}: LiteRT cannot load this model ({exc}); re-export it") from exc
+            raise ModelLoadError(f"{path.name}: LiteRT cannot load this model ({exc}); re-export it") from exc
         signatures = self._interpreter.get_signature_list()
         if signatures:
             runner = self._interpreter.get_signature_runner(next(iter(signatures)))
@@ -100,7 +103,7 @@ class LiteRTRuntime:
             inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
             outputs = list(self._interpreter.get_output_details())
         if len(outputs) != 1:
-            raise ConfigError(f"{path.name}: expected one output tensor, the model has {len(outputs)}")
+            raise ModelLoadError(f"{path.name}: expected one output tensor, the model has {len(outputs)}")
         shapes = {name: [int(v) for v in d["shape_signature"]] for name, d in inputs.items()}
         mapping = match_inputs(shapes, input_names, shape_hints, path.name)
         self._inputs = {name: _Tensor(inputs[mapping[name]]) for name in input_names}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ModelLoadError
 
 
 def _tokens(name: str) -> set[str]:
@@ -29,7 +29,7 @@ def match_inputs(
     ``shape_hints`` gives the expected shape without the batch axis for each contract name.
     """
     if len(model_inputs) != len(wanted):
-        raise ConfigError(
+        raise ModelLoadError(
             f"{artefact}: model has {len(model_inputs)} input(s) {sorted(model_inputs)} but the feature "
             f"spec gives {len(wanted)} ({list(wanted)}); the bundle's model and manifest disagree"
         )
@@ -55,7 +55,7 @@ def match_inputs(
         mapping[unmatched[0]] = next(iter(free))
         unmatched = []
     if unmatched:
-        raise ConfigError(
+        raise ModelLoadError(
             f"{artefact}: cannot tell which model input is {unmatched} among {sorted(free)} (shapes "
             f"{ {m: list(s) for m, s in free.items()} }); export the model with inputs named "
             f"{list(wanted)}"

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from edge_agent.errors import ConfigError, missing_extra
-from edge_agent.runtimes.base import FloatArray, RuntimeInfo, check_feeds
+from edge_agent.arrays import FloatArray
+from edge_agent.errors import ConfigError, ModelLoadError, missing_extra
+from edge_agent.runtimes.base import RuntimeInfo, check_feeds
 from edge_agent.runtimes.matching import match_inputs
+from edge_agent.yamlconfig import StrictModel
 
 RUNTIME_KEY = "onnxruntime"
 ARTEFACT_RUNTIME = "onnx"
@@ -23,10 +25,8 @@ ARTEFACT_RUNTIME = "onnx"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class OnnxRuntimeConfig(BaseModel):
+class OnnxRuntimeConfig(StrictModel, frozen=True):
     """Run ``.onnx`` artefacts with ONNX Runtime."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["onnxruntime"] = Field(
         default="onnxruntime", title="Runtime", description="ONNX Runtime."
@@ -75,6 +75,9 @@ def resolve_providers(config: OnnxRuntimeConfig, available: Sequence[str]) -> li
 class OnnxRuntime:
     """An ``.onnx`` model behind the :class:`~edge_agent.runtimes.base.ModelRuntime` protocol."""
 
+    ARTEFACT_RUNTIME = ARTEFACT_RUNTIME
+    available_target = staticmethod(available_target)
+
     def __init__(
         self,
         model_path: Path,
@@ -97,11 +100,11 @@ class OnnxRuntime:
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph exceptions
-            raise ConfigError(f"{path.name}: ONNX Runtime cannot load this model ({exc}); re-export it") from exc
+            raise ModelLoadError(f"{path.name}: ONNX Runtime cannot load this model ({exc}); re-export it") from exc
         model_inputs = self._session.get_inputs()
         not_float = [i.name for i in model_inputs if i.type != "tensor(float)"]
         if not_float:
-            raise ConfigError(
+            raise ModelLoadError(
                 f"{path.name}: inputs {not_float} are not float32; gridedge ONNX artefacts keep float "
                 "inputs and quantise inside the graph (QDQ)"
             )

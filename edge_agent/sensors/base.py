@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
-
 from edge_agent.features import ChannelSpec
 
 MISSING = math.nan
@@ -116,9 +114,3 @@ class SensorSource(Protocol):
     def close(self) -> None:
         """Release connections and files."""
         ...
-
-
-class StrictConfig(BaseModel):
-    """Base of every sensor config model: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.errors import missing_extra
 from edge_agent.features import ChannelSpec
-from edge_agent.sensors.base import ChannelValue, Reading, StrictConfig
+from edge_agent.sensors.base import ChannelValue, Reading
 from edge_agent.sensors.registers import (
     NOT_READ,
     ReadBlock,
@@ -32,6 +32,8 @@ from edge_agent.sensors.registers import (
     plan_blocks,
     register_map_path,
 )
+from edge_agent.transport import backoff_delay
+from edge_agent.yamlconfig import StrictModel
 
 if TYPE_CHECKING:
     from pymodbus.client import ModbusSerialClient, ModbusTcpClient
@@ -50,7 +52,7 @@ MODBUS_EXCEPTIONS = {
 }
 
 
-class ModbusDeviceConfig(StrictConfig):
+class ModbusDeviceConfig(StrictModel, frozen=True):
     """One Modbus device: its unit id, register map and how patiently to ask it."""
 
     name: str = Field(
@@ -83,7 +85,7 @@ class ModbusDeviceConfig(StrictConfig):
         ge=0,
         le=3600,
         title="Longest back-off (s)",
-        description="After the device stops answering, skip it for 1, 2, 4 … s up to this long, so a dead "
+        description="After the device stops answering, skip it for a jittered 1, 2, 4 … s up to this long, so a dead "
         "device does not cost a timeout every cycle; 0 asks it every cycle.",
     )
 
@@ -104,7 +106,7 @@ def _unique_device_names(devices: list[Any]) -> None:
         raise ValueError(f"device names must be unique, {duplicates} repeat; rename one of them")
 
 
-class ModbusTcpConfig(StrictConfig):
+class ModbusTcpConfig(StrictModel, frozen=True):
     """Modbus TCP devices, each read over its own kept-open connection."""
 
     type: Literal["modbus_tcp"] = Field(title="Type", description="Selects the Modbus TCP source.")
@@ -121,7 +123,7 @@ class ModbusTcpConfig(StrictConfig):
         return self
 
 
-class ModbusRtuConfig(StrictConfig):
+class ModbusRtuConfig(StrictModel, frozen=True):
     """Modbus RTU devices sharing one serial line (RS-485)."""
 
     type: Literal["modbus_rtu"] = Field(title="Type", description="Selects the Modbus RTU source.")
@@ -214,9 +216,9 @@ class _Device:
             self._failures = 0
             return
         self._failures += 1
-        if self.config.backoff_max_s > 0:
-            backoff = min(self.config.backoff_max_s, 2.0 ** (self._failures - 1))
-            self._skip_until = time.monotonic() + backoff
+        longest = self.config.backoff_max_s
+        if longest > 0:
+            self._skip_until = time.monotonic() + backoff_delay(self._failures - 1, min(1.0, longest), longest)
 
     def _read_block(self, client: Any, block: ReadBlock, on_failure: Callable[[], None]) -> list[int] | _BlockFailure:
         exceptions = _pymodbus().exceptions

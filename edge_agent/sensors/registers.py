@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.features import ChannelSpec
-from edge_agent.sensors.base import ChannelStatus, ChannelValue, StrictConfig, checked_value
+from edge_agent.sensors.base import ChannelStatus, ChannelValue, checked_value
+from edge_agent.yamlconfig import StrictModel, load_yaml_model
 
 DTypeName = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32"]
 Order = Literal["big", "little"]
@@ -66,7 +66,7 @@ DTYPES: dict[str, DType] = {
 }
 
 
-class RegisterSpec(StrictConfig):
+class RegisterSpec(StrictModel, frozen=True):
     """One row of a register map: where a value lives and how to turn its words into units."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", title="Name", description="Channel name.")
@@ -119,7 +119,7 @@ class RegisterSpec(StrictConfig):
         return self
 
 
-class RegisterMap(StrictConfig):
+class RegisterMap(StrictModel, frozen=True):
     """A device's register map: byte/word order and the rows to read."""
 
     name: str = Field(min_length=1, title="Name", description="Device model this map describes.")
@@ -228,16 +228,7 @@ def register_map_path(reference: Path, base_dir: Path | None) -> Path:
 
 def load_register_map(path: Path) -> RegisterMap:
     """Read and validate a register map YAML file."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read register map {path}: {exc}; check the path in the sensor config") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"register map {path} is not valid YAML: {exc}") from exc
-    try:
-        return RegisterMap.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(f"register map {path} is invalid; fix these fields:\n{exc}") from exc
+    return load_yaml_model(path, RegisterMap, "register map", missing_hint="check the path in the sensor config")
 
 
 @dataclass(frozen=True, slots=True)

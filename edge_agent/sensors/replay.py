@@ -22,12 +22,13 @@ from pydantic import Field, model_validator
 from edge_agent.csvseries import read_csv_series
 from edge_agent.errors import ConfigError, FeatureError, missing_extra
 from edge_agent.features import ChannelSpec
-from edge_agent.sensors.base import MISSING, ChannelStatus, ChannelValue, Reading, StrictConfig, checked_value
+from edge_agent.sensors.base import MISSING, ChannelStatus, ChannelValue, Reading, checked_value
+from edge_agent.yamlconfig import StrictModel
 
 REPLAY_KEY = "replay"
 
 
-class ReplayChannelConfig(StrictConfig):
+class ReplayChannelConfig(StrictModel, frozen=True):
     """One replayed channel: which column, its unit, scale and physical range."""
 
     name: str = Field(
@@ -46,7 +47,7 @@ class ReplayChannelConfig(StrictConfig):
     )
 
 
-class ReplayConfig(StrictConfig):
+class ReplayConfig(StrictModel, frozen=True):
     """Replays a recorded file as if its channels were read live."""
 
     type: Literal["replay"] = Field(title="Type", description="Selects the replay source.")

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, ServiceError
 from edge_agent.sensors.registers import (
     DTYPES,
     RegisterMap,
@@ -471,7 +471,7 @@ class SiteServer:
     def drop_connections(self) -> None:
         """Close every client connection now, like a gateway reboot (clients must reconnect)."""
         if self._loop is None or self._server is None:
-            raise RuntimeError("the site server is not running; start it first")
+            raise ServiceError("the simulated site server is not running; start it first")
         server = self._server
 
         def drop() -> None:
@@ -515,9 +515,9 @@ class SiteServer:
         self._thread = threading.Thread(target=run, name="gridedge-sim-site", daemon=True)
         self._thread.start()
         if not ready.wait(10.0):
-            raise RuntimeError("the simulated site did not start listening within 10 s")
+            raise ServiceError("the simulated site did not start listening within 10 s")
         if failure:
-            raise RuntimeError(f"the simulated site could not start: {failure[0]}") from failure[0]
+            raise ServiceError(f"the simulated site could not start: {failure[0]}") from failure[0]
         return self
 
     def stop(self) -> None:

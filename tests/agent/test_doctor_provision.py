@@ -46,8 +46,8 @@ def test_provision_then_doctor_pass_and_fail_in_plain_words(tmp_path: Path, expo
                 ["provision", "--profile", "x86-gateway", "--site", str(values), "--bundle", str(exported.keras),
                  "--public-key", str(public_key), "--out", str(tmp_path / "wrong")],
             )  # fmt: skip
-            assert refused.exit_code != 0
-            assert "no onnx artefact proven on 'ort'" in _plain(str(refused.exception))
+            assert refused.exit_code == 2
+            assert "no onnx artefact proven on 'ort'" in _plain(refused.output)
             # Nothing a technician could mistake for a device folder: no --out, no half-built staging.
             assert not (tmp_path / "wrong").exists()
             assert not list(tmp_path.glob(".wrong*"))

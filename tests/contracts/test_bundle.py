@@ -19,7 +19,7 @@ from edge_agent.bundle import (
     unpack_archive,
     write_bundle,
 )
-from edge_agent.errors import BundleFormatError, IntegrityError, SignatureError
+from edge_agent.errors import BundleFormatError, ExistingFileError, IntegrityError, SignatureError
 from edge_agent.keys import load_private_key, load_public_key, new_keypair
 
 
@@ -129,7 +129,7 @@ def test_key_files_round_trip_with_private_key_mode_0600(
     assert private_path.stat().st_mode & 0o777 == 0o600
     signed = write_bundle(tmp_path / "b2", manifest, {"model_int8.tflite": model_file}, load_private_key(private_path))
     assert read_bundle(signed, load_public_key(public_path)).manifest.name == "w1-load"
-    with pytest.raises(FileExistsError, match=r"refusing to replace a signing key"):
+    with pytest.raises(ExistingFileError, match=r"refusing to replace a signing key"):
         new_keypair(tmp_path / "keys")
 
 

@@ -13,7 +13,7 @@ from edge_agent.bundle import read_bundle
 from edge_agent.keys import load_public_key
 from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.runtimes.litert import LiteRTConfig
-from gridedge.export.cli import app
+from gridedge.cli import app
 
 pytestmark = pytest.mark.slow
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "w3_anomaly.yaml"
@@ -29,7 +29,7 @@ def test_cli_exports_a_trainer_run_into_a_verified_bundle(w3_run, signing_keys, 
     result = CliRunner().invoke(
         # One epoch, six labelled outliers: F1 moves in ~10 % steps, so the bound here is loose; the
         # gate itself is tested in test_export.py.
-        app, [str(w3_run), "--key", str(signing_keys[0]), "--out", str(out), "--target", "litert",
+        app, ["export", str(w3_run), "--key", str(signing_keys[0]), "--out", str(out), "--target", "litert",
               "--max-degradation", "0.3"]
     )
     assert result.exit_code == 0, result.output
@@ -48,6 +48,7 @@ def test_model_config_mismatch_is_named(w3_run, signing_keys, tmp_path) -> None:
     spec = json.loads((edited / "feature_spec.json").read_text())
     spec["input_steps"] = spec["input_steps"] * 2
     (edited / "feature_spec.json").write_text(json.dumps(spec))
-    result = CliRunner().invoke(app, [str(edited), "--key", str(signing_keys[0]), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 1
+    arguments = ["export", str(edited), "--key", str(signing_keys[0]), "--out", str(tmp_path / "b")]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 2
     assert "feature_spec.json differs" in result.output

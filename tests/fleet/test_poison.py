@@ -27,10 +27,11 @@ from typer.testing import CliRunner
 
 from edge_agent.messages import AlertContent, SummaryContent
 from edge_agent.reporting.base import MessageBuilder
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig
+from gridedge.broker import LocalMosquitto
 from gridedge.fleet.cli import app
-from gridedge.fleet.mosquitto import LocalMosquitto
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore, Received
 
@@ -162,7 +163,7 @@ def test_cli_listener_stores_past_a_poison_message_and_stops_promptly_on_sigint(
     database = tmp_path / "fleet.sqlite3"
     site = f"s-{uuid.uuid4().hex[:6]}"
     listener = subprocess.Popen(
-        [sys.executable, "-c", "from gridedge.fleet.cli import app; app()", "listen", "--port", str(broker.port),
+        [sys.executable, "-m", "gridedge.cli", "fleet", "listen", "--port", str(broker.port),
          "--db", str(database), "--group", f"cli-{uuid.uuid4().hex[:6]}"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -191,7 +192,7 @@ def test_listener_reconnects_within_seconds_after_a_broker_kill(tmp_path: Path) 
     database = tmp_path / "fleet.sqlite3"
     with LocalMosquitto(tmp_path / "broker") as broker:
         listener = subprocess.Popen(
-            [sys.executable, "-c", "from gridedge.fleet.cli import app; app()", "listen", "--port", str(broker.port),
+            [sys.executable, "-m", "gridedge.cli", "fleet", "listen", "--port", str(broker.port),
              "--db", str(database), "--no-share"],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
         )

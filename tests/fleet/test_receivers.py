@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from edge_agent.messages import AlertContent, SummaryContent
 from edge_agent.reporting.base import MessageBuilder
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
-from edge_agent.reporting.mqtt import MqttReporter, make_client
+from edge_agent.reporting.config import MqttConfig
+from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig, make_client
 from gridedge.broker import LocalMosquitto
 from gridedge.fleet.cli import app
 from gridedge.fleet.receiver import FleetReceiver, subscriptions
@@ -98,7 +99,7 @@ def test_cli_listen_status_and_export(broker: LocalMosquitto, tmp_path: Path) ->
     database = tmp_path / "fleet.sqlite3"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     listener = subprocess.Popen(
-        [sys.executable, "-c", "from gridedge.fleet.cli import app; app()", "listen", "--port", str(broker.port),
+        [sys.executable, "-m", "gridedge.cli", "fleet", "listen", "--port", str(broker.port),
          "--db", str(database), "--group", f"cli-{uuid.uuid4().hex[:6]}", "--duration", "4"],
         stderr=subprocess.PIPE, text=True, env=env,
     )

@@ -25,8 +25,9 @@ from edge_agent.messages import (
 )
 from edge_agent.reporting import Reporter
 from edge_agent.reporting.base import MemoryReporter
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,8 +116,7 @@ def test_acl_example_confines_each_device_to_its_own_topics(
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_agent.reporting.config import BrokerConfig
-    from edge_agent.reporting.mqtt import make_client
+    from edge_agent.transport import make_client
 
     with broker:
         seen: list[str] = []

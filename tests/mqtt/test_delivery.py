@@ -28,8 +28,9 @@ from edge_agent.messages import (
     SummaryContent,
     TelemetryContent,
 )
-from edge_agent.reporting.config import BrokerConfig, MqttConfig
-from edge_agent.reporting.mqtt import MqttReporter, backoff_delay
+from edge_agent.reporting.config import MqttConfig
+from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig, backoff_delay
 from gridedge.broker import LocalMosquitto
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore

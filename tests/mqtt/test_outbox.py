@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.outbox import Outbox, OutboxError, OutboxKind, PayloadFactory
+from edge_agent.errors import OutboxError
+from edge_agent.outbox import Outbox, OutboxKind, PayloadFactory
 
 
 def payload_of(size: int) -> PayloadFactory:

@@ -16,8 +16,9 @@ from cryptography.x509.oid import NameOID
 
 from edge_agent.errors import ConfigError
 from edge_agent.messages import AlertContent
-from edge_agent.reporting.config import MqttConfig, TlsConfig
+from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import TlsConfig
 from gridedge.broker import LocalMosquitto
 
 pytestmark = pytest.mark.mqtt
@@ -102,14 +103,14 @@ def test_fleet_listen_does_mutual_tls_and_fails_loudly_without_a_certificate(tmp
 
     def listen(*tls: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-c", "from gridedge.fleet.cli import app; app()", "listen", "--port", str(broker.port),
+            [sys.executable, "-m", "gridedge.cli", "fleet", "listen", "--port", str(broker.port),
              "--db", str(tmp_path / "fleet.sqlite3"), "--duration", "0.5", "--connect-timeout", "3", *tls],
             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=30, check=False,
         )
 
     with broker:
         refused = listen("--cafile", str(pki / "ca.pem"))
-        assert refused.returncode == 1, refused.stderr
+        assert refused.returncode == 2, refused.stderr
         assert "client certificate" in refused.stderr and "received 0" not in refused.stderr
         accepted = listen(
             "--cafile", str(pki / "ca.pem"), "--cert", str(pki / "fleet.pem"), "--key", str(pki / "fleet.key")
@@ -117,7 +118,7 @@ def test_fleet_listen_does_mutual_tls_and_fails_loudly_without_a_certificate(tmp
         assert accepted.returncode == 0, accepted.stderr
         assert "received 0" in accepted.stderr
     unreachable = listen("--cafile", str(pki / "ca.pem"))
-    assert unreachable.returncode == 1 and "unreachable" in unreachable.stderr, unreachable.stderr
+    assert unreachable.returncode == 2 and "unreachable" in unreachable.stderr, unreachable.stderr
 
 
 def test_the_agent_log_names_a_refused_client_certificate(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ModelLoadError
 from edge_agent.runtimes.matching import match_inputs
 
 HINTS = {"past": (96, 5), "future": (96, 4)}
@@ -32,10 +32,10 @@ def test_single_input_needs_no_name() -> None:
 
 def test_ambiguous_inputs_are_refused_with_their_shapes() -> None:
     model = {"a": [1, 96, 4], "b": [1, 96, 4]}
-    with pytest.raises(ConfigError, match=r"cannot tell which model input is \['past', 'future'\]"):
+    with pytest.raises(ModelLoadError, match=r"cannot tell which model input is \['past', 'future'\]"):
         match_inputs(model, ["past", "future"], {"past": (96, 4), "future": (96, 4)})
 
 
 def test_input_count_mismatch_names_both_sides() -> None:
-    with pytest.raises(ConfigError, match="model has 1 input"):
+    with pytest.raises(ModelLoadError, match="model has 1 input"):
         match_inputs({"past": [1, 96, 5]}, ["past", "future"])

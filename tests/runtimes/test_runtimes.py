@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, ModelLoadError
 from edge_agent.runtimes import ModelRuntime, create_runtime
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntimeConfig, resolve_providers
@@ -64,18 +64,18 @@ def test_tflite_input_order_differs_from_contract_yet_feeds_match_by_name(tiny_m
 
 def test_missing_feed_is_named(tiny_models) -> None:
     runtime = create_runtime(tiny_models.onnx_fp32, OnnxRuntimeConfig(), NAMES, HINTS)
-    with pytest.raises(ConfigError, match=r"missing \['future'\]"):
+    with pytest.raises(ModelLoadError, match=r"missing \['future'\]"):
         runtime.run({"past": tiny_models.feeds["past"][:1]})
 
 
 def test_corrupt_model_file_fails_with_the_file_name(tmp_path) -> None:
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"not a flatbuffer" * 10)
-    with pytest.raises(ConfigError, match=r"broken\.tflite"):
+    with pytest.raises(ModelLoadError, match=r"broken\.tflite"):
         create_runtime(broken, LiteRTConfig(), NAMES, HINTS)
     broken_onnx = tmp_path / "broken.onnx"
     broken_onnx.write_bytes(b"\x00garbage")
-    with pytest.raises(ConfigError, match=r"broken\.onnx"):
+    with pytest.raises(ModelLoadError, match=r"broken\.onnx"):
         create_runtime(broken_onnx, OnnxRuntimeConfig(), NAMES, HINTS)
 
 

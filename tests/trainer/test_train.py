@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from edge_agent.features import FeatureSpec
+from gridedge.cli import app
 from gridedge.trainer.api import load_run, prepare_task
-from gridedge.trainer.cli import app
 from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.metrics import forecast_metrics
 from gridedge.trainer.training import Framework, train
