@@ -302,7 +302,7 @@ class Agent:
 
         Identity, sensors, runtime and bundle need a restart; a change there is refused by name.
         """
-        fixed = ("site", "device", "sensors", "runtime", "bundle", "mqtt", "state_dir")
+        fixed = ("site", "device", "sensors", "runtime", "bundle", "mqtt", "state_dir", "commands")
         changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
         if changed:
             raise ConfigError(f"changes to {changed} need an agent restart (systemctl restart gridedge-agent)")

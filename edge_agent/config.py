@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, model_validator
 
 from edge_agent.messages import TOPIC_LEVEL_PATTERN
+from edge_agent.reporting.authentication import CommandsSection
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.runtimes import RuntimeConfig
 from edge_agent.sensors.registry import SensorConfig
@@ -136,6 +137,11 @@ class AgentConfig(StrictModel):
     mqtt: MqttConfig | None = Field(
         default=None, title="MQTT", description="Reporting to the fleet; None keeps reports on the device log."
     )
+    commands: CommandsSection = Field(
+        default_factory=CommandsSection,
+        title="Remote commands",
+        description="The operator key that signs state-changing commands, and the replay window.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level")
     # Set when loaded from a file: the folder that relative register-map and replay paths start from.
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -190,6 +196,10 @@ class AgentConfig(StrictModel):
                 update={"path": fix(self.bundle.path), "public_key": fix(self.bundle.public_key)}
             ),
         }
+        if self.commands.operator_public_key is not None:
+            update["commands"] = self.commands.model_copy(
+                update={"operator_public_key": fix(self.commands.operator_public_key)}
+            )
         if self.mqtt is not None:
             outbox = self.mqtt.outbox.model_copy(update={"path": in_state(self.mqtt.outbox.path)})
             broker = self.mqtt.broker

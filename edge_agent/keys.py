@@ -1,4 +1,9 @@
-"""Ed25519 keys that sign model bundles (central side) and verify them (device side)."""
+"""Ed25519 keys that sign model bundles and operator commands (central side) and verify them (device side).
+
+Two kinds, two pairs: the *bundle-signing* key vouches for models, the *operator* key for commands that
+change a device (model updates, rollback, config reload ...). Keeping them apart means the machine that
+builds models cannot command devices, and a leaked operator key cannot install a model.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,19 @@ from edge_agent.fsutil import atomic_write_bytes
 
 PRIVATE_KEY_NAME = "bundle-signing.key"
 PUBLIC_KEY_NAME = "bundle-signing.pub"
+KEY_KINDS = {"bundle": "bundle-signing", "operator": "operator"}
 
 
-def new_keypair(out_dir: Path, overwrite: bool = False) -> tuple[Path, Path]:
-    """Create a signing key pair as PEM files: the private key readable by its owner only (0600)."""
+def new_keypair(out_dir: Path, overwrite: bool = False, kind: str = "bundle") -> tuple[Path, Path]:
+    """Create a signing key pair of ``kind`` (bundle or operator) as PEM files ``<stem>.key`` (0600,
+    readable by its owner only) and ``<stem>.pub``."""
+    if kind not in KEY_KINDS:
+        raise ValueError(f"unknown key kind {kind!r}; use one of {', '.join(KEY_KINDS)}")
     out_dir = Path(out_dir)
-    private_path, public_path = out_dir / PRIVATE_KEY_NAME, out_dir / PUBLIC_KEY_NAME
+    private_path, public_path = out_dir / f"{KEY_KINDS[kind]}.key", out_dir / f"{KEY_KINDS[kind]}.pub"
     if private_path.exists() and not overwrite:
         raise ExistingFileError(
-            f"{private_path} already exists; refusing to replace a signing key (bundles signed with it "
+            f"{private_path} already exists; refusing to replace a signing key (what was signed with it "
             "would stop verifying). Choose another --out folder or pass --force"
         )
     out_dir.mkdir(parents=True, exist_ok=True)

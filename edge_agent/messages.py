@@ -270,11 +270,30 @@ class CommandRequest(_Message):
         max_length=64,
         description="Id echoed in the result so the caller can match replies (also without MQTT 5).",
     )
-    ts: AwareDatetime = Field(default_factory=utc_now, description="When the command was sent, UTC.")
+    ts: AwareDatetime = Field(
+        default_factory=utc_now, description="When the command was issued, UTC (signed; checked against a window)."
+    )
     args: dict[str, JsonValue] = Field(
         default_factory=dict,
-        description="Command arguments: set-log-level {level}; model-update {transfer_id, chunk_index, "
-        "chunk_count, total_bytes, sha256, data (base64)}.",
+        description="Command arguments: set-log-level {level, logger}; model-update {transfer_id, chunk_index, "
+        "chunk_count, total_bytes, sha256, data (base64), allow_downgrade}; replay {ranges: [[first, last], ...]}.",
+    )
+    site: str | None = Field(
+        None, pattern=TOPIC_LEVEL_PATTERN, description="Target site (signed; must be the receiving device's)."
+    )
+    device: str | None = Field(
+        None, pattern=TOPIC_LEVEL_PATTERN, description="Target device (signed; must be the receiving device's)."
+    )
+    nonce: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{16,64}$",
+        description="Single-use random value (signed); a device refuses a nonce it has already accepted.",
+    )
+    signature: str | None = Field(
+        None,
+        max_length=128,
+        description="base64 Ed25519 signature by the operator key over the canonical command "
+        "(docs/mqtt/README.md); required for state-changing commands.",
     )
 
 

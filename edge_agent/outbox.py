@@ -7,12 +7,18 @@ counter, so numbering continues across restarts.
 The outbox is bounded by payload bytes. When an append would exceed the cap, the oldest telemetry is
 dropped first, then the oldest summaries, and alerts only last; every drop is counted per kind and the
 counts are persistent (they travel in the next summary).
+
+Acknowledged rows are not thrown away at once: they move to a ``delivered`` table kept for a retention
+window (at most ``retain_messages`` rows, none older than ``retain_age_s``), so that the fleet can ask
+for messages the broker acknowledged and then lost (the ``replay`` command). Retained rows never count
+against the byte cap of undelivered ones and are never sent again unless asked for.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +42,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     size INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_eviction ON outbox (priority, id);
+CREATE TABLE IF NOT EXISTS delivered (
+    seq INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    delivered_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters (name, value) VALUES
     ('next_seq', 0), ('dropped_telemetry', 0), ('dropped_summary', 0), ('dropped_alert', 0);
@@ -53,6 +67,19 @@ class OutboxRow:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class RetainedRow:
+    """A delivered message kept for replay."""
+
+    seq: int
+    message_id: str
+    topic: str
+    payload: bytes
+
+
+# Age pruning scans the retained rows; once a minute is plenty for a window counted in days.
+AGE_PRUNE_INTERVAL_S = 60.0
+
 _INSERT = (
     "INSERT INTO outbox (seq, message_id, kind, priority, topic, payload, size) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
@@ -64,9 +91,19 @@ PayloadFactory = Callable[[int], tuple[str, bytes]]
 class Outbox:
     """SQLite-backed, byte-capped, thread-safe queue of outgoing messages plus the sequence counter."""
 
-    def __init__(self, path: Path, max_bytes: int, synchronous: Literal["NORMAL", "FULL"] = "NORMAL"):
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        retain_messages: int = 10_000,
+        retain_age_s: float = 7 * 86_400.0,
+    ):
         self.path = path
         self.max_bytes = max_bytes
+        self.retain_messages = retain_messages
+        self.retain_age_s = retain_age_s
+        self._age_pruned_at = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
         # One connection shared by the caller and the MQTT network thread, serialised by our lock.
         # Autocommit mode: a plain append is a single-statement transaction.
@@ -82,6 +119,7 @@ class Outbox:
             stored = self._db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM outbox").fetchone()[0]
             recorded = self._db.execute("SELECT value FROM counters WHERE name='next_seq'").fetchone()[0]
             self._next_seq = max(int(stored), int(recorded))
+            self._retained = int(self._db.execute("SELECT COUNT(*) FROM delivered").fetchone()[0])
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -149,18 +187,56 @@ class Outbox:
         return freed
 
     def acknowledge(self, row_ids: list[int]) -> None:
-        """Delete acknowledged rows (the broker has them now)."""
+        """Move acknowledged rows (the broker has them now) to the retained ones."""
         if not row_ids:
             return
         marks = ", ".join("?" for _ in row_ids)
+        now = time.time()
         with self._lock:
             with self._transaction():
                 freed = self._db.execute(
                     f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE id IN ({marks})", row_ids
                 ).fetchone()[0]
+                if self.retain_messages:
+                    self._retained += self._db.execute(
+                        "INSERT OR REPLACE INTO delivered (seq, message_id, kind, topic, payload, delivered_at) "
+                        f"SELECT seq, message_id, kind, topic, payload, ? FROM outbox WHERE id IN ({marks})",
+                        [now, *row_ids],
+                    ).rowcount
                 self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", row_ids)
                 self._record_next_seq()
+                self._prune_retained(now)
             self._bytes -= int(freed)
+
+    def _prune_retained(self, now: float) -> None:
+        excess = self._retained - self.retain_messages
+        if excess > 0:
+            self._retained -= self._db.execute(
+                "DELETE FROM delivered WHERE seq IN (SELECT seq FROM delivered ORDER BY seq LIMIT ?)", (excess,)
+            ).rowcount
+        if now - self._age_pruned_at >= AGE_PRUNE_INTERVAL_S:
+            self._age_pruned_at = now
+            self._retained -= self._db.execute(
+                "DELETE FROM delivered WHERE delivered_at < ?", (now - self.retain_age_s,)
+            ).rowcount
+
+    def retained(self, first_seq: int, last_seq: int, limit: int) -> list[RetainedRow]:
+        """Delivered messages still kept with a sequence number in [first_seq, last_seq], oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, message_id, topic, payload FROM delivered WHERE seq BETWEEN ? AND ? "
+                "AND delivered_at >= ? ORDER BY seq LIMIT ?",
+                (first_seq, last_seq, time.time() - self.retain_age_s, limit),
+            ).fetchall()
+        return [RetainedRow(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+    def pending_seqs(self, first_seq: int, last_seq: int) -> list[int]:
+        """Sequence numbers in [first_seq, last_seq] still waiting for their first acknowledgement."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq FROM outbox WHERE seq BETWEEN ? AND ? ORDER BY seq", (first_seq, last_seq)
+            ).fetchall()
+        return [int(r[0]) for r in rows]
 
     def pending(self, after_row_id: int, limit: int) -> list[OutboxRow]:
         """Stored rows with an id above ``after_row_id``, oldest first."""

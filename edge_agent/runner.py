@@ -8,6 +8,7 @@ from pathlib import Path
 from edge_agent import __version__
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
+from edge_agent.reporting.authentication import CommandGuard
 from edge_agent.reporting.base import Reporter
 from edge_agent.reporting.log import LogReporter
 from edge_agent.updates import AgentCommands
@@ -25,7 +26,10 @@ def build_agent(config_path: Path) -> Agent:
     from edge_agent.reporting.mqtt import MqttReporter
 
     commands = AgentCommands(config_path)
-    mqtt_reporter = MqttReporter(config.mqtt, control=commands, updater=commands, agent_version=__version__)
+    guard = CommandGuard.from_config(config.commands, config.site, config.device, config.state_dir)
+    mqtt_reporter = MqttReporter(
+        config.mqtt, control=commands, updater=commands, agent_version=__version__, guard=guard
+    )
     agent = Agent(config, mqtt_reporter)
     commands.bind(agent)
     mqtt_reporter.start()

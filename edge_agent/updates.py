@@ -28,6 +28,7 @@ from edge_agent.keys import load_public_key
 from edge_agent.messages import AlertContent, ModelInfo
 from edge_agent.reporting.commands import UpdateOutcome
 from edge_agent.runtimes import load_model, run_self_test
+from edge_agent.versions import refuse_downgrade
 
 if TYPE_CHECKING:
     from edge_agent.agent import Agent
@@ -123,11 +124,12 @@ class AgentCommands:
     def lock(self) -> threading.Lock:
         return self.agent.lock
 
-    def apply(self, archive: Path) -> UpdateOutcome:
+    def apply(self, archive: Path, allow_downgrade: bool = False) -> UpdateOutcome:
         """Install a bundle archive received over MQTT, refusing it (and keeping the old model) on any doubt."""
         staged = self.store.stage(archive)
         try:
             bundle = read_bundle(staged, load_public_key(self.agent.config.bundle.public_key))
+            refuse_downgrade(self.agent.supervisor.bundle, bundle, allow_downgrade)
             artefact, runtime = load_model(bundle, self.agent.config.bundle.artefact, self.agent.config.runtime)
             run_self_test(runtime, bundle.manifest, artefact)
         except (BundleError, ConfigError) as exc:

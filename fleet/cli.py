@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from edge_agent.transport import BrokerConfig
     from gridedge.fleet.store import FleetStore
 
 app = typer.Typer(
@@ -25,6 +27,53 @@ DsnOption = Annotated[
     ),
 ]
 DEFAULT_DB = Path("fleet.sqlite3")
+
+
+HostOption = Annotated[str, typer.Option(help="Broker host.")]
+PortOption = Annotated[int, typer.Option(help="Broker port.")]
+ProtocolOption = Annotated[str, typer.Option(help="MQTT protocol: 5 or 3.1.1.")]
+UsernameOption = Annotated[str | None, typer.Option(help="Variable holding the username.")]
+PasswordOption = Annotated[str | None, typer.Option(help="Variable holding the password.")]
+TlsCaOption = Annotated[Path | None, typer.Option("--tls-ca", help="CA file of the broker: connect with TLS.")]
+TlsCertOption = Annotated[Path | None, typer.Option("--tls-cert", help="Client certificate (PEM) for mutual TLS.")]
+TlsKeyOption = Annotated[Path | None, typer.Option("--tls-key", help="Private key (PEM) of the client certificate.")]
+OperatorKeyOption = Annotated[
+    Path, typer.Option("--key", help="The fleet operator's private key (gridedge keys new --kind operator).")
+]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds to wait for each reply.")]
+
+
+def broker_config(
+    host: str,
+    port: int,
+    protocol: str,
+    tls_files: tuple[Path | None, Path | None, Path | None],
+    username_env: str | None,
+    password_env: str | None,
+    reconnect_max: float = 2.0,
+) -> BrokerConfig:
+    """The broker settings of a fleet command line; a bad combination is a usage error naming it."""
+    from edge_agent.transport import BrokerConfig
+    from edge_agent.yamlconfig import validate_data
+
+    ca_file, cert_file, key_file = tls_files
+    tls = None
+    if ca_file or cert_file or key_file:
+        tls = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
+    return validate_data(
+        {
+            "host": host,
+            "port": port,
+            "protocol": protocol,
+            "tls": tls,
+            "username_env": username_env,
+            "password_env": password_env,
+            "reconnect_min_s": min(0.5, reconnect_max),
+            "reconnect_max_s": reconnect_max,
+        },
+        BrokerConfig,
+        "broker options",
+    )
 
 
 def open_store(db: Path, dsn: str | None, *, existing: bool = False) -> FleetStore:
@@ -78,27 +127,11 @@ def listen(
     """
     from rich.console import Console
 
-    from edge_agent.transport import BrokerConfig
-    from edge_agent.yamlconfig import validate_data
     from gridedge.fleet.receiver import FleetReceiver
 
     console = Console(stderr=True)
-    tls = None
-    if cafile or cert or key:
-        tls = {"ca_file": cafile, "cert_file": cert, "key_file": key}
-    broker = validate_data(
-        {
-            "host": host,
-            "port": port,
-            "protocol": protocol,
-            "tls": tls,
-            "username_env": username_env,
-            "password_env": password_env,
-            "reconnect_min_s": min(0.5, reconnect_max),
-            "reconnect_max_s": reconnect_max,
-        },
-        BrokerConfig,
-        "broker options",
+    broker = broker_config(
+        host, port, protocol, (cafile, cert, key), username_env, password_env, reconnect_max=reconnect_max
     )
     store = open_store(db, dsn)
     receiver = FleetReceiver(broker, store, group=None if no_share else group, name=name)
@@ -222,6 +255,105 @@ def export(
         writer.writeheader()
         writer.writerows(rows)
     typer.echo(f"wrote {len(rows)} {what} to {out}")
+
+
+@app.command()
+def command(
+    target: Annotated[str, typer.Argument(help="SITE/DEVICE the command is for.")],
+    name: Annotated[str, typer.Argument(help="Command: ping, status, rollback, reload-config, replay ...")],
+    key: OperatorKeyOption,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="Argument key=value (value read as JSON when it is); repeat.")
+    ] = None,
+    archive: Annotated[
+        Path | None, typer.Option(help="For model-update: the signed bundle archive (.tar.gz) to send.")
+    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 1883,
+    protocol: ProtocolOption = "5",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    username_env: UsernameOption = None,
+    password_env: PasswordOption = None,
+    timeout: TimeoutOption = 30.0,
+) -> None:
+    """Sign a command with the operator key, send it to one device and print its result.
+
+    Exits 1 when the device answers with an error (refused, bad arguments ...), 2 when it cannot be
+    reached."""
+    from edge_agent.keys import load_private_key
+    from edge_agent.reporting.commands import model_update_requests
+    from gridedge.fleet.commands import CommandClient, parse_arg, sign_command, sign_request
+
+    site, slash, device = target.partition("/")
+    if not slash or not site or not device or "/" in device:
+        raise typer.BadParameter("give the target as SITE/DEVICE", param_hint="TARGET")
+    try:
+        args = dict(parse_arg(text) for text in arg or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--arg") from exc
+    private_key = load_private_key(key)
+    if name == "model-update":
+        if archive is None:
+            raise typer.BadParameter("model-update needs --archive", param_hint="--archive")
+        allow_downgrade = bool(args.pop("allow_downgrade", False))
+        requests = [
+            sign_request(private_key, site, device, name, request)
+            for request in model_update_requests(archive.read_bytes(), allow_downgrade=allow_downgrade)
+        ]
+    else:
+        requests = [sign_command(private_key, site, device, name, args)]
+    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
+    with CommandClient(broker, timeout_s=timeout) as client:
+        results = [client.send(site, device, name, request) for request in requests]
+    result = results[-1]
+    typer.echo(json.dumps(result, indent=2))
+    if result["outcome"] == "error":
+        raise typer.Exit(1)
+
+
+@app.command("replay-gaps")
+def replay_gaps(
+    key: OperatorKeyOption,
+    site: Annotated[str | None, typer.Option(help="Only devices of this site.")] = None,
+    device: Annotated[str | None, typer.Option(help="Only this device (with --site).")] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 1883,
+    protocol: ProtocolOption = "5",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    username_env: UsernameOption = None,
+    password_env: PasswordOption = None,
+    timeout: TimeoutOption = 30.0,
+    db: DbOption = DEFAULT_DB,
+    dsn: DsnOption = None,
+) -> None:
+    """Ask devices to replay the sequence gaps of the fleet store (signed `replay` commands); ranges a
+    device no longer holds are marked unavailable. A running `fleet listen` stores what is replayed."""
+    from edge_agent.keys import load_private_key
+    from gridedge.fleet.commands import CommandClient
+    from gridedge.fleet.commands import replay_gaps as replay
+
+    private_key = load_private_key(key)
+    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
+    store = open_store(db, dsn, existing=True)
+    try:
+        with CommandClient(broker, timeout_s=timeout) as client:
+            reports = replay(store, client, private_key, site, device)
+    finally:
+        store.close()
+    for report in reports:
+        line = (
+            f"{report.site}/{report.device}: asked {_gap_label(report.requested)}, replayed {report.replayed}, "
+            f"unavailable {_gap_label(report.unavailable)}"
+        )
+        typer.echo(line + (f", error: {report.error}" if report.error else ""))
+    if not reports:
+        typer.echo("no sequence gaps")
+    if any(report.error for report in reports):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -98,7 +98,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-keys_app = typer.Typer(help="Create the Ed25519 key pair that signs model bundles.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create the Ed25519 key pairs that sign model bundles and operator commands.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(agent_app, name="agent")
 app.add_typer(sensors_app, name="sensors")
@@ -106,13 +108,20 @@ app.add_typer(sensors_app, name="sensors")
 
 @keys_app.command("new")
 def keys_new(
-    out: Path = typer.Option(..., "--out", help="Folder for bundle-signing.key (0600) and bundle-signing.pub."),
+    out: Path = typer.Option(..., "--out", help="Folder for <kind>.key (0600) and <kind>.pub."),
     force: bool = typer.Option(False, "--force", help="Replace an existing key pair in that folder."),
+    kind: str = typer.Option(
+        "bundle",
+        "--kind",
+        help="bundle: bundle-signing.key signs models; operator: operator.key signs commands to devices.",
+    ),
 ) -> None:
     """Create a signing key pair: keep the private key on the build machine, copy the .pub to devices."""
-    from edge_agent.keys import new_keypair
+    from edge_agent.keys import KEY_KINDS, new_keypair
 
-    private_path, public_path = new_keypair(out, overwrite=force)
+    if kind not in KEY_KINDS:
+        raise typer.BadParameter(f"use one of {', '.join(KEY_KINDS)}", param_hint="--kind")
+    private_path, public_path = new_keypair(out, overwrite=force, kind=kind)
     typer.echo(f"private key: {private_path} (mode 0600, keep it secret)")
     typer.echo(f"public key:  {public_path} (copy to every device)")
 

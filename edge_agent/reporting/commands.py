@@ -8,12 +8,18 @@ The MQTT reporter subscribes, runs the processor off the network thread and publ
 The agent plugs in what only it can do through two small protocols:
 
 * :class:`AgentControl` answers ``status`` and ``reload-config``;
-* :class:`ModelUpdater` verifies and swaps bundles for ``model-update`` and ``rollback``.
+* :class:`ModelUpdater` verifies and swaps bundles for ``model-update`` and ``rollback``;
+* :class:`Replayer` republishes retained messages for ``replay``.
+
+Before any of them runs, a :class:`~edge_agent.reporting.authentication.CommandGuard` checks the
+operator's signature, target, time window and nonce; without a guard every state-changing command is
+refused (``ping`` and ``status`` stay open).
 
 ``model-update`` carries a signed bundle archive, base64 in ``args.data``, split into chunks when large
 (:func:`model_update_requests` builds them). Chunks are staged on disk; when the last one is in, the
 archive's size and sha256 are checked and the file is handed to :meth:`ModelUpdater.apply`, which must
-verify signature and hashes, self-test, swap atomically and keep the previous bundle, or raise a
+verify signature and hashes, refuse a downgrade unless the signed ``allow_downgrade`` flag is set,
+self-test, swap atomically and keep the previous bundle, or raise a
 :class:`~edge_agent.errors.GridedgeError` (e.g. ``BundleError``) saying why it refused.
 """
 
@@ -35,11 +41,12 @@ from pydantic import Field, JsonValue, ValidationError
 from edge_agent.errors import GridedgeError
 from edge_agent.fsutil import atomic_write_bytes
 from edge_agent.messages import CommandRequest, ModelInfo
+from edge_agent.reporting.authentication import SIGNED_COMMANDS, CommandGuard
 from edge_agent.yamlconfig import StrictModel, validation_problems
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = ("ping", "status", "reload-config", "set-log-level", "rollback", "model-update")
+COMMANDS = ("ping", "status", "reload-config", "set-log-level", "rollback", "model-update", "replay")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -55,10 +62,11 @@ class UpdateOutcome(StrictModel):
 class ModelUpdater(Protocol):
     """Verifies and installs model bundles on behalf of the ``model-update`` and ``rollback`` commands."""
 
-    def apply(self, archive: Path) -> UpdateOutcome:
-        """Install the bundle archive at ``archive``: verify signature and hashes, self-test, swap
-        atomically keeping the previous bundle. Raise a GridedgeError to refuse; the running model
-        must then stay in place. The archive file is deleted after the call returns."""
+    def apply(self, archive: Path, allow_downgrade: bool = False) -> UpdateOutcome:
+        """Install the bundle archive at ``archive``: verify signature and hashes, refuse a lower version
+        of the running model unless ``allow_downgrade``, self-test, swap atomically keeping the previous
+        bundle. Raise a GridedgeError to refuse; the running model must then stay in place. The archive
+        file is deleted after the call returns."""
 
     def rollback(self) -> UpdateOutcome:
         """Go back to the previous bundle; raise a GridedgeError when there is none."""
@@ -75,6 +83,14 @@ class AgentControl(Protocol):
         """Re-read the configuration and apply it; raise a ConfigError to refuse. Returns a summary."""
 
 
+@runtime_checkable
+class Replayer(Protocol):
+    """Republishes retained messages for the ``replay`` command."""
+
+    def replay(self, args: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        """Validate the arguments, republish what is held and say what is not (raise to refuse)."""
+
+
 class ModelUpdateChunk(StrictModel):
     """Arguments of one ``model-update`` request."""
 
@@ -84,6 +100,9 @@ class ModelUpdateChunk(StrictModel):
     total_bytes: int = Field(..., ge=1, description="Size of the whole archive.")
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="sha256 of the whole archive, hex.")
     data: str = Field(..., description="This chunk's bytes, base64.")
+    allow_downgrade: bool = Field(
+        False, description="Install even when it is a lower version of the running model (signed)."
+    )
 
 
 class SetLogLevelArgs(StrictModel):
@@ -104,8 +123,10 @@ class CommandReply:
     data: dict[str, JsonValue] = field(default_factory=dict)
 
 
-def model_update_requests(archive: bytes, chunk_bytes: int = 256 * 1024) -> list[CommandRequest]:
-    """Split a bundle archive into ``model-update`` requests (what an operator tool publishes)."""
+def model_update_requests(
+    archive: bytes, chunk_bytes: int = 256 * 1024, allow_downgrade: bool = False
+) -> list[CommandRequest]:
+    """Split a bundle archive into ``model-update`` requests (what an operator tool signs and publishes)."""
     digest = hashlib.sha256(archive).hexdigest()
     transfer_id = digest[:16] + f"-{int(time.time())}"
     chunks = [archive[i : i + chunk_bytes] for i in range(0, len(archive), chunk_bytes)]
@@ -118,6 +139,7 @@ def model_update_requests(archive: bytes, chunk_bytes: int = 256 * 1024) -> list
                 "total_bytes": len(archive),
                 "sha256": digest,
                 "data": base64.b64encode(chunk).decode("ascii"),
+                **({"allow_downgrade": True} if allow_downgrade else {}),
             }
         )
         for index, chunk in enumerate(chunks)
@@ -133,11 +155,15 @@ class CommandProcessor:
         max_update_bytes: int,
         control: AgentControl | None = None,
         updater: ModelUpdater | None = None,
+        guard: CommandGuard | None = None,
+        replayer: Replayer | None = None,
     ):
         self.staging_dir = staging_dir
         self.max_update_bytes = max_update_bytes
         self.control = control
         self.updater = updater
+        self.guard = guard
+        self.replayer = replayer
         self._started = time.monotonic()
 
     def handle(self, command: str, payload: bytes) -> CommandReply:
@@ -162,6 +188,7 @@ class CommandProcessor:
                 f"unknown command {command!r}; known commands: {', '.join(COMMANDS)}",
             )
         try:
+            self._authenticate(command, request)
             outcome, data = self._dispatch(command, request)
         except ValidationError as exc:
             return CommandReply(
@@ -179,6 +206,15 @@ class CommandProcessor:
             )
         return CommandReply(command, outcome, request.request_id, None, data)
 
+    def _authenticate(self, command: str, request: CommandRequest) -> None:
+        if self.guard is not None:
+            self.guard.check(command, request)
+        elif command in SIGNED_COMMANDS:
+            raise GridedgeError(
+                f"refused: {command} must be signed, and this agent has no operator key to check signatures "
+                "(set commands.operator_public_key in its config)"
+            )
+
     def _dispatch(self, command: str, request: CommandRequest) -> tuple[str, dict[str, JsonValue]]:
         if command == "ping":
             return "ok", {"pong": True, "uptime_s": round(time.monotonic() - self._started, 3)}
@@ -195,6 +231,10 @@ class CommandProcessor:
             if command == "status":
                 return "ok", self.control.status_report()
             return "ok", {"message": self.control.reload_config()}
+        if command == "replay":
+            if self.replayer is None:
+                raise GridedgeError("this agent does not support replay (no outbox to replay from)")
+            return "ok", self.replayer.replay(request.args)
         if self.updater is None:
             raise GridedgeError(f"this agent does not support {command} (no model updater installed)")
         if command == "rollback":
@@ -242,7 +282,7 @@ class CommandProcessor:
                     f"the assembled archive has {size} bytes and sha256 {digest[:12]}..., expected "
                     f"{chunk.total_bytes} bytes and {chunk.sha256[:12]}...; resend the whole transfer"
                 )
-            outcome = self.updater.apply(archive)
+            outcome = self.updater.apply(archive, chunk.allow_downgrade)
         finally:
             shutil.rmtree(transfer_dir, ignore_errors=True)
         return "ok", {**progress, **outcome.model_dump(mode="json")}

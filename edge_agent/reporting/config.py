@@ -40,6 +40,18 @@ class OutboxConfig(StrictModel):
         description="Messages per second replayed from the backlog after a reconnect, so live "
         "messages keep flowing.",
     )
+    retain_messages: int = Field(
+        10_000,
+        ge=0,
+        title="Delivered messages kept",
+        description="Acknowledged messages kept at most for the fleet's replay command (0 keeps none).",
+    )
+    retain_age_s: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        title="Delivered messages kept for",
+        description="Seconds an acknowledged message stays available for replay.",
+    )
     synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
         title="SQLite synchronous mode",

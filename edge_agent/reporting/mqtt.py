@@ -15,7 +15,6 @@ Delivery rules:
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -28,6 +27,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import JsonValue
 
 from edge_agent.messages import (
     AlertContent,
@@ -41,10 +41,12 @@ from edge_agent.messages import (
     device_topic,
 )
 from edge_agent.outbox import Outbox, OutboxKind
+from edge_agent.reporting.authentication import CommandGuard
 from edge_agent.reporting.base import MessageBuilder, RateLimiter
 from edge_agent.reporting.commands import AgentControl, CommandProcessor, CommandReply, ModelUpdater
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.diagnosis import ConnectionDiagnosis
+from edge_agent.reporting.replay import historical_copy, replay_ranges
 from edge_agent.transport import ReconnectBackoff, make_client
 
 logger = logging.getLogger(__name__)
@@ -64,12 +66,14 @@ class MqttReporter:
         control: AgentControl | None = None,
         updater: ModelUpdater | None = None,
         agent_version: str | None = None,
+        guard: CommandGuard | None = None,
     ):
         self.config = config
-        self.outbox = Outbox(config.outbox.path, config.outbox.max_bytes, config.outbox.synchronous)
+        box = config.outbox
+        self.outbox = Outbox(box.path, box.max_bytes, box.synchronous, box.retain_messages, box.retain_age_s)
         self._builder = MessageBuilder(config.site, config.device, agent_version)
         self._commands = CommandProcessor(
-            Path(config.command_staging_dir), config.max_update_bytes, control, updater
+            Path(config.command_staging_dir), config.max_update_bytes, control, updater, guard, replayer=self
         )
         self._telemetry = RateLimiter(config.telemetry.max_per_s)
         self._mqtt5 = config.broker.protocol == "5"
@@ -343,15 +347,20 @@ class MqttReporter:
         for row in rows:
             with self._lock:
                 self._replay_cursor = max(self._replay_cursor, row.row_id)
-            document = json.loads(row.payload)
-            document["is_historical"] = True
-            payload = json.dumps(document, separators=(",", ":")).encode()
-            if self._send_row(row.row_id, row.topic, payload, replay=True):
+            if self._send_row(row.row_id, row.topic, historical_copy(row.payload), replay=True):
                 sent += 1
         if len(rows) < budget:
             with self._lock:
                 self._replayed_version = max(self._replayed_version, version)
         return sent
+
+    def replay(self, args: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        """The ``replay`` command: republish retained messages (see :mod:`edge_agent.reporting.replay`)."""
+
+        def publish(topic: str, payload: bytes) -> bool:
+            return self._client.publish(topic, payload, qos=QOS).rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+        return replay_ranges(self.outbox, args, publish)
 
     def _command_worker(self) -> None:
         while True:

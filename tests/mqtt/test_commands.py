@@ -1,4 +1,5 @@
-"""Remote commands over a real Mosquitto: request/response, chunked model updates, malformed input."""
+"""Remote commands over a real Mosquitto: request/response, chunked model updates, malformed input,
+and the authentication of state-changing commands (operator signature, target, time window, nonce)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tarfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,14 @@ from paho.mqtt.properties import Properties
 from pydantic import JsonValue
 
 from edge_agent.errors import ConfigError, SelfTestError
+from edge_agent.keys import load_private_key, new_keypair
 from edge_agent.messages import CommandRequest, ModelInfo
+from edge_agent.reporting.authentication import CommandGuard, CommandRefusedError, CommandsSection
 from edge_agent.reporting.commands import UpdateOutcome, model_update_requests
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from gridedge.broker import LocalMosquitto
+from gridedge.fleet.commands import sign_command, sign_request
 
 pytestmark = pytest.mark.mqtt
 
@@ -44,7 +49,7 @@ class FolderUpdater:
         manifest = json.loads((self.current / "manifest.json").read_text())
         return ModelInfo(name=manifest["name"], version=manifest["version"])
 
-    def apply(self, archive: Path) -> UpdateOutcome:
+    def apply(self, archive: Path, allow_downgrade: bool = False) -> UpdateOutcome:
         staging = self.root / "next"
         with tarfile.open(archive) as bundle:
             bundle.extractall(staging, filter="data")
@@ -95,11 +100,33 @@ def bundle_archive(version: str, self_test: str = "pass", padding: int = 0) -> b
     return buffer.getvalue()
 
 
-class Operator:
-    """Sends commands the way a fleet tool would (MQTT 5 request/response, or 3.1.1 plain topics)."""
+@pytest.fixture
+def operator_key(tmp_path: Path) -> Path:
+    """The fleet operator's key pair (operator.key, operator.pub) of this test."""
+    private, _ = new_keypair(tmp_path / "operator-keys", kind="operator")
+    return private
 
-    def __init__(self, port: int, site: str, device: str, protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5):
+
+def guard_for(config: MqttConfig, operator_key: Path, state_dir: Path) -> CommandGuard:
+    section = CommandsSection(operator_public_key=operator_key.with_suffix(".pub"))
+    return CommandGuard.from_config(section, config.site, config.device, state_dir)
+
+
+class Operator:
+    """Sends commands the way a fleet tool would (MQTT 5 request/response, or 3.1.1 plain topics),
+    signing them with the operator key unless told not to."""
+
+    def __init__(
+        self,
+        port: int,
+        site: str,
+        device: str,
+        protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
+        key: Path | None = None,
+    ):
         self.base = f"gridedge/v1/{site}/{device}/cmd"
+        self.site, self.device = site, device
+        self.key = None if key is None else load_private_key(key)
         self.protocol = protocol
         self.reply_topic = f"operator/{uuid.uuid4().hex[:8]}/replies"
         self.replies: dict[str, list[dict[str, Any]]] = {}
@@ -129,12 +156,21 @@ class Operator:
             properties = Properties(PacketTypes.PUBLISH)
             properties.ResponseTopic = self.reply_topic
             properties.CorrelationData = request_id.encode()
+        with self._arrived:
+            before = len(self.replies.get(request_id, []))
         self.client.publish(f"{self.base}/{command}", payload, qos=1, properties=properties)
         with self._arrived:
-            assert self._arrived.wait_for(lambda: request_id in self.replies, timeout_s), f"no reply to {command}"
+            arrived = self._arrived.wait_for(lambda: len(self.replies.get(request_id, [])) > before, timeout_s)
+            assert arrived, f"no reply to {command}"
             return self.replies[request_id][-1]
 
-    def request(self, command: str, request: CommandRequest) -> dict[str, Any]:
+    def sign(self, command: str, request: CommandRequest) -> CommandRequest:
+        assert self.key is not None, "this operator has no key"
+        return sign_request(self.key, self.site, self.device, command, request)
+
+    def request(self, command: str, request: CommandRequest, signed: bool = True) -> dict[str, Any]:
+        if signed and self.key is not None:
+            request = self.sign(command, request)
         return self.send(command, request.model_dump_json(), request.request_id)
 
     def close(self) -> None:
@@ -144,12 +180,14 @@ class Operator:
 
 @pytest.fixture
 def device(
-    broker: LocalMosquitto, make_config: Callable[..., MqttConfig], tmp_path: Path
+    broker: LocalMosquitto, make_config: Callable[..., MqttConfig], tmp_path: Path, operator_key: Path
 ) -> Iterator[tuple[MqttReporter, FolderUpdater, Control]]:
     updater = FolderUpdater(tmp_path / "models")
     updater.root.mkdir()
     control = Control()
-    reporter = MqttReporter(make_config(broker.port, max_update_bytes=2_000_000), control=control, updater=updater)
+    config = make_config(broker.port, max_update_bytes=2_000_000)
+    guard = guard_for(config, operator_key, tmp_path / "state")
+    reporter = MqttReporter(config, control=control, updater=updater, guard=guard)
     reporter.start()
     assert reporter.wait_connected(5)
     yield reporter, updater, control
@@ -157,8 +195,8 @@ def device(
 
 
 @pytest.fixture
-def operator(broker: LocalMosquitto, device_ids: tuple[str, str]) -> Iterator[Operator]:
-    client = Operator(broker.port, *device_ids)
+def operator(broker: LocalMosquitto, device_ids: tuple[str, str], operator_key: Path) -> Iterator[Operator]:
+    client = Operator(broker.port, *device_ids, key=operator_key)
     yield client
     client.close()
 
@@ -228,7 +266,7 @@ def test_tampered_and_failing_updates_are_refused_and_the_old_model_stays(
     requests = model_update_requests(bundle_archive("2.0.0", padding=5000), 4096)
     middle = requests[1].args
     data = bytearray(base64.b64decode(str(middle["data"])))
-    data[10] ^= 0xFF  # one flipped bit in transit
+    data[10] ^= 0xFF  # one flipped bit in the operator's copy, before signing
     middle["data"] = base64.b64encode(bytes(data)).decode()
     tampered = [operator.request("model-update", request) for request in requests]
     assert tampered[-1]["outcome"] == "error" and "sha256" in tampered[-1]["error"]
@@ -240,11 +278,16 @@ def test_tampered_and_failing_updates_are_refused_and_the_old_model_stays(
 
 
 def test_commands_over_mqtt_311_reply_on_the_result_topic(
-    broker: LocalMosquitto, make_config: Callable[..., MqttConfig], device_ids: tuple[str, str]
+    broker: LocalMosquitto,
+    make_config: Callable[..., MqttConfig],
+    device_ids: tuple[str, str],
+    operator_key: Path,
+    tmp_path: Path,
 ) -> None:
-    reporter = MqttReporter(make_config(broker.port, broker={"protocol": "3.1.1"}))
+    config = make_config(broker.port, broker={"protocol": "3.1.1"})
+    reporter = MqttReporter(config, guard=guard_for(config, operator_key, tmp_path / "state"))
     reporter.start()
-    operator = Operator(broker.port, *device_ids, protocol=mqtt.MQTTv311)
+    operator = Operator(broker.port, *device_ids, protocol=mqtt.MQTTv311, key=operator_key)
     try:
         assert reporter.wait_connected(5)
         pong = operator.request("ping", CommandRequest(request_id="r-311"))
@@ -254,3 +297,106 @@ def test_commands_over_mqtt_311_reply_on_the_result_topic(
     finally:
         operator.close()
         reporter.close()
+
+
+def test_a_replayed_rollback_is_refused_and_runs_once(
+    device: tuple[MqttReporter, FolderUpdater, Control], operator: Operator
+) -> None:
+    _, updater, _ = device
+    assert send_update(operator, bundle_archive("1.0.0"), 1 << 20)[-1]["outcome"] == "ok"
+    assert send_update(operator, bundle_archive("1.0.1"), 1 << 20)[-1]["outcome"] == "ok"
+    rollback = operator.sign("rollback", CommandRequest(request_id="r-rollback")).model_dump_json()
+    first = operator.send("rollback", rollback, "r-rollback")
+    assert first["outcome"] == "ok" and updater.active().version == "1.0.0"
+    for _ in range(2):  # the same signed bytes, as captured on the wire
+        copy = operator.send("rollback", rollback, "r-rollback")
+        assert copy["outcome"] == "error" and "replayed nonce" in copy["error"]
+    assert updater.active().version == "1.0.0"
+
+
+def test_state_changing_commands_must_be_signed_by_the_operator_for_this_device_and_now(
+    device: tuple[MqttReporter, FolderUpdater, Control],
+    operator: Operator,
+    operator_key: Path,
+    tmp_path: Path,
+) -> None:
+    _, updater, control = device
+    assert send_update(operator, bundle_archive("1.0.0"), 1 << 20)[-1]["outcome"] == "ok"
+    for name, args in (
+        ("rollback", {}),
+        ("reload-config", {}),
+        ("set-log-level", {"level": "DEBUG"}),
+        ("replay", {"ranges": [[0, 1]]}),
+        ("model-update", model_update_requests(bundle_archive("2.0.0"))[0].args),
+    ):
+        unsigned = operator.request(name, CommandRequest(args=args), signed=False)
+        assert unsigned["outcome"] == "error" and "missing signature" in unsigned["error"], name
+    assert updater.active().version == "1.0.0" and control.reloads == 0
+    # Reading stays open: ping and status need no signature.
+    assert operator.request("ping", CommandRequest(), signed=False)["outcome"] == "ok"
+    assert operator.request("status", CommandRequest(), signed=False)["outcome"] == "ok"
+
+    key = load_private_key(operator_key)
+    other = sign_command(key, operator.site, "another-device", "reload-config")
+    wrong = operator.send("reload-config", other.model_dump_json(), other.request_id)
+    assert wrong["outcome"] == "error" and "wrong target" in wrong["error"]
+    assert "another-device" in wrong["error"]
+
+    issued = datetime.now(UTC) - timedelta(seconds=301)
+    stale = sign_command(key, operator.site, operator.device, "reload-config", issued_at=issued)
+    old = operator.send("reload-config", stale.model_dump_json(), stale.request_id)
+    assert old["outcome"] == "error" and "timestamp outside the window" in old["error"]
+    ahead = sign_command(key, operator.site, operator.device, "reload-config",
+                         issued_at=datetime.now(UTC) + timedelta(seconds=400))
+    future = operator.send("reload-config", ahead.model_dump_json(), ahead.request_id)
+    assert future["outcome"] == "error" and "timestamp outside the window" in future["error"]
+
+    signed = sign_command(key, operator.site, operator.device, "set-log-level", {"level": "ERROR"})
+    altered = signed.model_copy(update={"args": {"level": "DEBUG"}})  # changed in transit
+    tampered = operator.send("set-log-level", altered.model_dump_json(), altered.request_id)
+    assert tampered["outcome"] == "error" and "bad signature" in tampered["error"]
+
+    stranger_key, _ = new_keypair(tmp_path / "stranger", kind="operator")
+    forged = sign_command(load_private_key(stranger_key), operator.site, operator.device, "reload-config")
+    refused = operator.send("reload-config", forged.model_dump_json(), forged.request_id)
+    assert refused["outcome"] == "error" and "bad signature" in refused["error"]
+    assert control.reloads == 0
+
+    accepted = operator.request("reload-config", CommandRequest())
+    assert accepted["outcome"] == "ok" and control.reloads == 1
+
+
+def test_an_agent_without_an_operator_key_refuses_every_state_changing_command(
+    broker: LocalMosquitto, make_config: Callable[..., MqttConfig], device_ids: tuple[str, str], operator_key: Path
+) -> None:
+    reporter = MqttReporter(make_config(broker.port), control=Control())
+    reporter.start()
+    operator = Operator(broker.port, *device_ids, key=operator_key)
+    try:
+        assert reporter.wait_connected(5)
+        refused = operator.request("reload-config", CommandRequest())
+        assert refused["outcome"] == "error" and "no operator key" in refused["error"]
+        assert operator.request("status", CommandRequest(), signed=False)["outcome"] == "ok"
+    finally:
+        operator.close()
+        reporter.close()
+
+
+def test_nonces_survive_a_restart_and_stay_bounded(tmp_path: Path, operator_key: Path) -> None:
+    section = CommandsSection(operator_public_key=operator_key.with_suffix(".pub"), max_nonces=100)
+    key = load_private_key(operator_key)
+    request = sign_command(key, "s", "d", "rollback")
+    first = CommandGuard.from_config(section, "s", "d", tmp_path)
+    first.check("rollback", request)
+    first.nonces.close()
+    again = CommandGuard.from_config(section, "s", "d", tmp_path)
+    with pytest.raises(CommandRefusedError, match="replayed nonce"):
+        again.check("rollback", request)
+    start = datetime.now(UTC) - timedelta(seconds=200)
+    issued = [sign_command(key, "s", "d", "rollback", issued_at=start + timedelta(seconds=i)) for i in range(150)]
+    for command in issued:
+        again.check("rollback", command)
+    assert len(again.nonces) == 100
+    # The forgotten nonces cannot be replayed: everything issued up to the newest forgotten one is refused.
+    with pytest.raises(CommandRefusedError, match="replayed nonce"):
+        again.check("rollback", issued[10])
