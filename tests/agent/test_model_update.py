@@ -1,7 +1,9 @@
 """Model updates end to end over a real Mosquitto: signed archive in chunks -> verify -> self-test -> swap.
 
-The agent runs its loop against the simulated site while an operator client publishes the update; a
-tampered archive and a bundle whose self-test fails are refused and the old model keeps running.
+The agent runs its loop against the simulated site while an operator client publishes the update, every
+request signed with the operator key; a tampered archive, a bundle whose self-test fails and an older
+version of the running model (unless the signed command allows the downgrade) are refused and the old
+model keeps running.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.agent import Agent
 from edge_agent.bundle import MANIFEST_NAME, Manifest, pack_archive, read_bundle, write_bundle
-from edge_agent.keys import load_private_key, load_public_key
+from edge_agent.keys import load_private_key, load_public_key, new_keypair
+from edge_agent.messages import CommandRequest
+from edge_agent.reporting.authentication import CommandGuard
 from edge_agent.reporting.commands import model_update_requests
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.updates import AgentCommands
 from gridedge.broker import LocalMosquitto
+from gridedge.fleet.commands import sign_request
 from gridedge.sim.site import SimulatedSite, SiteServer
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.slow]
@@ -40,9 +45,10 @@ def _resign(source: Path, out: Path, keys: Path, **changes: Any) -> Path:
 
 
 class Operator:
-    """What a fleet operator's tool does: publish a command, wait for its result."""
+    """What a fleet operator's tool does: sign a command, publish it, wait for its result."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: Path) -> None:
+        self.key = load_private_key(key)
         self.results: queue.Queue[dict[str, Any]] = queue.Queue()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = lambda c, u, m: self.results.put(json.loads(m.payload))
@@ -51,17 +57,19 @@ class Operator:
         self.client.loop_start()
         time.sleep(0.2)
 
-    def send_archive(self, archive: bytes, timeout_s: float = 60) -> dict[str, Any]:
-        requests = model_update_requests(archive, chunk_bytes=16 * 1024)
+    def sign(self, name: str, request: CommandRequest) -> CommandRequest:
+        return sign_request(self.key, "test-site", "ctrl-1", name, request)
+
+    def send_archive(self, archive: bytes, timeout_s: float = 60, allow_downgrade: bool = False) -> dict[str, Any]:
+        requests = model_update_requests(archive, chunk_bytes=16 * 1024, allow_downgrade=allow_downgrade)
         assert len(requests) > 1  # the transfer really is chunked
         for request in requests:
-            self.client.publish(f"{PREFIX}/cmd/model-update", request.model_dump_json(), qos=1)
+            signed = self.sign("model-update", request)
+            self.client.publish(f"{PREFIX}/cmd/model-update", signed.model_dump_json(), qos=1)
         return self.wait(requests[-1].request_id, timeout_s)
 
     def command(self, name: str, timeout_s: float = 30) -> dict[str, Any]:
-        from edge_agent.messages import CommandRequest
-
-        request = CommandRequest()
+        request = self.sign(name, CommandRequest())
         self.client.publish(f"{PREFIX}/cmd/{name}", request.model_dump_json(), qos=1)
         return self.wait(request.request_id, timeout_s)
 
@@ -101,6 +109,7 @@ def test_model_update_over_mqtt_swaps_refuses_bad_bundles_and_rolls_back(
         for v in manifest.test_vectors
     ]
     failing = _resign(exported.keras, tmp_path / "failing", keys, version="0.3.0", test_vectors=wrong_vectors)
+    operator_key, operator_public = new_keypair(tmp_path / "operator", kind="operator")
 
     with (
         LocalMosquitto(tmp_path / "broker") as broker,
@@ -114,16 +123,18 @@ def test_model_update_over_mqtt_swaps_refuses_bad_bundles_and_rolls_back(
             "litert",
             loop={"cadence_s": 0.05},
             mqtt={"broker": {"port": broker.port}, "summary_interval_s": 5},
+            commands={"operator_public_key": str(operator_public)},
         )
         commands = AgentCommands()
-        reporter = MqttReporter(config.mqtt, control=commands, updater=commands)  # type: ignore[arg-type]
+        guard = CommandGuard.from_config(config.commands, config.site, config.device, config.state_dir)
+        reporter = MqttReporter(config.mqtt, control=commands, updater=commands, guard=guard)  # type: ignore[arg-type]
         agent = Agent(config, reporter)
         commands.bind(agent)
         reporter.start()
         agent.start()
         loop = threading.Thread(target=agent.run, daemon=True)
         loop.start()
-        operator = Operator(broker.port)
+        operator = Operator(broker.port, operator_key)
         try:
             assert operator.command("ping")["outcome"] == "ok"
 
@@ -133,7 +144,8 @@ def test_model_update_over_mqtt_swaps_refuses_bad_bundles_and_rolls_back(
             assert refused["outcome"] == "error" and "self_test_atol" in refused["error"]
             assert agent.model_info().version == "0.1.0" and not agent.supervisor.degraded
 
-            accepted = operator.send_archive(pack_archive(v2, tmp_path / "v2.tar.gz").read_bytes())
+            v2_archive = pack_archive(v2, tmp_path / "v2.tar.gz").read_bytes()
+            accepted = operator.send_archive(v2_archive)
             assert accepted["outcome"] == "ok", accepted
             assert accepted["data"]["active"]["version"] == "0.2.0"
             assert agent.model_info().version == "0.2.0"
@@ -148,6 +160,16 @@ def test_model_update_over_mqtt_swaps_refuses_bad_bundles_and_rolls_back(
             assert status["outcome"] == "ok" and status["data"]["model"]["version"] == "0.2.0"
             rolled = operator.command("rollback")
             assert rolled["outcome"] == "ok" and rolled["data"]["active"]["version"] == "0.1.0"
+            assert agent.model_info().version == "0.1.0"
+
+            # Forward again, then an older signed bundle of the same model: a downgrade needs the signed flag.
+            assert operator.send_archive(v2_archive)["outcome"] == "ok"
+            older = pack_archive(exported.keras, tmp_path / "v1.tar.gz").read_bytes()
+            downgrade = operator.send_archive(older)
+            assert downgrade["outcome"] == "error" and "downgrade" in downgrade["error"], downgrade
+            assert "0.2.0 to 0.1.0" in downgrade["error"] and agent.model_info().version == "0.2.0"
+            allowed = operator.send_archive(older, allow_downgrade=True)
+            assert allowed["outcome"] == "ok" and allowed["data"]["active"]["version"] == "0.1.0", allowed
             assert agent.model_info().version == "0.1.0"
         finally:
             operator.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -74,3 +75,30 @@ def test_acknowledge_deletes_and_frees_bytes(tmp_path: Path) -> None:
     assert [row.row_id for row in outbox.pending(0, 10)] == rows[2:]
     assert outbox.stats().bytes == 200
     assert [row.row_id for row in outbox.pending(rows[2], 10)] == rows[3:]
+
+
+def test_acknowledged_messages_are_kept_for_replay_within_a_count_and_an_age(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=10_000, retain_messages=5, retain_age_s=3600)
+    rows = [add(outbox, "alert") for _ in range(8)]
+    outbox.acknowledge(rows[:7])
+    assert outbox.stats().depth == 1 and outbox.stats().bytes == 100  # kept rows weigh nothing on the cap
+    kept = outbox.retained(0, 100, 100)
+    assert [row.seq for row in kept] == [2, 3, 4, 5, 6]  # the newest five acknowledged
+    assert kept[0].payload.startswith(b"00000002") and kept[0].topic == "t/alert"
+    assert outbox.pending_seqs(0, 100) == [7]
+    assert [row.seq for row in outbox.retained(3, 4, 100)] == [3, 4]
+    assert [row.seq for row in outbox.retained(0, 100, 2)] == [2, 3]
+    outbox.close()
+    reopened = Outbox(tmp_path / "outbox.sqlite3", max_bytes=10_000, retain_messages=5, retain_age_s=3600)
+    assert [row.seq for row in reopened.retained(0, 100, 100)] == [2, 3, 4, 5, 6]
+    assert reopened.reserve_seq() == 8
+
+    short = Outbox(tmp_path / "short.sqlite3", max_bytes=10_000, retain_age_s=0.05)
+    short.acknowledge([add(short, "alert")])
+    assert len(short.retained(0, 10, 10)) == 1
+    time.sleep(0.1)
+    assert short.retained(0, 10, 10) == []  # past the age window: never replayed
+
+    none_kept = Outbox(tmp_path / "none.sqlite3", max_bytes=10_000, retain_messages=0)
+    none_kept.acknowledge([add(none_kept, "alert")])
+    assert none_kept.retained(0, 10, 10) == []
