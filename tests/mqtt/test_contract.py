@@ -98,11 +98,12 @@ def test_reporter_topics_are_the_documented_ones() -> None:
 
 
 @pytest.mark.mqtt
-def test_acl_example_confines_each_device_to_its_own_topics(
+def test_acl_example_confines_devices_to_their_topics_and_lets_only_the_operator_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     passwords = tmp_path / "passwords"
-    for user, password in (("farm-1/inv-1", "one"), ("fleet", "fleet-secret")):
+    accounts = (("farm-1/inv-1", "one"), ("fleet-receiver", "fleet-secret"), ("fleet-operator", "op-secret"))
+    for user, password in accounts:
         flag = ["-c"] if not passwords.exists() else []
         subprocess.run(["mosquitto_passwd", *flag, "-b", str(passwords), user, password], check=True)
     broker = LocalMosquitto(
@@ -111,12 +112,19 @@ def test_acl_example_confines_each_device_to_its_own_topics(
     )
     monkeypatch.setenv("GRIDEDGE_TEST_USER", "farm-1/inv-1")
     monkeypatch.setenv("GRIDEDGE_TEST_PASSWORD", "one")
-    monkeypatch.setenv("FLEET_USER", "fleet")
+    monkeypatch.setenv("FLEET_USER", "fleet-receiver")
     monkeypatch.setenv("FLEET_PASSWORD", "fleet-secret")
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     from edge_agent.transport import make_client
+
+    def logged_in(user: str, password: str) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.username_pw_set(user, password)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        return client
 
     with broker:
         seen: list[str] = []
@@ -135,25 +143,40 @@ def test_acl_example_confines_each_device_to_its_own_topics(
         })
         reporter = MqttReporter(config)
         reporter.start()
+        operator_seen: list[str] = []
+        operator = logged_in("fleet-operator", "op-secret")
+        operator.on_message = lambda client, userdata, message: operator_seen.append(message.topic)
+        operator.subscribe("gridedge/v1/+/+/cmd/+/result", qos=1)
         try:
             assert reporter.wait_connected(5), "device credentials from the environment were refused"
             reporter.publish_alert(AlertContent(severity="info", code="own", message="mine"))
             assert reporter.flush(5)
-            intruder = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-            intruder.username_pw_set("farm-1/inv-1", "one")
-            intruder.connect("127.0.0.1", broker.port)
-            intruder.loop_start()
-            forged = intruder.publish("gridedge/v1/farm-1/inv-2/alert", "{}", qos=1)
-            forged.wait_for_publish(5)
+            intruder = logged_in("farm-1/inv-1", "one")
+            intruder.publish("gridedge/v1/farm-1/inv-2/alert", "{}", qos=1).wait_for_publish(5)
             intruder.disconnect()
             intruder.loop_stop()
             time.sleep(0.3)
+            # The receiver account may read but not command: its ping never reaches the device.
+            receiver = logged_in("fleet-receiver", "fleet-secret")
+            receiver.publish("gridedge/v1/farm-1/inv-1/cmd/ping", '{"request_id": "from-receiver"}', qos=1)
+            time.sleep(0.5)
+            assert "gridedge/v1/farm-1/inv-1/cmd/ping/result" not in seen
+            receiver.disconnect()
+            receiver.loop_stop()
+            operator.publish("gridedge/v1/farm-1/inv-1/cmd/ping", '{"request_id": "from-operator"}', qos=1)
+            deadline = time.monotonic() + 5
+            while "gridedge/v1/farm-1/inv-1/cmd/ping/result" not in operator_seen and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             reporter.close()
+            operator.disconnect()
+            operator.loop_stop()
             fleet.disconnect()
             fleet.loop_stop()
     assert "gridedge/v1/farm-1/inv-1/alert" in seen
     assert "gridedge/v1/farm-1/inv-2/alert" not in seen
+    assert "gridedge/v1/farm-1/inv-1/cmd/ping/result" in operator_seen  # the operator commands and reads
+    assert "gridedge/v1/farm-1/inv-1/cmd/ping/result" in seen  # and receivers store results
 
 
 def test_memory_reporter_is_a_reporter_and_records_in_order() -> None:
