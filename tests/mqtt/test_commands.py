@@ -400,3 +400,41 @@ def test_nonces_survive_a_restart_and_stay_bounded(tmp_path: Path, operator_key:
     # The forgotten nonces cannot be replayed: everything issued up to the newest forgotten one is refused.
     with pytest.raises(CommandRefusedError, match="replayed nonce"):
         again.check("rollback", issued[10])
+
+
+def test_fleet_command_cli_signs_sends_and_prints_the_result(
+    device: tuple[MqttReporter, FolderUpdater, Control],
+    broker: LocalMosquitto,
+    device_ids: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from gridedge.cli import app
+
+    runner = CliRunner()
+    made = runner.invoke(app, ["keys", "new", "--kind", "operator", "--out", str(tmp_path / "cli-keys")])
+    assert made.exit_code == 0 and "operator.key" in made.output
+    assert (tmp_path / "cli-keys" / "operator.pub").exists()
+    assert (tmp_path / "cli-keys" / "operator.key").stat().st_mode & 0o777 == 0o600
+    unknown = runner.invoke(app, ["keys", "new", "--kind", "root", "--out", str(tmp_path / "x")])
+    assert unknown.exit_code == 2 and "bundle, operator" in unknown.output
+
+    _, updater, control = device
+    target = "/".join(device_ids)
+    key = str(tmp_path / "operator-keys" / "operator.key")
+    common = ["--key", key, "--port", str(broker.port), "--timeout", "10"]
+    reloaded = runner.invoke(app, ["fleet", "command", target, "reload-config", *common])
+    assert reloaded.exit_code == 0, reloaded.output
+    assert json.loads(reloaded.output)["outcome"] == "ok" and control.reloads == 1
+    archive = tmp_path / "w1-1.0.0.tar.gz"
+    archive.write_bytes(bundle_archive("1.0.0"))
+    updated = runner.invoke(app, ["fleet", "command", target, "model-update", "--archive", str(archive), *common])
+    assert updated.exit_code == 0 and updater.active().version == "1.0.0", updated.output
+    level = runner.invoke(app, ["fleet", "command", target, "set-log-level", "--arg", "level=LOUD", *common])
+    assert level.exit_code == 1 and "unknown log level" in json.loads(level.output)["error"]
+    stranger = runner.invoke(app, ["fleet", "command", target, "rollback",
+                                   "--key", str(tmp_path / "cli-keys" / "operator.key"), *common[2:]])
+    assert stranger.exit_code == 1 and "bad signature" in json.loads(stranger.output)["error"]
+    malformed = runner.invoke(app, ["fleet", "command", target, "ping", "--arg", "novalue", *common])
+    assert malformed.exit_code == 2 and "key=value" in malformed.output

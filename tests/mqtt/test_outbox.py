@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from edge_agent.errors import OutboxError
 from edge_agent.outbox import Outbox, OutboxKind, PayloadFactory
+from edge_agent.reporting.replay import replay_ranges
 
 
 def payload_of(size: int) -> PayloadFactory:
@@ -102,3 +105,31 @@ def test_acknowledged_messages_are_kept_for_replay_within_a_count_and_an_age(tmp
     none_kept = Outbox(tmp_path / "none.sqlite3", max_bytes=10_000, retain_messages=0)
     none_kept.acknowledge([add(none_kept, "alert")])
     assert none_kept.retained(0, 10, 10) == []
+
+
+def test_replay_republishes_kept_messages_as_historical_and_names_what_it_does_not_hold(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite3", max_bytes=10_000, retain_messages=100)
+
+    def document(seq: int) -> tuple[str, bytes]:
+        return f"id-{seq:05d}", json.dumps({"message_id": f"id-{seq:05d}", "seq": seq, "is_historical": False}).encode()
+
+    rows = [outbox.append("alert", "t/alert", document).row_id for _ in range(8)]
+    outbox.reserve_seq()  # seq 8: a status, never stored
+    outbox.append("alert", "t/alert", document)  # seq 9: not acknowledged yet
+    outbox.acknowledge(rows)
+    sent: list[tuple[str, dict[str, object]]] = []
+
+    def publish(topic: str, payload: bytes) -> bool:
+        sent.append((topic, json.loads(payload)))
+        return True
+
+    answer = replay_ranges(outbox, {"ranges": [[2, 3], [6, 12]]}, publish, max_messages=3)
+    assert [doc["seq"] for _, doc in sent] == [2, 3, 6]
+    assert all(doc["is_historical"] and doc["message_id"] == f"id-{doc['seq']:05d}" for _, doc in sent)
+    assert answer == {"replayed": 3, "unavailable": [], "pending": [], "remaining": [[7, 12]]}
+    sent.clear()
+    answer = replay_ranges(outbox, {"ranges": [[7, 12]]}, publish)
+    assert [doc["seq"] for _, doc in sent] == [7]
+    assert answer == {"replayed": 1, "unavailable": [[8, 8], [10, 12]], "pending": [[9, 9]], "remaining": []}
+    with pytest.raises(ValidationError, match="first <= last"):
+        replay_ranges(outbox, {"ranges": [[5, 2]]}, publish)
