@@ -27,7 +27,7 @@ def relative_change(value: float, reference: float) -> float:
 def describe_change(change: float, higher_is_better: bool) -> str:
     """``+0.50 % (worse)`` for an MAE half a percent above the float model's; ``(better)``/``(same)`` likewise."""
     if abs(change) < SAME:
-        return "0.00 % (same)"
+        return "+0.00 % (same)"
     better = (change > 0) == higher_is_better
     return f"{100 * change:+.2f} % ({'better' if better else 'worse'})"
 

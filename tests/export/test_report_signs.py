@@ -12,4 +12,4 @@ def test_worse_mae_is_positive_and_says_worse() -> None:
 
 def test_lower_f1_is_negative_and_says_worse() -> None:
     assert describe_change(relative_change(0.8, 0.9), higher_is_better=True) == "-11.11 % (worse)"
-    assert describe_change(relative_change(0.9, 0.9), higher_is_better=True) == "0.00 % (same)"
+    assert describe_change(relative_change(0.9, 0.9), higher_is_better=True) == "+0.00 % (same)"
