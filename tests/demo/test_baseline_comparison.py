@@ -16,3 +16,9 @@ def test_a_stronger_baseline_is_named_as_best() -> None:
 def test_the_model_is_named_best_only_when_it_beats_every_baseline() -> None:
     lines = compare_with_baselines(0.30, {"seasonal_naive_day": 0.5, "lightgbm": 0.36}, "kW")
     assert lines[-1] == "- best: the model; the strongest baseline, lightgbm, is 0.360 kW"
+
+
+def test_a_baseline_that_did_not_run_is_said_so() -> None:
+    lines = compare_with_baselines(0.30, {"seasonal_naive_day": 0.5}, "kW", ("lightgbm (skipped by --quick)",))
+    assert "  - lightgbm (skipped by --quick): not run" in lines
+    assert lines[-1] == "- best: the model; the strongest baseline, seasonal_naive_day, is 0.500 kW"
