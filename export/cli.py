@@ -31,7 +31,9 @@ def export_command(
     max_degradation: Annotated[
         float, typer.Option(help="Largest relative loss of the test metric any artefact may show.")
     ] = 0.02,
-    name: Annotated[str | None, typer.Option(help="Bundle name (default: the training folder's name).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Bundle name (default: the task config's name and the framework).")
+    ] = None,
     version: Annotated[str, typer.Option(help="Semantic version of the bundle.")] = "0.1.0",
     onnx_dynamic_int8: Annotated[
         bool, typer.Option(help="Also write a dynamic-int8 ONNX artefact (often slower than fp32).")
@@ -48,13 +50,13 @@ def export_command(
     from edge_agent.keys import load_private_key
     from gridedge.export.pipeline import ExportOptions, export_bundle
     from gridedge.export.report import write_report
-    from gridedge.export.run_loader import check_run_dir, load_source
+    from gridedge.export.run_loader import default_bundle_name, load_source, read_run
 
     console = Console(stderr=True, soft_wrap=True)
     private_key = load_private_key(key)
-    check_run_dir(train_dir)
+    run = read_run(train_dir)
     options = ExportOptions(
-        name=name or train_dir.resolve().name,
+        name=name or default_bundle_name(run),
         version=version,
         targets=tuple(target) if target else None,
         max_degradation=max_degradation,

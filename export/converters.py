@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,13 @@ def fault_windows(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """TF and ORT converters print progress to stdout; keep the CLI's output readable."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    """TF and ORT converters print progress to stdout; keep the CLI's output readable.
+
+    TFLite's int8 calibrator also instantiates TensorFlow's own deprecated ``tf.lite.Interpreter``,
+    whose deprecation warning (five lines) tells a gridedge user nothing they can act on.
+    """
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
         yield
 
 

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,7 +39,7 @@ from edge_agent.runtimes.base import ModelRuntime
 from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
 from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS
-from gridedge.export import compat_envs, converters, torch_tflite
+from gridedge.export import compat_envs, converters
 from gridedge.export.errors import CompatibilityError, ExportError, ParityError
 from gridedge.export.evaluate import (
     TestSplit,
@@ -49,8 +49,8 @@ from gridedge.export.evaluate import (
     primary_metric,
     task_metrics,
 )
+from gridedge.trainer.backends import Framework, FrameworkBackend, backend
 
-Framework = Literal["keras", "torch"]
 DEFAULT_TARGETS: dict[Framework, tuple[str, ...]] = {"keras": ("litert", "ort"), "torch": ("ort",)}
 TEST_VECTOR_COUNT = 3
 LATENCY_RUNS = 300
@@ -69,19 +69,15 @@ class ExportSource:
     test: TestSplit
     provenance: Provenance
     reference_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    origin: str = ""  # where the model came from (its run folder), recorded in the export report
+
+    @property
+    def backend(self) -> FrameworkBackend:
+        return backend(self.framework)
 
     def predict(self, feeds: Mapping[str, FloatArray]) -> FloatArray:
         """The float model's output on ``feeds`` (normalised units)."""
-        if self.framework == "keras":
-            # A model built on a single Input (not a dict of Inputs) takes the bare tensor.
-            structured = len(self.model.inputs) > 1 or isinstance(self.model.input, dict)
-            inputs = {n: feeds[n] for n in self.input_names} if structured else feeds["past"]
-            return np.asarray(self.model(inputs, training=False), dtype=np.float32)
-        import torch
-
-        with torch.no_grad():
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
-            return self.model(*args).numpy().astype(np.float32)
+        return self.backend.predict(self.model, {n: np.asarray(feeds[n]) for n in self.input_names})
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -143,6 +139,7 @@ class ExportResult:
     artefacts: list[ArtefactResult]
     float_metrics: dict[str, float]
     target_notes: list[str]
+    origin: str = ""  # the run folder (or other source) the model came from
 
 
 def _check_targets(source: ExportSource, targets: Sequence[str]) -> list[str]:
@@ -166,32 +163,12 @@ def _convert(
         )
     stem = options.name
     results: list[ArtefactResult] = []
-    wants_tflite = any(COMPATIBILITY_TARGETS[t].artefact_runtime == "tflite" for t in targets)
-    wants_onnx = any(COMPATIBILITY_TARGETS[t].artefact_runtime == "onnx" for t in targets)
-    if wants_tflite and source.framework == "torch":
-        # litert-torch runs in its own venv (export.torch_tflite); it writes fp32 and full-integer int8.
-        converted = torch_tflite.torch_to_tflite(source.model, calibration, workdir, stem)
-        results += [ArtefactResult(p.name, p, "tflite", precision) for precision, p in converted.files.items()]
-        notes.append(
-            "PyTorch -> TFLite converted in the litert-torch venv: "
-            + ", ".join(f"{k} {v}" for k, v in converted.versions.items())
-            + f" (fixed batch 1; conversion seconds {converted.seconds})"
-        )
-    elif wants_tflite:
-        for precision in ("fp32", "fp16", "dynamic-int8", "int8"):
-            # Per-tensor dense weights: one file then serves LiteRT and tflite-runtime 2.14, and the
-            # reference W1 int8 file is 32 % of fp32 instead of 37 % (MAE cost measured: 0.1 %).
-            data = converters.keras_to_tflite(source.model, precision, calibration, disable_per_channel_dense=True)
-            path = workdir / f"{stem}.{precision}.tflite"
-            path.write_bytes(data)
-            results.append(ArtefactResult(path.name, path, "tflite", precision))
-    if wants_onnx:
+    if any(COMPATIBILITY_TARGETS[t].artefact_runtime == "tflite" for t in targets):
+        converted = source.backend.to_tflite(source.model, calibration, workdir, stem, notes)
+        results += [ArtefactResult(p.name, p, "tflite", precision) for precision, p in converted.items()]
+    if any(COMPATIBILITY_TARGETS[t].artefact_runtime == "onnx" for t in targets):
         fp32 = workdir / f"{stem}.fp32.onnx"
-        if source.framework == "torch":
-            example = {n: source.test.feeds[n][:1] for n in source.input_names}
-            converters.torch_to_onnx(source.model, fp32, example)
-        else:
-            converters.keras_to_onnx(source.model, fp32, source.input_shapes)
+        source.backend.to_onnx(source.model, fp32, {n: source.test.feeds[n][:1] for n in source.input_names})
         results.append(ArtefactResult(fp32.name, fp32, "onnx", "fp32"))
         int8 = converters.quantise_onnx(fp32, workdir / f"{stem}.int8.onnx", "static", calibration, notes)
         results.append(ArtefactResult(int8.name, int8, "onnx", "int8"))
@@ -333,7 +310,7 @@ def export_bundle(
         shutil.rmtree(workdir, ignore_errors=True)
     for result in results:
         result.path = bundle_dir / result.file
-    return ExportResult(manifest, bundle_dir, results, float_metrics, notes)
+    return ExportResult(manifest, bundle_dir, results, float_metrics, notes, source.origin)
 
 
 def _in_process_target(runtime: Runtime) -> str:

@@ -1,4 +1,9 @@
-"""Export report: the parity/size/latency table as JSON, markdown and a PNG bar plot."""
+"""Export report: the parity/size/latency table as JSON, markdown and a PNG plot.
+
+Changes of the task metric against the float model are signed like the metric itself (artefact minus
+float, relative) and always say whether that is better or worse, because "+" means worse for MAE and
+better for F1.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,22 @@ from typing import Any
 from edge_agent.fsutil import atomic_write_text
 from gridedge.export.evaluate import primary_metric
 from gridedge.export.pipeline import ExportResult
+
+# Relative changes smaller than this print as 0.00 % and are neither better nor worse.
+SAME = 5e-5
+
+
+def relative_change(value: float, reference: float) -> float:
+    """(value - reference) / |reference|: the sign follows the metric, whichever way is better."""
+    return (value - reference) / max(abs(reference), 1e-12)
+
+
+def describe_change(change: float, higher_is_better: bool) -> str:
+    """``+0.50 % (worse)`` for an MAE half a percent above the float model's; ``(better)``/``(same)`` likewise."""
+    if abs(change) < SAME:
+        return "+0.00 % (same)"
+    better = (change > 0) == higher_is_better
+    return f"{100 * change:+.2f} % ({'better' if better else 'worse'})"
 
 
 def report_rows(result: ExportResult) -> list[dict[str, Any]]:
@@ -40,6 +61,9 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
     manifest = result.manifest
     metric, higher_is_better = primary_metric(manifest.output)
     rows = report_rows(result)
+    float_value = result.float_metrics[metric]
+    for row in rows:
+        row[f"{metric}_change_vs_float"] = relative_change(row["metrics"][metric], float_value)
     payload = {
         "name": manifest.name,
         "version": manifest.version,
@@ -50,6 +74,7 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
         "reference_metrics": manifest.metrics,
         "artefacts": rows,
         "target_notes": result.target_notes,
+        "source": result.origin,
     }
     paths = {"json": out_prefix.with_suffix(".json"), "md": out_prefix.with_suffix(".md"),
              "png": out_prefix.with_suffix(".png")}
@@ -58,10 +83,11 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
     lines = [
         f"# Export report: {manifest.name} {manifest.version} ({manifest.task}, {manifest.source_framework})",
         "",
-        f"Float model test {metric}: {result.float_metrics[metric]:.4g} "
-        f"({'higher' if higher_is_better else 'lower'} is better).",
+        *([f"Trained in: {result.origin}.", ""] if result.origin else []),
+        f"Float model test {metric}: {float_value:.4g} ({'higher' if higher_is_better else 'lower'} is better); "
+        f"each artefact's {metric} change vs float is (artefact − float) / float.",
         "",
-        f"| artefact | precision | KiB | size vs fp32 | {metric} | {metric} vs float | max abs err | "
+        f"| artefact | precision | KiB | size vs fp32 | {metric} | {metric} change vs float | max abs err | "
         "p50 µs | p99 µs | targets |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -70,18 +96,18 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
         ratio = f"{100 * row['size_vs_fp32']:.1f} %" if row["size_vs_fp32"] else "—"
         lines.append(
             f"| {row['file']} | {row['precision']} | {row['bytes'] / 1024:.1f} | {ratio} | {m[metric]:.4g} | "
-            f"{-100 * m[f'{metric}_degradation']:+.2f} % | {m['max_abs_error']:.3g} | "
+            f"{describe_change(row[f'{metric}_change_vs_float'], higher_is_better)} | {m['max_abs_error']:.3g} | "
             f"{row['p50_us']:.1f} | {row['p99_us']:.1f} | {', '.join(row['targets'])} |"
         )
-    lines += _onnx_int8_comparison(rows, metric)
+    lines += _onnx_int8_comparison(rows, metric, higher_is_better)
     if result.target_notes:
         lines += ["", "Notes (quantisation scheme, targets):", *[f"- {note}" for note in result.target_notes]]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
-    _plot(rows, metric, paths["png"])
+    _plot(rows, metric, higher_is_better, float_value, paths["png"])
     return paths
 
 
-def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str) -> list[str]:
+def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) -> list[str]:
     """Static vs dynamic int8 ONNX next to fp32, when both were written: the numbers behind the choice."""
     onnx = {r["precision"]: r for r in rows if r["runtime"] == "onnx"}
     if not {"fp32", "int8", "dynamic-int8"} <= set(onnx):
@@ -92,27 +118,53 @@ def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str) -> list[str]:
         lines.append(
             f"- {label}: {100 * row['size_vs_fp32']:.1f} % of fp32, p50 {row['p50_us']:.1f} µs "
             f"({row['p50_us'] / fp32['p50_us']:.2f}x fp32), {metric} "
-            f"{-100 * row['metrics'][f'{metric}_degradation']:+.2f} % vs float"
+            f"{describe_change(row[f'{metric}_change_vs_float'], higher_is_better)} vs float"
         )
     return lines
 
 
-def _plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], metric: str, higher_is_better: bool, float_value: float, path: Path) -> None:
+    """Size, latency and the metric's change vs float per artefact.
+
+    Quantised artefacts differ from the float model by fractions of a percent, invisible on an axis from
+    zero; the third panel plots the relative change around zero instead, each bar annotated with its value.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [r["file"].split(".", 1)[1] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    panels = [
-        ("size (KiB)", [r["bytes"] / 1024 for r in rows]),
-        ("latency p50 (µs, batch 1)", [r["p50_us"] for r in rows]),
-        (f"test {metric}", [r["metrics"][metric] for r in rows]),
-    ]
-    for ax, (title, values) in zip(axes, panels, strict=True):
-        ax.bar(labels, values, color=["#4C72B0" if "tflite" in lab else "#DD8452" for lab in labels])
+    colours = ["#4C72B0" if "tflite" in label else "#DD8452" for label in labels]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, (title, values) in zip(
+        axes[:2],
+        [("size (KiB)", [r["bytes"] / 1024 for r in rows]), ("latency p50 (µs, batch 1)", [r["p50_us"] for r in rows])],
+        strict=True,
+    ):
+        ax.bar(labels, values, color=colours)
         ax.set_title(title)
+    changes = [100 * r[f"{metric}_change_vs_float"] for r in rows]
+    worse = [(c > 0) != higher_is_better and abs(c) >= 100 * SAME for c in changes]
+    ax = axes[2]
+    bars = ax.bar(labels, changes, color=["#C44E52" if w else "#55A868" for w in worse])
+    ax.axhline(0, color="black", linewidth=0.8)
+    span = max([abs(c) for c in changes] + [0.01])
+    ax.set_ylim(-1.35 * span, 1.35 * span)
+    for bar, change, row in zip(bars, changes, rows, strict=True):
+        ax.annotate(
+            f"{describe_change(change / 100, higher_is_better).split(' (')[0]}\n{row['metrics'][metric]:.4g}",
+            (bar.get_x() + bar.get_width() / 2, change),
+            xytext=(0, 3 if change >= 0 else -3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom" if change >= 0 else "top",
+            fontsize=8,
+        )
+    direction = "+ = better" if higher_is_better else "+ = worse"
+    ax.set_title(f"test {metric} change vs float ({float_value:.4g}), % ({direction})")
+    ax.set_ylabel("%")
+    for ax in axes:
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

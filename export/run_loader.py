@@ -1,46 +1,38 @@
 """Turn a trainer run folder into an :class:`~gridedge.export.pipeline.ExportSource`.
 
-A run folder holds ``task.yaml``, ``feature_spec.json``, ``output_spec.json``, the model (Keras
-``model.keras`` or PyTorch ``model.pt`` + ``model_config.json``) and ``report.json``. The data splits are
-rebuilt from the task config with the trainer's own ``prepare_task`` so export judges the model on
-exactly the windows it was tested on.
+The folder is read through the trainer's :class:`~gridedge.trainer.run_folder.RunFolder` (the one
+description of its files); the data splits are rebuilt from the task config with the trainer's own
+``prepare_task`` so export judges the model on exactly the windows it was tested on.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_agent.anomaly import stale_value_flags
 from edge_agent.bundle import OutputSpec, Provenance
+from edge_agent.errors import ConfigError
 from edge_agent.features import FeatureSpec
 from gridedge.export.errors import TrainingRunError
 from gridedge.export.evaluate import TestSplit
 from gridedge.export.pipeline import ExportSource
 
-REQUIRED_FILES = ("task.yaml", "feature_spec.json", "output_spec.json")
-MODEL_FILES = {"keras": ("model.keras",), "torch": ("model.pt", "model_config.json")}
+if TYPE_CHECKING:
+    from gridedge.trainer.backends import Framework
+    from gridedge.trainer.run_folder import RunFolder
 
 
-def check_run_dir(run_dir: Path) -> str:
-    """Check the folder has what export needs; returns the framework ("keras" or "torch")."""
-    if not run_dir.is_dir():
-        raise TrainingRunError(f"training folder {run_dir} does not exist; pass the folder `gridedge train` wrote")
-    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise TrainingRunError(
-            f"{run_dir} lacks {missing}; it is not a complete training run — re-run `gridedge train`"
-        )
-    found = [fw for fw, files in MODEL_FILES.items() if all((run_dir / f).is_file() for f in files)]
-    if len(found) != 1:
-        raise TrainingRunError(
-            f"{run_dir} must hold exactly one model: model.keras, or model.pt with model_config.json "
-            f"(found {[p.name for p in run_dir.iterdir() if p.name.startswith('model')]})"
-        )
-    return found[0]
+def read_run(run_dir: Path) -> RunFolder:
+    """Read and check the run folder (no framework is imported); a TrainingRunError names what is wrong."""
+    from gridedge.trainer.run_folder import RunFolder
+
+    try:
+        return RunFolder.read(run_dir)
+    except ConfigError as exc:
+        raise TrainingRunError(str(exc)) from exc
 
 
 def _valid_feeds(inputs: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -76,55 +68,59 @@ def _anomaly_split(prepared: Any) -> TestSplit:
     )
 
 
+def default_bundle_name(run: RunFolder) -> str:
+    """A bundle is named after what it is (config name + framework), not after the folder it came from."""
+    return f"{run.config.name}-{run.framework}"
+
+
 def load_source(run_dir: Path) -> ExportSource:
     """Load a trained run and rebuild its calibration (training) and test windows."""
-    run_dir = Path(run_dir)
-    framework = check_run_dir(run_dir)
+    run = read_run(Path(run_dir))
     try:
-        from gridedge.trainer.api import load_run, prepare_task
+        from gridedge.trainer.api import prepare_task
     except ImportError as exc:
         raise TrainingRunError(
             "the trainer package is not importable; install gridedge with the `train` extra"
         ) from exc
-    spec = FeatureSpec.model_validate_json((run_dir / "feature_spec.json").read_text())
-    output = OutputSpec.model_validate_json((run_dir / "output_spec.json").read_text())
-    run = load_run(run_dir)
+
     prepared = prepare_task(run.config)
-    if prepared.spec.model_dump(exclude={"normalisation"}) != spec.model_dump(exclude={"normalisation"}):
+    if prepared.spec.model_dump(exclude={"normalisation"}) != run.spec.model_dump(exclude={"normalisation"}):
         raise TrainingRunError(
-            f"{run_dir}: feature_spec.json differs from the spec task.yaml produces now; the config or "
+            f"{run.path}: feature_spec.json differs from the spec task.yaml produces now; the config or "
             "the data changed after training — retrain"
         )
     calibration, _ = _valid_feeds(prepared.train.inputs)
-    if output.anomaly is not None:
+    if run.output.anomaly is not None:
         split = _anomaly_split(prepared)
     else:
         test_feeds, valid = _valid_feeds(prepared.test.inputs)
         split = TestSplit(feeds=test_feeds, targets=np.asarray(prepared.test.targets, dtype=np.float32)[valid])
-    _check_model_matches(framework, run.model, spec, run_dir, split.feeds)
-    report = json.loads((run_dir / "report.json").read_text()) if (run_dir / "report.json").is_file() else {}
+    model = run.load_model()
+    _check_model_matches(run.framework, model, run.spec, run.path, split.feeds)
+    report = run.report
     reference = {
         f"baseline:{name}": _numbers(entry.get("test", {}))
-        for name, entry in report.get("baselines", {}).items()
+        for name, entry in report.baselines.items()
         if isinstance(entry, dict)
     }
-    reference["trainer_float"] = _numbers(report.get("metrics", {}).get("test", {}))
+    reference["trainer_float"] = _numbers(report.metrics.get("test", {}))
     provenance = Provenance(
-        data_fingerprint=str(report.get("data", {}).get("fingerprint_sha256") or prepared.data_fingerprint),
+        data_fingerprint=report.data_fingerprint or prepared.data_fingerprint,
         config=run.config.model_dump(mode="json"),
-        seed=int(report.get("seed", run.config.seed)),
-        library_versions={k: str(v) for k, v in report.get("library_versions", {}).items()},
+        seed=report.seed,
+        library_versions=report.library_versions,
     )
     return ExportSource(
-        framework=framework,  # type: ignore[arg-type]
-        model=run.model,
+        framework=run.framework,
+        model=model,
         task=run.config.task,
-        spec=spec,
-        output=output,
+        spec=run.spec,
+        output=run.output,
         calibration=calibration,
         test=split,
         provenance=provenance,
         reference_metrics=reference,
+        origin=f"run folder {run.path.resolve()}",
     )
 
 
@@ -135,13 +131,13 @@ def _numbers(metrics: Any) -> dict[str, float]:
 
 
 def _check_model_matches(
-    framework: str, model: Any, spec: FeatureSpec, run_dir: Path, feeds: dict[str, np.ndarray]
+    framework: Framework, model: Any, spec: FeatureSpec, run_dir: Path, feeds: dict[str, np.ndarray]
 ) -> None:
     """Refuse a model whose inputs or output disagree with the run's feature spec."""
     steps = spec.horizon_steps or spec.input_steps
     expected = (steps, len(spec.target_channels))
     source = ExportSource(
-        framework=framework,  # type: ignore[arg-type]
+        framework=framework,
         model=model,
         task="load_forecast",
         spec=spec,

@@ -44,7 +44,7 @@ def train_command(
     task = load_config(config)
     if seed is not None:
         task = task.model_copy(update={"seed": seed})
-    report = train(task, framework.value, out, data_dir=data_dir)
+    report = train(task, framework.value, out, data_dir=data_dir, progress=console.print)
     test = report["metrics"]["test"]
     headline = (
         f"test MAE {test['mae']:.4f}" if "mae" in test else f"test F1 {test['f1']:.3f} (mean over labelled series)"

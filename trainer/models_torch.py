@@ -1,4 +1,4 @@
-"""PyTorch twins of the Keras models, and their training loop.
+"""The PyTorch backend: twins of the Keras models, their training loop, persistence and export hooks.
 
 Modules take ``forward(past, future=None)`` with time-major ``(N, T, F)`` tensors like the Keras models
 and the device runtimes, use only Conv1d/Linear/ReLU/reshape/cat (ONNX opset 17, static int8 QDQ), and
@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm.auto import tqdm
 
+from edge_agent.bundle import Precision
+from gridedge.trainer.backends import MODEL_FILES, Feeds, FitResult, Framework, FrameworkBackend
 from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.tasks import PreparedTask
 
-STATE_FILE = "model.pt"
-CONFIG_FILE = "model_config.json"
+STATE_FILE, CONFIG_FILE = MODEL_FILES["torch"]
 
 
 def _same(kernel: int, dilation: int = 1) -> int:
@@ -108,22 +109,13 @@ def build_module(hp: dict[str, Any]) -> nn.Module:
     return ARCHITECTURES[hp["architecture"]](hp)
 
 
-@dataclass
-class TorchFit:
-    model: nn.Module
-    epochs_run: int
-    best_epoch: int
-    history: list[dict[str, float]]
-    seconds: float
-
-
-def _tensors(feeds: dict[str, NDArray[np.float32]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _tensors(feeds: Feeds) -> tuple[torch.Tensor, torch.Tensor | None]:
     past = torch.from_numpy(np.ascontiguousarray(feeds["past"], dtype=np.float32))
     future = feeds.get("future")
     return past, None if future is None else torch.from_numpy(np.ascontiguousarray(future, dtype=np.float32))
 
 
-def predict(model: nn.Module, feeds: dict[str, NDArray[np.float32]], batch_size: int = 1024) -> NDArray[np.float32]:
+def predict(model: nn.Module, feeds: Feeds, batch_size: int = 1024) -> NDArray[np.float32]:
     """Normalised outputs for named feeds (eval mode, no gradients)."""
     model.eval()
     past, future = _tensors(feeds)
@@ -135,7 +127,7 @@ def predict(model: nn.Module, feeds: dict[str, NDArray[np.float32]], batch_size:
     return np.concatenate(outputs, axis=0).astype(np.float32)
 
 
-def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> TorchFit:
+def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> FitResult:
     """Train with AdamW and early stopping on validation loss; the best epoch's weights are kept."""
     train_cfg = config.training
     torch.manual_seed(config.seed)
@@ -178,24 +170,61 @@ def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> Torch
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    return TorchFit(model, len(history), best_epoch, history, time.perf_counter() - started)
+    return FitResult(model, len(history), train_cfg.epochs, best_epoch, history, time.perf_counter() - started)
 
 
-def save(model: nn.Module, hp: dict[str, Any], out_dir: Path) -> None:
-    torch.save(model.state_dict(), out_dir / STATE_FILE)
-    (out_dir / CONFIG_FILE).write_text(
-        json.dumps({"architecture": hp["architecture"], "hyperparameters": hp}, indent=2, sort_keys=True) + "\n"
-    )
+class TorchBackend:
+    """PyTorch: ``model.pt`` + ``model_config.json`` in the run folder; ONNX in-process, TFLite via litert-torch."""
+
+    key: Framework = "torch"
+    model_files: tuple[str, ...] = MODEL_FILES["torch"]
+    library_packages: tuple[str, ...] = ("torch",)
+
+    def build(self, hp: dict[str, Any]) -> nn.Module:
+        return build_module(hp)
+
+    def fit(self, config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> FitResult:
+        return fit(config, prepared, hp)
+
+    def predict(self, model: nn.Module, feeds: Feeds) -> NDArray[np.float32]:
+        return predict(model, feeds)
+
+    def save(self, model: nn.Module, hp: dict[str, Any], run_dir: Path) -> None:
+        torch.save(model.state_dict(), run_dir / STATE_FILE)
+        (run_dir / CONFIG_FILE).write_text(
+            json.dumps({"architecture": hp["architecture"], "hyperparameters": hp}, indent=2, sort_keys=True) + "\n"
+        )
+
+    def load(self, run_dir: Path) -> nn.Module:
+        """Rebuild the module from model_config.json and load model.pt into it (eval mode)."""
+        saved = json.loads((run_dir / CONFIG_FILE).read_text())
+        model = build_module(saved["hyperparameters"])
+        model.load_state_dict(torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True))
+        model.eval()
+        return model
+
+    def count_params(self, model: nn.Module) -> int:
+        return int(sum(p.numel() for p in model.parameters()))
+
+    def to_onnx(self, model: nn.Module, path: Path, example: Feeds) -> Path:
+        from gridedge.export import converters
+
+        return converters.torch_to_onnx(model, path, {n: v[:1] for n, v in example.items()})
+
+    def to_tflite(
+        self, model: nn.Module, calibration: Sequence[Feeds], workdir: Path, stem: str, notes: list[str]
+    ) -> dict[Precision, Path]:
+        from gridedge.export import torch_tflite
+
+        # litert-torch runs in its own venv (export.torch_tflite); it writes fp32 and full-integer int8.
+        converted = torch_tflite.torch_to_tflite(model, calibration, workdir, stem)
+        notes.append(
+            "PyTorch -> TFLite converted in the litert-torch venv: "
+            + ", ".join(f"{k} {v}" for k, v in converted.versions.items())
+            + f" (fixed batch 1; conversion seconds {converted.seconds})"
+        )
+        files: dict[Precision, Path] = {precision: path for precision, path in converted.files.items()}
+        return files
 
 
-def load(out_dir: Path) -> nn.Module:
-    """Rebuild the module from model_config.json and load model.pt into it (eval mode)."""
-    saved = json.loads((out_dir / CONFIG_FILE).read_text())
-    model = build_module(saved["hyperparameters"])
-    model.load_state_dict(torch.load(out_dir / STATE_FILE, map_location="cpu", weights_only=True))
-    model.eval()
-    return model
-
-
-def count_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
+BACKEND: FrameworkBackend = TorchBackend()

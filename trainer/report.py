@@ -22,8 +22,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# {report['name']} — {report['task']} ({report['framework']})",
         "",
         f"- protocol: {report['protocol']}",
-        f"- seed {report['seed']}, {report['n_params']:,} parameters, trained {report['train_seconds']:.1f} s "
-        f"({report['epochs_run']} epochs, best {report['best_epoch']})",
+        f"- seed {report['seed']}, {report['n_params']:,} parameters, trained {report['train_seconds']:.1f} s: "
+        f"{report['training_summary']}",
         f"- samples: train {report['samples']['train']}, val {report['samples']['val']}, "
         f"test {report['samples']['test']}",
         f"- data: `{report['data']['slice']}` sha256 `{report['data']['fingerprint_sha256'][:16]}…`",

@@ -1,52 +1,36 @@
 """Train one task in one framework, evaluate it next to its baselines, and write the run folder.
 
-Run folder contract (the exporter builds on it): ``task.yaml``, ``feature_spec.json``,
-``output_spec.json``, ``model.keras`` (Keras) or ``model.pt`` + ``model_config.json`` (PyTorch),
-``report.json``, ``report.md`` and PNG plots.
+The framework is reached only through its :class:`~gridedge.trainer.backends.FrameworkBackend`; the
+folder's contents are described by :class:`~gridedge.trainer.run_folder.RunFolder`.
 """
 
 from __future__ import annotations
 
-import json
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent import anomaly as anomaly_scores
-from edge_agent.errors import ConfigError
+from edge_agent.bundle import OutputSpec
 from gridedge.trainer import report as reporting
+from gridedge.trainer.backends import FRAMEWORKS, Feeds, Framework, backend
 from gridedge.trainer.baselines import forecast_baselines, rule_metrics
-from gridedge.trainer.config import TaskConfig, dump_config
+from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.metrics import detection_metrics, forecast_metrics, hyperparameters, summarise_detection
+from gridedge.trainer.run_folder import RunFolder, RunReport
 from gridedge.trainer.tasks import PreparedTask, Split, prepare_task
 
-Framework = Literal["keras", "torch"]
-FRAMEWORKS: tuple[Framework, ...] = ("keras", "torch")
+__all__ = ["FRAMEWORKS", "Framework", "train"]
+Predict = Callable[[Feeds], NDArray[np.float32]]
 
 
-class _Model:
-    """The trained model of either framework behind one predict call."""
-
-    def __init__(self, framework: Framework, model: Any) -> None:
-        self.framework, self.model = framework, model
-
-    def predict(self, feeds: dict[str, NDArray[np.float32]]) -> NDArray[np.float32]:
-        if self.framework == "keras":
-            from gridedge.trainer import models_keras
-
-            return models_keras.predict(self.model, feeds)
-        from gridedge.trainer import models_torch
-
-        return models_torch.predict(self.model, feeds)
-
-
-def _versions(framework: Framework) -> dict[str, str]:
-    packages = ["numpy", "pandas", "lightgbm", "pydantic"]
-    packages += ["tensorflow", "keras"] if framework == "keras" else ["torch"]
+def _versions(library_packages: tuple[str, ...]) -> dict[str, str]:
+    packages = ["numpy", "pandas", "lightgbm", "pydantic", *library_packages]
     versions = {"python": platform.python_version()}
     for name in packages:
         try:
@@ -56,49 +40,49 @@ def _versions(framework: Framework) -> dict[str, str]:
     return versions
 
 
-def _decoded(model: _Model, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
-    return prepared.pipeline.decode(model.predict(split.inputs.as_feeds()))
+def _decoded(predict: Predict, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
+    return prepared.pipeline.decode(predict(split.inputs.as_feeds()))
 
 
-def _window_scores(model: _Model, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
+def _window_scores(predict: Predict, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
     """Anomaly score per window (NaN where the window was unusable)."""
     assert prepared.config.anomaly is not None
     scores = np.full(len(split), np.nan, dtype=np.float32)
     valid = split.inputs.valid
     if valid.any():
         feeds = {"past": split.inputs.past[valid]}
-        reconstruction = model.predict(feeds)
+        reconstruction = predict(feeds)
         scores[valid] = anomaly_scores.reconstruction_scores(
             split.targets_normalised[valid], reconstruction, prepared.config.anomaly.score_steps
         )
     return scores
 
 
-def _evaluate_forecast(model: _Model, prepared: PreparedTask) -> tuple[dict[str, Any], dict[str, Any]]:
+def _evaluate_forecast(predict: Predict, prepared: PreparedTask) -> tuple[dict[str, Any], dict[str, Any]]:
     splits = {"val": prepared.val, "test": prepared.test}
     if prepared.test_rolling is not None:
         splits["test_rolling"] = prepared.test_rolling
-    predictions = {name: _decoded(model, prepared, split) for name, split in splits.items()}
+    predictions = {name: _decoded(predict, prepared, split) for name, split in splits.items()}
     metrics = {name: forecast_metrics(predictions[name], split.targets) for name, split in splits.items()}
     return metrics, predictions
 
 
 def _evaluate_anomaly(
-    model: _Model, prepared: PreparedTask
+    predict: Predict, prepared: PreparedTask
 ) -> tuple[dict[str, Any], dict[str, NDArray[np.float32]], dict[str, NDArray[np.bool_]], float]:
     """F1 of the shipped detector (and of the model alone) on the labelled series; threshold from validation."""
     cfg = prepared.config.anomaly
     assert cfg is not None
     stale_steps = cfg.stale_run_steps if cfg.stale_rule_in_detector else None
-    val_scores = _window_scores(model, prepared, prepared.val)
+    val_scores = _window_scores(predict, prepared, prepared.val)
     threshold = anomaly_scores.calibrate_threshold(val_scores, cfg.threshold_quantile)
-    test_scores = _window_scores(model, prepared, prepared.test)
+    test_scores = _window_scores(predict, prepared, prepared.test)
     per_series: dict[str, dict[str, float | int]] = {}
     model_only: dict[str, dict[str, float | int]] = {}
     series_scores: dict[str, NDArray[np.float32]] = {}
     series_flags: dict[str, NDArray[np.bool_]] = {}
     for item in prepared.labelled:
-        scores = _per_sample(_window_scores(model, prepared, item.split), item.split, len(item.values))
+        scores = _per_sample(_window_scores(predict, prepared, item.split), item.split, len(item.values))
         series_scores[item.name] = scores
         flags = anomaly_scores.detector_flags(scores, item.values, threshold, stale_steps)
         series_flags[item.name] = flags
@@ -135,37 +119,29 @@ def train(
     out_dir: str | Path,
     data_dir: str | Path | None = None,
     plots: bool = True,
+    progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``config`` in ``framework``, write the run folder ``out_dir`` and return the report."""
-    if framework not in FRAMEWORKS:
-        raise ConfigError(f"unknown framework {framework!r}; use one of {list(FRAMEWORKS)}")
+    """Train ``config`` in ``framework``, write the run folder ``out_dir`` and return the report.
+
+    ``progress`` receives one line when training ends (how many epochs, whether early stopping ended it).
+    """
+    chosen = backend(framework)  # an unknown framework is refused before any data is read
     prepared = prepare_task(config, data_dir)  # every config/data error surfaces here, before training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hp = hyperparameters(prepared)
 
-    if framework == "keras":
-        from gridedge.trainer import models_keras
+    fitted = chosen.fit(config, prepared, hp)
+    progress(f"{chosen.key} {config.name}: {fitted.summary()}")
+    chosen.save(fitted.model, hp, out)
 
-        fitted_k = models_keras.fit(config, prepared, hp)
-        model = _Model("keras", fitted_k.model)
-        fit_info = (fitted_k.epochs_run, fitted_k.best_epoch, fitted_k.history, fitted_k.seconds)
-        n_params = models_keras.count_params(fitted_k.model)
-        models_keras.save(fitted_k.model, out)
-    else:
-        from gridedge.trainer import models_torch
-
-        fitted_t = models_torch.fit(config, prepared, hp)
-        model = _Model("torch", fitted_t.model)
-        fit_info = (fitted_t.epochs_run, fitted_t.best_epoch, fitted_t.history, fitted_t.seconds)
-        n_params = models_torch.count_params(fitted_t.model)
-        models_torch.save(fitted_t.model, hp, out)
-    epochs_run, best_epoch, history, seconds = fit_info
+    def predict(feeds: Feeds) -> NDArray[np.float32]:
+        return chosen.predict(fitted.model, feeds)
 
     output_spec = dict(prepared.output_spec)
     plot_data: dict[str, Any]
     if prepared.spec.is_forecast:
-        metrics, predictions = _evaluate_forecast(model, prepared)
+        metrics, predictions = _evaluate_forecast(predict, prepared)
         baselines = forecast_baselines(prepared)
         plot_data = {"predictions": predictions}
         protocol = (
@@ -186,7 +162,7 @@ def train(
         )
     else:
         assert config.anomaly is not None
-        metrics, series_scores, detector_flags, threshold = _evaluate_anomaly(model, prepared)
+        metrics, series_scores, detector_flags, threshold = _evaluate_anomaly(predict, prepared)
         output_spec["anomaly"] = {
             "threshold": threshold,
             "score_steps": config.anomaly.score_steps,
@@ -220,11 +196,14 @@ def train(
         "protocol": protocol,
         "metrics": metrics,
         "baselines": baselines,
-        "train_seconds": seconds,
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "history": history,
-        "n_params": n_params,
+        "train_seconds": fitted.seconds,
+        "epochs_run": fitted.epochs_run,
+        "epochs_max": fitted.epochs_max,
+        "stopped_early": fitted.stopped_early,
+        "best_epoch": fitted.best_epoch,
+        "training_summary": fitted.summary(),
+        "history": fitted.history,
+        "n_params": chosen.count_params(fitted.model),
         "hyperparameters": hp,
         "samples": {
             "train": len(prepared.train),
@@ -237,14 +216,17 @@ def train(
             for name, (a, b) in prepared.series.split_rows.items()
         },
         "data": {"slice": config.data.slice, "fingerprint_sha256": prepared.data_fingerprint},
-        "library_versions": _versions(framework),
+        "library_versions": _versions(chosen.library_packages),
     }
-    (out / "task.yaml").write_text(dump_config(config))
-    (out / "feature_spec.json").write_text(prepared.spec.model_dump_json(indent=2) + "\n")
-    (out / "output_spec.json").write_text(json.dumps(output_spec, indent=2) + "\n")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if plots:
         report["plots"] = reporting.plot(prepared, plot_data, out)
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    run = RunFolder(
+        path=out,
+        config=config,
+        spec=prepared.spec,
+        output=OutputSpec.model_validate(output_spec),
+        report=RunReport.model_validate(report),
+    )
+    run.write()
     (out / "report.md").write_text(reporting.markdown(report))
     return report

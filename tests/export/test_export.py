@@ -208,7 +208,12 @@ def test_report_has_json_markdown_and_plot(exports, tmp_path) -> None:
     payload = json.loads(paths["json"].read_text())
     assert payload["metric"] == "f1"
     assert {row["precision"] for row in payload["artefacts"]} >= {"fp32", "int8"}
-    assert "| w3-keras.int8.tflite | int8 |" in paths["md"].read_text()
+    markdown = paths["md"].read_text()
+    assert "| w3-keras.int8.tflite | int8 |" in markdown
+    assert "| f1 change vs float |" in markdown
+    change = r"[+-]\d+\.\d\d % \((better|worse|same)\)"
+    assert re.search(rf"\| w3-keras\.int8\.tflite \|.*\| {change} \|", markdown)
+    assert all("f1_change_vs_float" in row for row in payload["artefacts"])
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

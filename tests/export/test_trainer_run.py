@@ -38,6 +38,11 @@ def test_cli_exports_a_trainer_run_into_a_verified_bundle(w3_run, signing_keys, 
     assert report["metric"] == "f1"
     bundle = read_bundle(out, load_public_key(signing_keys[1]))
     assert bundle.manifest.task == "anomaly" and bundle.manifest.output.anomaly is not None
+    # Named after the task config and framework; the run folder is provenance in the report only.
+    assert bundle.manifest.name == "w3-inverter-anomaly-keras"
+    markdown = (tmp_path / "bundle-report.md").read_text()
+    assert f"Trained in: run folder {w3_run.resolve()}." in markdown
+    assert report["source"] == f"run folder {w3_run.resolve()}"
     artefact, runtime = load_model(bundle, None, LiteRTConfig())
     assert artefact.precision == "int8"
     run_self_test(runtime, bundle.manifest, artefact)

@@ -37,6 +37,8 @@ def _check_forecast_report(report: dict[str, Any], framework: str) -> None:
     assert report["samples"]["test_rolling"] == report["metrics"]["test_rolling"]["n_origins"]
     assert "rolling" in report["protocol"]
     assert len(report["data"]["fingerprint_sha256"]) == 64
+    # Tiny configs run 2 epochs with patience 2: training ends by the epoch limit and says so.
+    assert report["training_summary"].startswith(f"trained at epoch {report['epochs_run']}/2 (best epoch")
     assert report["n_params"] > 0
     assert "day-ahead" in report["protocol"]
 
