@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from edge_agent.alerts import AlertLatch
 from edge_agent.features import ChannelSpec
@@ -35,14 +36,6 @@ def test_a_latch_raises_once_and_clears_once_per_key() -> None:
     assert cleared.severity == "info" and cleared.message == "a fixed"  # type: ignore[attr-defined]
 
 
-class Settable:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class ScriptedSource:
     """A source that plays back the outcomes a test scripts: a Reading, or an exception to raise."""
 
@@ -69,7 +62,7 @@ def _gateway(errors: dict[str, str]) -> Reading:
     return Reading("gateway", 0.0, {"gateway.frequency": frequency}, errors)
 
 
-def test_each_sensor_concern_keeps_its_own_latch_across_sources(tmp_path: Path) -> None:
+def test_each_sensor_concern_keeps_its_own_latch_across_sources(tmp_path: Path, make_clock: Any) -> None:
     """A healthy source read after a failing one must not make the failure alert again (the old bug)."""
     csv = tmp_path / "cabinet.csv"
     temperatures = [95.0, 96.0, 97.0, 98.0, 99.0, 35.0, 36.0, 37.0]
@@ -86,7 +79,7 @@ def test_each_sensor_concern_keeps_its_own_latch_across_sources(tmp_path: Path) 
             "channels": [{"name": "temperature", "column": "temperature", "min_value": -20, "max_value": 70}],
         }
     )
-    replay_clock = Settable()
+    replay_clock = make_clock()
     cabinet = ReplaySource(config, clock=replay_clock)
     raising = ScriptedSource("meter", [ConnectionError("bus down")] * 5 + [Reading("meter", 0.0, {})] * 3)
     gateway = ScriptedSource("gateway", [_gateway({"rtu-7": "no response"})] * 5 + [_gateway({})] * 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -12,14 +13,6 @@ from edge_agent.sensors.base import Reading
 from edge_agent.site_clock import SiteClock
 
 DEVICE_NOW = 1_800_000_000.0
-
-
-class Settable:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _sweep(clock_value: float | None = None, reading_ts: float | None = None) -> Sweep:
@@ -39,8 +32,8 @@ def test_reading_clock_is_the_first_readings_stamp_else_the_device_clock() -> No
     assert clock.time_of(_sweep()) == DEVICE_NOW
 
 
-def test_sensor_clock_carries_the_last_good_time_over_garbled_and_missing_values() -> None:
-    monotonic = Settable(100.0)
+def test_sensor_clock_carries_the_last_good_time_over_garbled_and_missing_values(make_clock: Any) -> None:
+    monotonic = make_clock(100.0)
     clock = SiteClock(ClockSection(source="sensor", channel="plc.utc", max_jump_s=3600), lambda: DEVICE_NOW, monotonic)
     assert clock.time_of(_sweep(math.nan)) == DEVICE_NOW  # nothing good yet: the device clock
     assert clock.time_of(_sweep(1_600_000_000.0)) == 1_600_000_000.0

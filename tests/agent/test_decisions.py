@@ -13,7 +13,7 @@ from edge_agent.bundle import read_bundle
 from edge_agent.config import AnomalySection, ChannelLink
 from edge_agent.datafiles import read_series
 from edge_agent.decisions import AnomalyJudge, DecisionStep
-from edge_agent.features import FeaturePipeline
+from edge_agent.features import FeaturePipeline, FeatureSpec
 from edge_agent.health import AgentHealth
 from edge_agent.keys import load_public_key
 from edge_agent.model_manager import ModelManager
@@ -31,20 +31,20 @@ def _meter_link(channel: str) -> ChannelLink:
     return ChannelLink(source=f"meter.{channel}", scale=0.5)
 
 
-def _step(tmp_path: Path, make_config: Any, exported: Any) -> tuple[DecisionStep, ModelManager, AgentHealth]:
+def _step(tmp_path: Path, make_config: Any, exported: Any) -> tuple[DecisionStep, ModelManager, FeatureSpec]:
+    """A decision step on the W1 Keras bundle, whose model channels come doubled from ``meter.*``."""
     models = ModelManager(make_config(tmp_path, exported.keras, exported.keys, 5020, "litert"))
     models.start()
-    health = AgentHealth()
+    assert models.spec is not None
     judge = AnomalyJudge(MemoryReporter(), AnomalySection())
-    return DecisionStep(models, health, judge, tmp_path / "window.npz", _meter_link), models, health
+    return DecisionStep(models, AgentHealth(), judge, tmp_path / "window.npz", _meter_link), models, models.spec
 
 
 def test_forecasts_equal_the_exported_model_on_the_same_window_and_survive_a_restart(
     tmp_path: Path, make_config: Any, exported: Any
 ) -> None:
-    step, models, health = _step(tmp_path, make_config, exported)
-    spec = models.spec
-    assert spec is not None
+    step, models, spec = _step(tmp_path, make_config, exported)
+    health = step.health
     times, columns = read_series("w1_load_uci_15min")
     values = np.stack([columns[c] for c in spec.past_channel_names], axis=1)
     start = 3000
@@ -73,9 +73,8 @@ def test_forecasts_equal_the_exported_model_on_the_same_window_and_survive_a_res
 def test_a_window_with_a_long_gap_is_decided_by_the_baseline_and_counted(
     tmp_path: Path, make_config: Any, exported: Any
 ) -> None:
-    step, models, health = _step(tmp_path, make_config, exported)
-    spec = models.spec
-    assert spec is not None
+    step, models, spec = _step(tmp_path, make_config, exported)
+    health = step.health
     times, columns = read_series("w1_load_uci_15min")
     gap = range(20, 20 + spec.gap_policy.max_gap_steps + 2)
     decisions = []

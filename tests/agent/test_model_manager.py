@@ -36,7 +36,7 @@ def test_start_loads_the_provisioned_bundle_and_announces_it_online(
     models = _manager(tmp_path, make_config, exported)
     models.start()
     info = models.model_info()
-    assert info.name == "w1-keras" and info.runtime == "litert" and info.precision == "int8"
+    assert info.name == "w1-keras" and info.runtime == "tflite" and info.precision == "int8"
     reporter = MemoryReporter()
     announcer = ModelAnnouncer(reporter, models)
     announcer.announce()

@@ -27,14 +27,6 @@ PERIOD = 900
 FAULTY_CYCLES = 6
 
 
-class StepClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class FailingSource:
     """A sensor source that fails until healed: by raising (breaking its contract) or with a device error."""
 
@@ -68,7 +60,7 @@ def _replay(name: str, path: Path, column: str, channel: str, **limits: float) -
 
 @pytest.mark.parametrize("how", ["raises", "device-errors"])
 def test_a_failing_source_and_an_out_of_range_channel_alert_once_each_and_clear_once(
-    tmp_path: Path, exported: Any, anomaly_bundle: Path, how: Literal["raises", "device-errors"]
+    tmp_path: Path, exported: Any, anomaly_bundle: Path, make_clock: Any, how: Literal["raises", "device-errors"]
 ) -> None:
     inverter = _replay("inv", REPO / "data" / "w3_inv7539_outliers.csv", "value_normalized", "ac_power_pu")
     cabinet_csv = tmp_path / "cabinet.csv"
@@ -91,7 +83,7 @@ def test_a_failing_source_and_an_out_of_range_channel_alert_once_each_and_clear_
             "clock": {"source": "reading"},
         }
     )
-    clock = StepClock()
+    clock = make_clock()
     failing = FailingSource(how)
     sources = [ReplaySource(inverter, clock=clock), ReplaySource(cabinet, clock=clock), failing]
     reporter = MemoryReporter()
