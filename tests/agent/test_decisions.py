@@ -11,7 +11,6 @@ import pytest
 
 from edge_agent.bundle import read_bundle
 from edge_agent.config import AnomalySection, ChannelLink
-from edge_agent.datafiles import read_series
 from edge_agent.decisions import AnomalyJudge, DecisionStep
 from edge_agent.features import FeaturePipeline, FeatureSpec
 from edge_agent.health import AgentHealth
@@ -21,6 +20,7 @@ from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
 from edge_agent.runtimes.litert import LiteRTConfig
 from edge_agent.supervisor import Prediction
+from gridedge.datafiles import read_series
 
 pytestmark = pytest.mark.slow
 PERIOD = 900
