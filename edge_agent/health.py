@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.messages import LatencyStats as LatencySummary
+
 
 class LatencyStats:
-    """Recent inference latencies: an exponential moving average and percentiles over a sliding window."""
+    """Recent inference latencies: an exponential moving average and percentiles over a sliding window.
 
-    def __init__(self, window: int = 512, smoothing: float = 0.1) -> None:
+    ``window=None`` keeps every latency added (a summary period); the wire format of the percentiles is
+    :class:`edge_agent.messages.LatencyStats`, made by :meth:`summary`.
+    """
+
+    def __init__(self, window: int | None = 512, smoothing: float = 0.1) -> None:
         self._recent: deque[float] = deque(maxlen=window)
         self._smoothing = smoothing
         self.moving_average_ms: float | None = None
@@ -26,5 +34,28 @@ class LatencyStats:
         """The q-th percentile (0-100) of recent latencies, None before the first inference."""
         return float(np.percentile(np.fromiter(self._recent, float), q)) if self._recent else None
 
+    def summary(self) -> LatencySummary:
+        """Count, p50/p95/p99 and worst latency of the kept latencies, as published in summaries."""
+        if not self._recent:
+            return LatencySummary(count=0)
+        latencies = np.fromiter(self._recent, float)
+        p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+        return LatencySummary(count=len(latencies), p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=float(latencies.max()))
+
     def __len__(self) -> int:
         return len(self._recent)
+
+
+@dataclass
+class AgentHealth:
+    """Counters the agent keeps since it started, for summaries, the ``status`` command and `agent doctor`."""
+
+    cycles: int = 0
+    overruns: int = 0
+    sensor_errors: int = 0
+    inferences: int = 0
+    skipped_inferences: int = 0
+    last_skip_reason: str | None = None
+    first_inference_s: float | None = None
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    started_at: float = field(default_factory=time.monotonic)

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from edge_agent.arrays import FloatArray
 from edge_agent.bundle import Artefact, Bundle, verify_files, verify_manifest
+from edge_agent.config import LoopSection
 from edge_agent.errors import GridedgeError
 from edge_agent.features import FeaturePipeline, ModelInputs
 from edge_agent.keys import load_public_key
@@ -41,14 +42,6 @@ class Prediction:
     fault: str | None = None
 
 
-@dataclass
-class SupervisorPolicy:
-    latency_budget_ms: float = 200.0
-    latency_strikes: int = 3
-    retry_every: int = 10
-    recover_after: int = 3
-
-
 class ModelSupervisor:
     """Owns the trusted model (if any) and the fallback, and knows which one is deciding and why."""
 
@@ -59,13 +52,15 @@ class ModelSupervisor:
         runtime: RuntimeConfig,
         fallback: Callable[[Bundle], FallbackPredictor],
         artefact_file: str | None = None,
-        policy: SupervisorPolicy | None = None,
+        policy: LoopSection | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.public_key = Path(public_key)
         self.runtime_config = runtime
         self.artefact_file = artefact_file
-        self.policy = policy or SupervisorPolicy()
+        # The loop section of the agent config is the policy itself (latency budget and strikes, retry and
+        # recovery counts), so a config reload replaces it in one assignment.
+        self.policy = policy or LoopSection()
         self._make_fallback = fallback
         self.bundle: Bundle | None = None
         self.artefact: Artefact | None = None

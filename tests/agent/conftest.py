@@ -72,13 +72,19 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
 
 
 class SettableClock:
-    """Simulated wall time of the site; the test moves it one sample period per agent cycle."""
+    """Simulated time (of the site, a replay, the monotonic clock); the test moves it."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def make_clock() -> type[SettableClock]:
+    """Clocks the test sets by hand (classes cannot be imported from conftest under --import-mode=importlib)."""
+    return SettableClock
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.agent import Agent
+from edge_agent.agent import Agent, AgentCore
 from edge_agent.bundle import MANIFEST_NAME, Manifest, pack_archive, read_bundle, write_bundle
 from edge_agent.keys import load_private_key, load_public_key, new_keypair
 from edge_agent.messages import CommandRequest
@@ -125,11 +125,11 @@ def test_model_update_over_mqtt_swaps_refuses_bad_bundles_and_rolls_back(
             mqtt={"broker": {"port": broker.port}, "summary_interval_s": 5},
             commands={"operator_public_key": str(operator_public)},
         )
-        commands = AgentCommands()
+        core = AgentCore.from_config(config)
+        commands = AgentCommands(core.models, core.health, core.live.apply)
         guard = CommandGuard.from_config(config.commands, config.site, config.device, config.state_dir)
         reporter = MqttReporter(config.mqtt, control=commands, updater=commands, guard=guard)  # type: ignore[arg-type]
-        agent = Agent(config, reporter)
-        commands.bind(agent)
+        agent = Agent(config, reporter, core=core)
         reporter.start()
         agent.start()
         loop = threading.Thread(target=agent.run, daemon=True)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edge_agent.agent import Agent
+from edge_agent.agent import Agent, AgentCore
 from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
 from edge_agent.reporting.base import MemoryReporter
@@ -67,9 +67,10 @@ def test_reload_config_applies_loop_settings_and_refuses_what_needs_a_restart(
     path = tmp_path / "config.yaml"
     raw = make_config(tmp_path, exported.keras, exported.keys, 5020, "litert").model_dump(mode="json")
     path.write_text(yaml.safe_dump(raw))
-    commands = AgentCommands(path)
-    agent = Agent(load_config(path), MemoryReporter())
-    commands.bind(agent)
+    config = load_config(path)
+    core = AgentCore.from_config(config)
+    commands = AgentCommands(core.models, core.health, core.live.apply, path)
+    agent = Agent(config, MemoryReporter(), core=core)
 
     raw["loop"]["latency_budget_ms"] = 25.0
     raw["anomaly"]["raise_after"] = 5
