@@ -2,7 +2,7 @@
 
 Each package owns its subcommands in a light ``cli`` module (heavy libraries are imported inside the
 commands), so ``gridedge --help`` and ``gridedge agent`` work on a device with only the ``edge`` extra.
-The central-side groups (train, export, fleet, sim) are imported only when that command runs or the
+The central-side groups (train, export, fleet, sim, plan) are imported only when that command runs or the
 top-level help lists them: a device running ``gridedge agent`` loads no trainer, exporter, fleet or
 simulator code. Errors are turned into exit codes in one place, :class:`GridedgeGroup`, for every
 subcommand alike.
@@ -35,6 +35,7 @@ CENTRAL_COMMANDS = {
     "export": ("gridedge.export.cli", "export_command"),
     "fleet": ("gridedge.fleet.cli", "app"),
     "sim": ("gridedge.sim.cli", "sim_app"),
+    "plan": ("gridedge.plan_cli", "plan_command"),
 }
 EXIT_CODES_EPILOG = (
     "Exit codes: 0 done; 1 a check ran and failed (agent doctor, sensors read); 2 refused: bad input or "
