@@ -119,6 +119,15 @@ class LocalMosquitto:
         elif not hold_port:
             self._release_port()
 
+    def kill(self) -> None:
+        """Crash the broker (SIGKILL): what it acknowledged but had not delivered or saved is lost, as in
+        a power cut. The port stays held until :meth:`start`."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(5)
+            self._process = None
+        self.stop()
+
     def _release_port(self) -> None:
         if self._port_holder is not None:
             self._port_holder.close()
