@@ -128,9 +128,12 @@ class MqttReporter:
             self._threads.append(thread)
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Publish "offline" (retained), disconnect cleanly and close the outbox."""
+        """Publish "stopped" (retained), disconnect cleanly and close the outbox.
+
+        "stopped" tells the fleet the device went away on purpose; "offline" stays the last will's, so
+        a lost device and a switched-off one read differently."""
         if self._connected.is_set():
-            info = self._publish_status_now("offline", "agent stopped")
+            info = self._publish_status_now("stopped", "agent stopped")
             if info is not None:
                 info.wait_for_publish(timeout_s)
         self._stopping.set()
