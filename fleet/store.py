@@ -209,6 +209,14 @@ def subtract_ranges(ranges: list[tuple[int, int]], holes: list[tuple[int, int]])
     return result
 
 
+def _ts_as_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PostgreSQL returns ``ts`` as a datetime; readers get the same ISO text SQLite stores."""
+    for row in rows:
+        if isinstance(row["ts"], datetime):
+            row["ts"] = row["ts"].astimezone(UTC).isoformat()
+    return rows
+
+
 @dataclass(frozen=True)
 class Received:
     """A validated device message and when/where it arrived."""
@@ -615,10 +623,16 @@ class FleetStore:
             f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM fleet_messages{where} ORDER BY site, device, seq",
             tuple(params),
         )
-        for row in rows:
-            if isinstance(row["ts"], datetime):  # PostgreSQL's TIMESTAMPTZ: the same text as SQLite's
-                row["ts"] = row["ts"].astimezone(UTC).isoformat()
-        return rows
+        return _ts_as_text(rows)
+
+    def recent_messages(self, site: str, device: str, kind: str, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` newest messages of one kind from one device, in sequence order."""
+        rows = self._query(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM fleet_messages WHERE site = ? AND device = ? AND kind = ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (site, device, kind, limit),
+        )
+        return _ts_as_text(rows[::-1])
 
     def _query(self, statement: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._lock:
