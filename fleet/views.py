@@ -56,6 +56,8 @@ class FleetRow:
     last_seen: float
     age_s: float
     model: str
+    model_name: str | None
+    model_version: str | None
     runtime: str | None
     alerts: int
     last_alert: str | None
@@ -88,6 +90,8 @@ def fleet_rows(store: FleetStore, now: float, stale_after_s: float) -> list[Flee
                 last_seen=row["last_seen"],
                 age_s=age,
                 model=" ".join(str(part) for part in (row["model_name"], row["model_version"]) if part) or "-",
+                model_name=row["model_name"],
+                model_version=row["model_version"],
                 runtime=row["model_runtime"],
                 alerts=int(row["alerts"]),
                 last_alert=row["last_alert"],
@@ -107,15 +111,16 @@ def _number(value: float | None, format_spec: str = "") -> str:
 
 
 def fleet_table(rows: list[FleetRow]) -> Table:
-    """The fleet as a rich table that fits 80 columns: no borders, site/device in one cell that may
-    wrap, short headers; the gap ranges are printed under the table by the caller."""
+    """The fleet as a rich table that fits 80 columns: no side borders, device over site and model over
+    version in two-line cells that fold (never cut) long names; the gap ranges are printed under the
+    table by the caller."""
     table = Table(
-        title=f"gridedge fleet ({len(rows)} devices)", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1)
+        title=f"gridedge fleet ({len(rows)} devices)", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0)
     )
-    table.add_column("site/device", overflow="fold", ratio=3)
+    table.add_column("device\nsite", overflow="fold", min_width=12)
     table.add_column("state", no_wrap=True)
     table.add_column("seen", no_wrap=True, justify="right")
-    table.add_column("model", overflow="fold", ratio=2)
+    table.add_column("model\nversion", overflow="fold", min_width=10)
     table.add_column("alerts", no_wrap=True, justify="right")
     table.add_column("drift", no_wrap=True, justify="right")
     table.add_column("queued", no_wrap=True, justify="right")
@@ -124,15 +129,17 @@ def fleet_table(rows: list[FleetRow]) -> Table:
     for row in rows:
         colour = STATE_COLOURS.get(row.state, "white")
         table.add_row(
-            f"{row.site}/{row.device}",
+            f"{row.device}\n[dim]{row.site}[/]",
             f"[{colour}]{row.state}[/]",
             age_label(row.age_s),
-            row.model,
+            f"{row.model_name}\n{row.model_version}" if row.model_name else "-",
             str(row.alerts),
             _number(row.drift_max, ".2f"),
             _number(row.outbox_depth),
             _number(row.dropped),
             str(row.missing) if row.missing else "-",
         )
-    table.caption = "seen: time since last message; queued/lost: device outbox; gaps: missing seq numbers"
     return table
+
+
+TABLE_LEGEND = "seen: time since the last message; queued/lost: device outbox; gaps: missing seq numbers"

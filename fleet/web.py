@@ -2,7 +2,7 @@
 
 Two pages: ``/`` (the fleet table) and ``/device/{site}/{device}`` (forecast vs measured as an inline
 SVG drawn here, alerts, model history). Nothing on them changes the store, which is opened read-only.
-Authentication belongs in front of it (a reverse proxy, docs/fleet-web.md); ``auth_token`` is the cheap
+Authentication belongs in front of it (a reverse proxy, docs/fleet.md); ``auth_token`` is the cheap
 built-in alternative: every request must carry it as ``Authorization: Bearer <token>`` or as the password
 of HTTP Basic (so a browser asks for it once).
 """
