@@ -443,7 +443,7 @@ class FleetReceiver:
                 self._store(batch)
 
     def _store(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
-        outcome = self._write([(message.topic, message.payload) for _, message in batch])
+        outcome = self._write([(message.topic, bytes(message.payload)) for _, message in batch])
         if outcome is None:
             return  # the batch stays unacknowledged: the broker redelivers it to the next receiver
         self.stats.received += len(batch)
