@@ -160,7 +160,8 @@ def listen(
     console.print(f"[bold]{receiver.name}[/] listening on {host}:{port}, storing in {store.location}")
     started = time.monotonic()
     try:
-        receiver.run(duration, connect_timeout_s=connect_timeout)
+        # Said once subscribed (the writer process starts first, ~1 s): scripts may wait for this line.
+        receiver.run(duration, connect_timeout_s=connect_timeout, on_subscribed=lambda: console.print("subscribed"))
     finally:
         store.close()
     elapsed = time.monotonic() - started

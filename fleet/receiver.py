@@ -360,7 +360,12 @@ class FleetReceiver:
                 self._start_child()
         return None
 
-    def run(self, duration_s: float | None = None, connect_timeout_s: float = 10.0) -> None:
+    def run(
+        self,
+        duration_s: float | None = None,
+        connect_timeout_s: float = 10.0,
+        on_subscribed: Callable[[], None] | None = None,
+    ) -> None:
         """Receive until interrupted (Ctrl-C) or for ``duration_s`` seconds.
 
         Raises :class:`ReceiverError` when the first connection is refused or does not succeed
@@ -377,6 +382,8 @@ class FleetReceiver:
                         f"cannot connect to {self.broker.host}:{self.broker.port}: "
                         f"{self._refused or self.diagnosis.describe()}"
                     )
+            if on_subscribed is not None:
+                on_subscribed()
             end = None if duration_s is None else time.monotonic() + duration_s
             while end is None or time.monotonic() < end:
                 time.sleep(0.2 if end is None else max(0.0, min(0.2, end - time.monotonic())))

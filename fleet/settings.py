@@ -107,7 +107,8 @@ def resolve_store(
     assert location.path is not None
     if must_exist and not location.path.is_file():
         raise FleetError(
-            f"fleet store {location.describe()} not found; give the file `gridedge fleet listen` writes with "
-            f"--db, ${DB_ENV} or db: in {default_config_path()} (or a PostgreSQL DSN with --dsn / ${DSN_ENV})"
+            f"fleet store {location.path} not found ({location.source}); give the file `gridedge fleet listen` "
+            f"writes with --db, ${DB_ENV} or db: in {default_config_path()} (or a PostgreSQL DSN with --dsn / "
+            f"${DSN_ENV})"
         )
     return location

@@ -317,6 +317,8 @@ class FleetStore:
                     f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
                 )
                 self._connection.execute("PRAGMA busy_timeout=10000")
+                # Fail here, not at the first page view, when the file is not a SQLite database.
+                self._connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)

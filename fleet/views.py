@@ -142,4 +142,4 @@ def fleet_table(rows: list[FleetRow]) -> Table:
     return table
 
 
-TABLE_LEGEND = "seen: time since the last message; queued/lost: device outbox; gaps: missing seq numbers"
+TABLE_LEGEND = "seen: time since the last message; queued/lost: device outbox; gaps: seq numbers never received"

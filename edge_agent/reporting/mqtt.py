@@ -15,6 +15,7 @@ Delivery rules:
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading

@@ -54,7 +54,7 @@ def test_a_missing_store_is_an_error_and_no_file_is_created(clean_env: Path) -> 
     for command in (["status"], ["dead-letters"], ["export", "--out", "x.csv"], ["serve"]):
         result = runner.invoke(app, command)
         assert result.exit_code != 0, command
-        assert "fleet.sqlite3 (default) not found" in str(result.exception), command
+        assert "fleet.sqlite3 not found (default)" in str(result.exception), command
     assert not (clean_env / "fleet.sqlite3").exists()
 
 

@@ -103,7 +103,9 @@ def test_cli_listen_status_and_export(broker: LocalMosquitto, tmp_path: Path) ->
          "--db", str(database), "--group", f"cli-{uuid.uuid4().hex[:6]}", "--duration", "4"],
         stderr=subprocess.PIPE, text=True, env=env,
     )
-    time.sleep(2.0)  # the listener imports and subscribes
+    assert listener.stderr is not None
+    while "subscribed" not in (line := listener.stderr.readline()):  # the listener imports and subscribes
+        assert line, "the listener ended before subscribing"
     device = f"inv-{uuid.uuid4().hex[:6]}"
     reporter = reporter_for(broker.port, tmp_path, device)
     reporter.publish_summary(summary())
