@@ -51,6 +51,7 @@ from gridedge.fleet.store import FleetStore, Received
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_OUTBOX_MSG_S = 1000
 TARGET_INGEST_SUMMARIES_S = 5000
+BACKEND_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 console = Console()
 
 
@@ -186,9 +187,10 @@ def publish_summaries(port: int, count: int, ready: Any | None) -> None:
     publisher.loop_stop()
 
 
-def run_receiver(port: int, database: str, name: str, connected: Any, stop: Any) -> None:
-    """Child process: one receiver of the shared group "bench", storing into ``database``."""
-    store = FleetStore(path=Path(database))
+def run_receiver(port: int, location: dict[str, Any], name: str, connected: Any, stop: Any) -> None:
+    """Child process: one receiver of the shared group "bench", storing into ``location`` (its own writer
+    process validates and stores)."""
+    store = FleetStore(**location)
     receiver = FleetReceiver(BrokerConfig(port=port), store, group="bench", name=name, session_expiry_s=0)
     receiver.start()
     if receiver.wait_connected(10):
@@ -198,29 +200,71 @@ def run_receiver(port: int, database: str, name: str, connected: Any, stop: Any)
     store.close()
 
 
-def count_rows(database: Path, at_least: int) -> int:
-    """Stored summaries; cheap (MAX(rowid)) until the table could hold ``at_least`` of them."""
-    with sqlite3.connect(database, timeout=30) as db:
+def count_rows(location: dict[str, Any], at_least: int) -> int:
+    """Stored summaries; on SQLite cheap (MAX(rowid)) until the table could hold ``at_least`` of them."""
+    if "dsn" in location:
+        import psycopg
+
+        with psycopg.connect(location["dsn"]) as db:
+            row = db.execute("SELECT COUNT(*) FROM fleet_messages WHERE kind = 'summary'").fetchone()
+            return int(row[0]) if row else 0
+    with sqlite3.connect(location["path"], timeout=30) as db:
         upper = int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM fleet_messages").fetchone()[0])
         if upper < at_least:
             return upper
         return int(db.execute("SELECT COUNT(*) FROM fleet_messages WHERE kind = 'summary'").fetchone()[0])
 
 
-def bench_receivers(broker: LocalMosquitto, workdir: Path, count: int, receivers: int) -> dict[str, Any]:
-    """Summaries/s from MQTT into one SQLite file through ``receivers`` processes on a shared subscription
-    (JSON validation, dedup and commit included; the publisher runs in its own process)."""
+def split_by_receiver(location: dict[str, Any]) -> dict[str, int]:
+    """Stored summaries per receiver name."""
+    query = "SELECT receiver, COUNT(*) FROM fleet_messages WHERE kind = 'summary' GROUP BY receiver"
+    if "dsn" in location:
+        import psycopg
+
+        with psycopg.connect(location["dsn"]) as db:
+            return {str(name): int(n) for name, n in db.execute(query).fetchall()}
+    with sqlite3.connect(location["path"]) as db:
+        return dict(db.execute(query).fetchall())
+
+
+def fresh_postgres_schema(base_dsn: str) -> str:
+    """A DSN whose search_path is a new, empty schema (so runs do not see each other's rows)."""
+    import psycopg
+
+    schema = f"gridedge_bench_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    with psycopg.connect(base_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+    return f"{base_dsn} options='-csearch_path={schema}'"
+
+
+def drop_postgres_schema(base_dsn: str, dsn: str) -> None:
+    import psycopg
+
+    schema = dsn.rsplit("search_path=", 1)[1].rstrip("'")
+    with psycopg.connect(base_dsn, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def bench_receivers(
+    broker: LocalMosquitto, workdir: Path, count: int, receivers: int, pg_dsn: str | None = None
+) -> dict[str, Any]:
+    """Summaries/s from MQTT into one store (SQLite file, or PostgreSQL given ``pg_dsn``) through
+    ``receivers`` processes on a shared subscription (JSON validation, dedup and commit included; the
+    publisher runs in its own process)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    database = workdir / f"receivers-{receivers}.sqlite3"
-    FleetStore(path=database).close()  # create the schema once, before the children race to
+    backend = "postgres" if pg_dsn else "sqlite"
+    location: dict[str, Any] = (
+        {"dsn": fresh_postgres_schema(pg_dsn)} if pg_dsn else {"path": workdir / f"receivers-{receivers}.sqlite3"}
+    )
+    FleetStore(**location).close()  # create the schema once, before the children race to
     stop = context.Event()
     children = []
     for index in range(receivers):
         connected = context.Event()
         child = context.Process(
-            target=run_receiver, args=(broker.port, str(database), f"bench-{receivers}-{index}", connected, stop)
+            target=run_receiver, args=(broker.port, location, f"bench-{receivers}-{index}", connected, stop)
         )
         child.start()
         assert connected.wait(60), "a receiver process could not connect"
@@ -233,22 +277,20 @@ def bench_receivers(broker: LocalMosquitto, workdir: Path, count: int, receivers
     started = time.perf_counter()
     stored = 0
     with progress() as bar:
-        task = bar.add_task(f"ingest, {receivers} receiver process(es)", total=count)
+        task = bar.add_task(f"ingest into {backend}, {receivers} receiver process(es)", total=count)
         while stored < count and time.perf_counter() - started < 180:
             time.sleep(0.2)
-            stored = count_rows(database, count)
+            stored = count_rows(location, count)
             bar.update(task, completed=stored)
     elapsed = time.perf_counter() - started
     stop.set()
     for child in [*children, publisher]:
         child.join(60)
-    with sqlite3.connect(database) as db:
-        split = dict(
-            db.execute(
-                "SELECT receiver, COUNT(*) FROM fleet_messages WHERE kind = 'summary' GROUP BY receiver"
-            ).fetchall()
-        )
+    split = split_by_receiver(location)
+    if pg_dsn:
+        drop_postgres_schema(pg_dsn, location["dsn"])
     return {
+        "backend": backend,
         "receivers": receivers,
         "summaries": count,
         "stored": stored,
@@ -393,7 +435,8 @@ def write_results(results: dict[str, Any]) -> None:
         ("FleetStore.ingest, SQLite, batches of 1000", f"{ingest['summaries_per_s']:,.0f} summaries/s",
          f">= {TARGET_INGEST_SUMMARIES_S:,}", ingest["summaries_per_s"] >= TARGET_INGEST_SUMMARIES_S),
         *[
-            (f"Receiver MQTT -> SQLite, {run['receivers']} process(es) (validate, dedup, commit)",
+            (f"Receiver MQTT -> {BACKEND_NAMES[run.get('backend', 'sqlite')]}, {run['receivers']} process(es) "
+             "(validate, dedup, commit)",
              f"{run['summaries_per_s']:,.0f} summaries/s ({run['stored']}/{run['summaries']} stored)",
              f">= {TARGET_INGEST_SUMMARIES_S:,}", run["summaries_per_s"] >= TARGET_INGEST_SUMMARIES_S)
             for run in results["receiver_ingest"]
@@ -428,6 +471,9 @@ def main() -> None:
     parser.add_argument("--receivers", type=int, default=2, help="receiver processes of the scale-out run")
     parser.add_argument("--outage-s", type=float, default=10.0, help="broker outage of the soak (600 = 10 min)")
     parser.add_argument("--outage-rate", type=float, default=10.0, help="messages/s during the soak")
+    parser.add_argument(
+        "--pg-dsn", default="host=127.0.0.1 dbname=test", help="PostgreSQL for the receiver runs ('' to skip)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gridedge-bench-mqtt-") as tmp:
         workdir = Path(tmp)
@@ -443,7 +489,8 @@ def main() -> None:
                 "outbox_replay": bench_outbox_replay(broker, workdir, args.messages),
                 "store_ingest": bench_store_ingest(workdir, args.summaries),
                 "receiver_ingest": [
-                    bench_receivers(broker, workdir, args.summaries, count)
+                    bench_receivers(broker, workdir, args.summaries, count, pg_dsn)
+                    for pg_dsn in ([None, args.pg_dsn] if args.pg_dsn else [None])
                     for count in sorted({1, args.receivers})
                 ],
                 "drain": bench_drain(broker, workdir, args.summaries),

@@ -24,7 +24,7 @@ from edge_agent.yamlconfig import StrictModel
 SCHEMA_VERSION: Literal["1.0"] = "1.0"
 TOPIC_ROOT = "gridedge/v1"
 
-DeviceState = Literal["online", "offline", "degraded"]
+DeviceState = Literal["online", "offline", "degraded", "stopped"]
 
 # Bounds every receiver can store: a sequence fits a signed 64-bit column (PostgreSQL BIGINT, SQLite
 # INTEGER), counters stay exact in a double, and no text carries NUL (PostgreSQL text cannot hold it).
@@ -107,10 +107,17 @@ class ModelInfo(_Message):
 
 
 class StatusMessage(Envelope):
-    """Retained device status: birth ``online`` on every connect, will ``offline``, ``degraded``."""
+    """Retained device status: birth ``online`` on every connect, will ``offline``, ``degraded``,
+    ``stopped`` on a clean shutdown."""
 
     kind: Literal["status"] = "status"
-    state: DeviceState = Field(..., description="online, offline, or degraded (running on the fallback).")
+    state: DeviceState = Field(
+        ...,
+        description=(
+            "online, degraded (running on the fallback), stopped (the agent shut down cleanly) or offline "
+            "(the connection was lost: the broker published the last will)."
+        ),
+    )
     reason: Text | None = Field(None, description="Why the state was entered, when known.")
     model: ModelInfo | None = Field(None, description="Model in use, when known.")
     agent_version: Name | None = Field(None, description="gridedge agent version.")

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gridedge.fleet.settings import CONFIG_ENV, DB_ENV, DEFAULT_DB, DSN_ENV, resolve_store
+
 if TYPE_CHECKING:
     from edge_agent.transport import BrokerConfig
     from gridedge.fleet.store import FleetStore
@@ -18,15 +20,19 @@ app = typer.Typer(
 )
 
 DbOption = Annotated[
-    Path, typer.Option("--db", help="SQLite file of the fleet store (used unless --dsn is given).")
+    Path | None,
+    typer.Option("--db", help=f"SQLite file of the fleet store (else ${DB_ENV}, the config file, ./{DEFAULT_DB})."),
 ]
 DsnOption = Annotated[
-    str | None,
+    str | None, typer.Option("--dsn", help=f"PostgreSQL DSN of the fleet store (else ${DSN_ENV} or the config file).")
+]
+ConfigOption = Annotated[
+    Path | None,
     typer.Option(
-        "--dsn", envvar="GRIDEDGE_FLEET_DSN", help="PostgreSQL DSN; stores there instead of SQLite."
+        "--config",
+        help=f"Fleet config file with db:/dsn: (else ${CONFIG_ENV} or ~/.config/gridedge/fleet.yaml).",
     ),
 ]
-DEFAULT_DB = Path("fleet.sqlite3")
 
 
 HostOption = Annotated[str, typer.Option(help="Broker host.")]
@@ -76,21 +82,28 @@ def broker_config(
     )
 
 
-def open_store(db: Path, dsn: str | None, *, existing: bool = False) -> FleetStore:
-    """The PostgreSQL store when a DSN is given, else the SQLite file (which must exist if ``existing``)."""
+def open_store(
+    db: Path | None, dsn: str | None, *, existing: bool = True, config: Path | None = None, read_only: bool = False
+) -> FleetStore:
+    """The fleet store named by the options, environment or config file (``gridedge.fleet.settings``).
+
+    A missing SQLite file is an error when ``existing`` (every command but ``listen``).
+    """
     import sqlite3
 
     from edge_agent.errors import FleetError
     from gridedge.fleet.store import FleetStore
 
-    if dsn:
-        return FleetStore(dsn=dsn)
-    if existing and not db.is_file():
-        raise FleetError(f"fleet store {db} not found; pass --db with the file `gridedge fleet listen` writes")
+    location = resolve_store(db, dsn, config, must_exist=existing)
+    if location.dsn is not None:
+        return FleetStore(dsn=location.dsn, read_only=read_only)
+    assert location.path is not None
     try:
-        return FleetStore(path=db)
+        return FleetStore(path=location.path, read_only=read_only)
     except sqlite3.Error as exc:
-        raise FleetError(f"cannot open the fleet store {db}: {exc}; pass --db with a fleet SQLite file") from exc
+        raise FleetError(
+            f"cannot open the fleet store {location.describe()}: {exc}; pass --db with a fleet SQLite file"
+        ) from exc
 
 
 @app.command()
@@ -117,8 +130,13 @@ def listen(
     username_env: Annotated[str | None, typer.Option(help="Variable holding the username.")] = None,
     password_env: Annotated[str | None, typer.Option(help="Variable holding the password.")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    db: DbOption = DEFAULT_DB,
+    retention_days: Annotated[
+        float | None,
+        typer.Option(help="Drop stored messages older than this many days (default: the config file's, else keep)."),
+    ] = None,
+    db: DbOption = None,
     dsn: DsnOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Subscribe to every device's reports and store them, deduplicated on message id.
 
@@ -133,12 +151,17 @@ def listen(
     broker = broker_config(
         host, port, protocol, (cafile, cert, key), username_env, password_env, reconnect_max=reconnect_max
     )
-    store = open_store(db, dsn)
-    receiver = FleetReceiver(broker, store, group=None if no_share else group, name=name)
+    location = resolve_store(db, dsn, config, must_exist=False)
+    store = open_store(db, dsn, config=config, existing=False)
+    receiver = FleetReceiver(
+        broker, store, group=None if no_share else group, name=name,
+        retention_days=retention_days if retention_days is not None else location.retention_days,
+    )
     console.print(f"[bold]{receiver.name}[/] listening on {host}:{port}, storing in {store.location}")
     started = time.monotonic()
     try:
-        receiver.run(duration, connect_timeout_s=connect_timeout)
+        # Said once subscribed (the writer process starts first, ~1 s): scripts may wait for this line.
+        receiver.run(duration, connect_timeout_s=connect_timeout, on_subscribed=lambda: console.print("subscribed"))
     finally:
         store.close()
     elapsed = time.monotonic() - started
@@ -151,51 +174,33 @@ def listen(
 
 @app.command()
 def status(
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     dsn: DsnOption = None,
+    config: ConfigOption = None,
     stale_after: Annotated[
         float, typer.Option(help="Seconds without news after which an online device is flagged.")
     ] = 900.0,
 ) -> None:
-    """Print the fleet table: state, last seen, model, alerts, drift, outbox depth."""
+    """Print the fleet table: state, last seen, model, alerts, drift, outbox depth, sequence gaps."""
     from rich.console import Console
-    from rich.table import Table
 
-    store = open_store(db, dsn, existing=True)
-    devices = store.devices()
-    gaps = store.gaps()
-    dead_letters = store.dead_letter_count()
-    latest_dead = store.dead_letters(limit=1)
-    store.close()
-    table = Table(title=f"gridedge fleet ({len(devices)} devices)")
-    columns = (
-        "site", "device", "state", "last seen", "model", "alerts", "drift |z|", "outbox", "dropped", "seq gaps"
-    )
-    for column in columns:
-        table.add_column(column)
-    now = time.time()
-    colours = {"online": "green", "degraded": "yellow", "offline": "red"}
-    for row in devices:
-        state = row["state"] or "unknown"
-        age = now - row["last_seen"]
-        label = f"[{colours.get(state, 'white')}]{state}[/]"
-        if state != "offline" and age > stale_after:
-            label += " [red](silent)[/]"
-        model = " ".join(str(part) for part in (row["model_name"], row["model_version"]) if part) or "-"
-        table.add_row(
-            row["site"],
-            row["device"],
-            label,
-            f"{_age(age)} ago",
-            model,
-            str(row["alerts"]),
-            "-" if row["drift_max"] is None else f"{row['drift_max']:.2f}",
-            "-" if row["outbox_depth"] is None else str(row["outbox_depth"]),
-            "-" if row["dropped"] is None else str(row["dropped"]),
-            _gap_label(gaps.get((row["site"], row["device"]), [])),
-        )
+    from gridedge.fleet.views import TABLE_LEGEND, fleet_rows, fleet_table
+
+    store = open_store(db, dsn, config=config, read_only=True)
+    try:
+        rows = fleet_rows(store, time.time(), stale_after)
+        dead_letters = store.dead_letter_count()
+        latest_dead = store.dead_letters(limit=1)
+    finally:
+        store.close()
     console = Console()
-    console.print(table)
+    console.print(fleet_table(rows))
+    console.print(TABLE_LEGEND, style="dim")
+    for row in rows:
+        if row.gap_ranges:
+            console.print(
+                f"seq gaps of {row.site}/{row.device}: {row.missing} missing ({row.gap_ranges})", markup=False
+            )
     line = f"dead letters: {dead_letters}"
     if latest_dead:
         line += f" (latest: {latest_dead[0]['topic']}: {latest_dead[0]['reason'][:120]})"
@@ -204,24 +209,29 @@ def status(
 
 @app.command("dead-letters")
 def dead_letters(
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     dsn: DsnOption = None,
+    config: ConfigOption = None,
     limit: Annotated[int, typer.Option(help="Show at most this many, newest first.")] = 50,
 ) -> None:
     """List messages that failed validation or could not be stored: topic, reason, payload start."""
     from rich.console import Console
     from rich.table import Table
 
-    store = open_store(db, dsn)
-    rows = store.dead_letters(limit)
-    total = store.dead_letter_count()
-    store.close()
+    from gridedge.fleet.views import iso_utc
+
+    store = open_store(db, dsn, config=config, read_only=True)
+    try:
+        rows = store.dead_letters(limit)
+        total = store.dead_letter_count()
+    finally:
+        store.close()
     table = Table(title=f"dead letters ({total} in all, newest {len(rows)} shown)")
-    for column in ("received", "receiver", "topic", "reason", "bytes", "payload"):
+    for column in ("received (UTC)", "receiver", "topic", "reason", "bytes", "payload"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
-            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["received_at"])),
+            iso_utc(row["received_at"], "seconds"),
             row["receiver"],
             row["topic"],
             row["reason"][:300],
@@ -235,19 +245,26 @@ def dead_letters(
 def export(
     out: Annotated[Path, typer.Option(help="CSV file to write.")],
     what: Annotated[str, typer.Option(help="devices or messages.")] = "devices",
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     dsn: DsnOption = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Write the device table or every stored message as CSV."""
+    """Write the device table or every stored message as CSV; times are ISO 8601 UTC."""
     import csv
+
+    from gridedge.fleet.store import DEVICE_COLUMNS, MESSAGE_COLUMNS
+    from gridedge.fleet.views import TIME_COLUMNS, iso_utc
 
     if what not in ("devices", "messages"):
         raise typer.BadParameter("use --what devices or --what messages", param_hint="--what")
-    store = open_store(db, dsn, existing=True)
-    rows = store.devices() if what == "devices" else store.messages()
-    store.close()
-    from gridedge.fleet.store import DEVICE_COLUMNS, MESSAGE_COLUMNS
-
+    store = open_store(db, dsn, config=config, read_only=True)
+    try:
+        rows = store.devices() if what == "devices" else store.messages()
+    finally:
+        store.close()
+    for row in rows:
+        for column in TIME_COLUMNS.intersection(row):
+            row[column] = iso_utc(row[column])
     columns = DEVICE_COLUMNS if what == "devices" else MESSAGE_COLUMNS
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
@@ -255,6 +272,45 @@ def export(
         writer.writeheader()
         writer.writerows(rows)
     typer.echo(f"wrote {len(rows)} {what} to {out}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the page on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
+    auth_token_env: Annotated[
+        str | None,
+        typer.Option(help="Variable holding a token every request must carry (Authorization: Bearer, or ?token=)."),
+    ] = None,
+    stale_after: Annotated[
+        float, typer.Option(help="Seconds without news after which an online device is flagged.")
+    ] = 900.0,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the fleet as read-only web pages (fleet table, device pages with forecast vs measured).
+
+    Put authentication in front with a reverse proxy (docs/fleet.md) or --auth-token-env.
+    """
+    import os
+
+    import uvicorn
+
+    from gridedge.fleet.web import create_app
+
+    token = None
+    if auth_token_env is not None:
+        token = os.environ.get(auth_token_env)
+        if not token:
+            raise typer.BadParameter(f"${auth_token_env} is empty or unset", param_hint="--auth-token-env")
+    store = open_store(db, dsn, config=config, read_only=True)
+    typer.echo(f"fleet page on http://{host}:{port}/ (store {store.location if store.path else 'PostgreSQL'})")
+    try:
+        uvicorn.run(create_app(store, auth_token=token, stale_after_s=stale_after), host=host, port=port,
+                    log_level="warning")
+    finally:
+        store.close()
 
 
 @app.command()
@@ -327,8 +383,9 @@ def replay_gaps(
     username_env: UsernameOption = None,
     password_env: PasswordOption = None,
     timeout: TimeoutOption = 30.0,
-    db: DbOption = DEFAULT_DB,
+    db: DbOption = None,
     dsn: DsnOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Ask devices to replay the sequence gaps of the fleet store (signed `replay` commands); ranges a
     device no longer holds are marked unavailable. A running `fleet listen` stores what is replayed."""
@@ -338,7 +395,7 @@ def replay_gaps(
 
     private_key = load_private_key(key)
     broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
-    store = open_store(db, dsn, existing=True)
+    store = open_store(db, dsn, config=config)
     try:
         with CommandClient(broker, timeout_s=timeout) as client:
             reports = replay(store, client, private_key, site, device)
@@ -373,11 +430,3 @@ def _gap_label(gaps: list[tuple[int, int]]) -> str:
     missing = sum(last - first + 1 for first, last in gaps)
     shown = ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in gaps[:3])
     return f"{missing} missing ({shown}{', ...' if len(gaps) > 3 else ''})"
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -11,15 +11,24 @@ Two more tables keep the fleet honest about what it did not store:
 * ``fleet_seq_ranges``: the sequence numbers received per device as merged ranges ``[first, last]``;
   the holes between them are the gaps the fleet asks the device to replay (``fleet_seq_unavailable``
   holds the ranges a device answered it does not hold, so they are not asked for again).
+
+On PostgreSQL the message table is partitioned by range on the message's own UTC time (``ts``), one
+partition per day, created on demand by the receiver that first stores a message of that day; the
+primary key is ``(message_id, ts)``, which still deduplicates because a resent message carries its
+original time. Retention (:meth:`FleetStore.apply_retention`) drops whole partitions there, and deletes
+rows from SQLite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +100,22 @@ SCHEMA = [
     )""",
 ]
 
+# PostgreSQL: the same columns, partitioned by the message time (see the module docstring).
+POSTGRES_MESSAGES = """CREATE TABLE IF NOT EXISTS fleet_messages (
+        message_id TEXT NOT NULL,
+        site TEXT NOT NULL,
+        device TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        ts TIMESTAMPTZ NOT NULL,
+        is_historical BOOLEAN NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        receiver TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (message_id, ts)
+    ) PARTITION BY RANGE (ts)"""
+PARTITION_PREFIX = "fleet_messages_p"
+
 DEVICE_COLUMNS = (
     "site", "device", "state", "state_reason", "state_at", "last_seen", "last_seq", "model_name",
     "model_version", "model_runtime", "alerts", "last_alert", "drift_max", "outbox_depth", "dropped",
@@ -141,8 +166,14 @@ ON CONFLICT (site, device) DO UPDATE SET
 
 _INSERT_MESSAGE = (
     f"INSERT INTO fleet_messages ({', '.join(MESSAGE_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in MESSAGE_COLUMNS)}) ON CONFLICT (message_id) DO NOTHING"
+    f"VALUES ({', '.join('?' for _ in MESSAGE_COLUMNS)}) ON CONFLICT DO NOTHING"
 )
+
+
+def partition_day(ts: datetime) -> datetime:
+    """Midnight UTC of the day partition holding a message sent at ``ts``."""
+    utc = ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+    return datetime(utc.year, utc.month, utc.day, tzinfo=UTC)
 
 
 def printable(raw: bytes | str, limit: int) -> str:
@@ -176,6 +207,14 @@ def subtract_ranges(ranges: list[tuple[int, int]], holes: list[tuple[int, int]])
         if start <= last:
             result.append((start, last))
     return result
+
+
+def _ts_as_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PostgreSQL returns ``ts`` as a datetime; readers get the same ISO text SQLite stores."""
+    for row in rows:
+        if isinstance(row["ts"], datetime):
+            row["ts"] = row["ts"].astimezone(UTC).isoformat()
+    return rows
 
 
 @dataclass(frozen=True)
@@ -243,12 +282,18 @@ class _DeviceDelta:
 
 
 class FleetStore:
-    """Message and device tables in SQLite (``path``) or PostgreSQL (``dsn``); thread-safe."""
+    """Message and device tables in SQLite (``path``) or PostgreSQL (``dsn``); thread-safe.
 
-    def __init__(self, path: Path | None = None, dsn: str | None = None):
+    ``read_only`` (the web page, reports) opens SQLite with ``mode=ro`` and PostgreSQL in read-only
+    transactions, and never creates the schema.
+    """
+
+    def __init__(self, path: Path | None = None, dsn: str | None = None, *, read_only: bool = False):
         if (path is None) == (dsn is None):
             raise ConfigError("give the fleet store either a SQLite path or a PostgreSQL DSN, not both")
         self.postgres = dsn is not None
+        self.path, self.dsn, self.read_only = path, dsn, read_only
+        self._partitions: set[datetime] = set()
         self._lock = threading.Lock()
         self._connection: Any
         if dsn is not None:
@@ -258,6 +303,8 @@ class FleetStore:
                 raise missing_extra("psycopg", "fleet") from exc
             try:
                 self._connection = psycopg.connect(dsn, autocommit=True)
+                if read_only:
+                    self._connection.execute("SET default_transaction_read_only = on")
             except psycopg.Error as exc:
                 raise GridedgeError(
                     f"cannot connect to PostgreSQL ({exc}); check the DSN and that the server is running"
@@ -265,18 +312,18 @@ class FleetStore:
             self.location = dsn
         else:
             assert path is not None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoint (and fsync) every ~64 MB of WAL instead of every 4 MB: ingest is write-heavy.
-            self._connection.execute("PRAGMA wal_autocheckpoint=16384")
-            # Several receiver processes may share the file: wait for each other's short transactions.
-            self._connection.execute("PRAGMA busy_timeout=10000")
+            if read_only:
+                self._connection = sqlite3.connect(
+                    f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+                )
+                self._connection.execute("PRAGMA busy_timeout=10000")
+                # Fail here, not at the first page view, when the file is not a SQLite database.
+                self._connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+                self._configure_sqlite_writer()
             self.location = str(path)
-        with self._transaction() as cursor:
-            for statement in SCHEMA:
-                cursor.execute(statement)
         # Errors that say "this message cannot be stored" (as opposed to "the database is unwell"):
         # the message goes to the dead letters instead of being retried.
         self._data_errors: tuple[type[BaseException], ...] = (
@@ -286,6 +333,24 @@ class FleetStore:
             import psycopg
 
             self._data_errors += (psycopg.DataError, psycopg.IntegrityError)
+        if not read_only:
+            with self._transaction() as cursor:
+                for statement in SCHEMA:
+                    if self.postgres and statement.startswith("CREATE TABLE IF NOT EXISTS fleet_messages "):
+                        statement = POSTGRES_MESSAGES
+                    cursor.execute(statement)
+
+    def reopen_arguments(self) -> dict[str, Any]:
+        """Keyword arguments that open this store again (in another process)."""
+        return {"path": self.path} if self.path is not None else {"dsn": self.dsn}
+
+    def _configure_sqlite_writer(self) -> None:
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint (and fsync) every ~64 MB of WAL instead of every 4 MB: ingest is write-heavy.
+        self._connection.execute("PRAGMA wal_autocheckpoint=16384")
+        # Several receiver processes may share the file: wait for each other's short transactions.
+        self._connection.execute("PRAGMA busy_timeout=10000")
 
     def _sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.postgres else statement
@@ -317,6 +382,8 @@ class FleetStore:
         fresh: dict[str, Received] = {}
         for item in items:
             fresh.setdefault(item.message.message_id, item)
+        if self.postgres:
+            self._ensure_partitions({partition_day(item.message.ts) for item in fresh.values()})
         with self._transaction() as cursor:
             ids = list(fresh)
             for offset in range(0, len(ids), 500):
@@ -341,7 +408,7 @@ class FleetStore:
                         item.message.device,
                         getattr(item.message, "kind", "unknown"),
                         item.message.seq,
-                        item.message.ts.isoformat(),
+                        item.message.ts if self.postgres else item.message.ts.isoformat(),
                         item.message.is_historical,
                         item.received_at,
                         receiver,
@@ -372,6 +439,54 @@ class FleetStore:
             for key in sorted(seqs):
                 self._merge_seqs(cursor, key, seqs[key])
         return len(fresh)
+
+    def _ensure_partitions(self, days: set[datetime]) -> None:
+        """Create the day partitions a batch needs (idempotent; receivers may race to create one)."""
+        import psycopg
+
+        for day in sorted(days - self._partitions):
+            name = f"{PARTITION_PREFIX}{day:%Y%m%d}"
+            statement = (
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF fleet_messages "
+                f"FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + timedelta(days=1)).isoformat()}')"
+            )
+            # Another receiver may create it between IF NOT EXISTS's check and the CREATE.
+            with self._lock, contextlib.suppress(psycopg.errors.DuplicateTable, psycopg.errors.UniqueViolation):
+                self._connection.execute(statement)
+            self._partitions.add(day)
+
+    def apply_retention(self, days: float, now: float | None = None) -> int:
+        """Forget messages and dead letters older than ``days``: PostgreSQL drops whole day partitions
+        (ending before the cutoff), SQLite deletes rows received before it. Returns partitions or
+        rows removed. Device rows and sequence ranges stay: they are the fleet's memory, not history."""
+        cutoff = (time.time() if now is None else now) - days * 86400
+        if not self.postgres:
+            with self._transaction() as cursor:
+                cursor.execute("DELETE FROM fleet_messages WHERE received_at < ?", (cutoff,))
+                removed = int(cursor.rowcount)
+                cursor.execute("DELETE FROM fleet_dead_letters WHERE received_at < ?", (cutoff,))
+            return removed
+        cutoff_day = partition_day(datetime.fromtimestamp(cutoff, UTC))
+        names = [
+            row["name"]
+            for row in self._query(
+                "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'fleet_messages' "
+                "AND p.relnamespace = to_regnamespace(current_schema())::oid",
+                (),
+            )
+        ]
+        dropped = 0
+        for name in sorted(names):
+            day = datetime.strptime(name.removeprefix(PARTITION_PREFIX), "%Y%m%d").replace(tzinfo=UTC)
+            if day + timedelta(days=1) <= cutoff_day:
+                with self._transaction() as cursor:
+                    cursor.execute(f"DROP TABLE IF EXISTS {name}")
+                self._partitions.discard(day)
+                dropped += 1
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("DELETE FROM fleet_dead_letters WHERE received_at < ?"), (cutoff,))
+        return dropped
 
     def _merge_seqs(self, cursor: Any, key: tuple[str, str], seqs: list[int]) -> None:
         incoming = merge_ranges((seq, seq) for seq in seqs)
@@ -431,6 +546,16 @@ class FleetStore:
     def dead_letter_count(self) -> int:
         """How many messages were dead-lettered in all."""
         return int(self._query("SELECT COUNT(*) AS n FROM fleet_dead_letters", ())[0]["n"])
+
+    def dead_letters_by_device(self) -> dict[tuple[str, str], int]:
+        """Dead letters per (site, device) of their topic; topics that name no device are left out."""
+        counts: dict[tuple[str, str], int] = {}
+        for row in self._query("SELECT topic, COUNT(*) AS n FROM fleet_dead_letters GROUP BY topic", ()):
+            parts = row["topic"].split("/")
+            if len(parts) >= 4 and "/".join(parts[:2]) == "gridedge/v1":
+                key = (parts[2], parts[3])
+                counts[key] = counts.get(key, 0) + int(row["n"])
+        return counts
 
     def gaps(self, site: str | None = None, device: str | None = None) -> dict[tuple[str, str], list[tuple[int, int]]]:
         """Per device, the sequence ranges missing between received ones (not before the first one
@@ -496,10 +621,20 @@ class FleetStore:
                 conditions.append(f"{column} = ?")
                 params.append(value)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        return self._query(
+        rows = self._query(
             f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM fleet_messages{where} ORDER BY site, device, seq",
             tuple(params),
         )
+        return _ts_as_text(rows)
+
+    def recent_messages(self, site: str, device: str, kind: str, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` newest messages of one kind from one device, in sequence order."""
+        rows = self._query(
+            f"SELECT {', '.join(MESSAGE_COLUMNS)} FROM fleet_messages WHERE site = ? AND device = ? AND kind = ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (site, device, kind, limit),
+        )
+        return _ts_as_text(rows[::-1])
 
     def _query(self, statement: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         with self._lock:

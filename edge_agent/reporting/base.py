@@ -41,7 +41,7 @@ class Reporter(Protocol):
         """Publish raw samples unless disabled or rate-limited; returns whether it was accepted."""
 
     def close(self) -> None:
-        """Say goodbye ("offline") and release resources; pending messages stay in the outbox."""
+        """Say goodbye ("stopped") and release resources; pending messages stay in the outbox."""
 
 
 class MessageBuilder:
@@ -141,7 +141,7 @@ class MemoryReporter:
 
     def close(self) -> None:
         """Record the goodbye status."""
-        self.publish_status("offline", "agent stopped")
+        self.publish_status("stopped", "agent stopped")
         self.closed = True
 
     def of_kind(self, kind: str) -> list[Envelope]:

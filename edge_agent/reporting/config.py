@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from edge_agent.messages import TOPIC_LEVEL_PATTERN
+from edge_agent.reporting.homeassistant import HomeAssistantConfig
 from edge_agent.transport import BrokerConfig
 from edge_agent.yamlconfig import StrictModel
 
@@ -95,6 +96,11 @@ class MqttConfig(StrictModel):
         title="Command staging folder",
         description="Where chunks of a model-update archive are assembled before verification; a relative "
         "path names a folder in the state folder.",
+    )
+    home_assistant: HomeAssistantConfig = Field(
+        default_factory=HomeAssistantConfig,
+        title="Home Assistant",
+        description="MQTT discovery so a site's Home Assistant shows the forecast, model status and alerts.",
     )
     max_update_bytes: int = Field(
         64 * 1024 * 1024,

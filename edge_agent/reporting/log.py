@@ -51,4 +51,4 @@ class LogReporter:
 
     def close(self) -> None:
         """Log the goodbye status."""
-        self.publish_status("offline", "agent stopped")
+        self.publish_status("stopped", "agent stopped")

@@ -15,6 +15,7 @@ Delivery rules:
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -30,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import JsonValue
 
 from edge_agent.messages import (
+    TOPIC_ROOT,
     AlertContent,
     CommandResult,
     DeviceState,
@@ -46,6 +48,7 @@ from edge_agent.reporting.base import MessageBuilder, RateLimiter
 from edge_agent.reporting.commands import AgentControl, CommandProcessor, CommandReply, ModelUpdater
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.diagnosis import ConnectionDiagnosis
+from edge_agent.reporting.homeassistant import discovery_messages
 from edge_agent.reporting.replay import historical_copy, replay_ranges
 from edge_agent.transport import ReconnectBackoff, make_client
 
@@ -128,9 +131,12 @@ class MqttReporter:
             self._threads.append(thread)
 
     def close(self, timeout_s: float = 2.0) -> None:
-        """Publish "offline" (retained), disconnect cleanly and close the outbox."""
+        """Publish "stopped" (retained), disconnect cleanly and close the outbox.
+
+        "stopped" tells the fleet the device went away on purpose; "offline" stays the last will's, so
+        a lost device and a switched-off one read differently."""
         if self._connected.is_set():
-            info = self._publish_status_now("offline", "agent stopped")
+            info = self._publish_status_now("stopped", "agent stopped")
             if info is not None:
                 info.wait_for_publish(timeout_s)
         self._stopping.set()
@@ -256,7 +262,17 @@ class MqttReporter:
         self.connections += 1
         # Birth before anyone may publish on this connection, so "online" is the first status seen.
         self._publish_status_now(self._state, self._reason or "connected")
+        if self.config.home_assistant.enabled:
+            self._publish_discovery(client)
         self._connected.set()
+
+    def _publish_discovery(self, client: mqtt.Client) -> None:
+        # Retained and re-sent on every connect: Home Assistant may have started after us, or lost them.
+        for topic, payload in discovery_messages(
+            self.config.home_assistant, self.config.site, self.config.device, TOPIC_ROOT,
+            self._builder.agent_version,
+        ):
+            client.publish(topic, json.dumps(payload), qos=QOS, retain=True)
         logger.info("connected to %s:%d", self.config.broker.host, self.config.broker.port)
 
     def _on_disconnect(

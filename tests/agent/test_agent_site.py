@@ -99,7 +99,7 @@ def test_agent_forecasts_match_the_exported_model_on_the_same_windows(
         assert np.max(difference) < 0.1
         assert np.mean(difference) < 0.03
     statuses = [m.state for m in reporter.of_kind("status")]
-    assert statuses[0] == "online" and statuses[-1] == "offline"
+    assert statuses[0] == "online" and statuses[-1] == "stopped"
     summary = reporter.of_kind("summary")[-1]
     assert summary.forecasts and summary.latency and summary.latency.count == 12
     assert summary.drift["Global_active_power"].z_mean is not None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,17 @@ def store(store_location: dict[str, object]) -> Iterator[FleetStore]:
     opened = FleetStore(**store_location)  # type: ignore[arg-type]
     yield opened
     opened.close()
+
+
+def _wait_subscribed(listener: subprocess.Popen[str]) -> None:
+    assert listener.stderr is not None
+    while "subscribed" not in (line := listener.stderr.readline()):
+        assert line, "the listener ended before subscribing"
+
+
+@pytest.fixture
+def wait_subscribed() -> Callable[[subprocess.Popen[str]], None]:
+    """Reads a `fleet listen` process's stderr until it says it is subscribed (it imports, starts its
+    writer process and connects first: seconds on a busy machine)."""
+    return _wait_subscribed
+

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def test_sequence_gaps_are_found_and_shown_in_fleet_status(tmp_path: Path) -> No
 
 
 def test_cli_listener_stores_past_a_poison_message_and_stops_promptly_on_sigint(
-    broker: LocalMosquitto, tmp_path: Path
+    broker: LocalMosquitto, tmp_path: Path, wait_subscribed: Callable[[subprocess.Popen[str]], None]
 ) -> None:
     database = tmp_path / "fleet.sqlite3"
     site = f"s-{uuid.uuid4().hex[:6]}"
@@ -168,7 +169,7 @@ def test_cli_listener_stores_past_a_poison_message_and_stops_promptly_on_sigint(
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
-        time.sleep(2.0)  # the listener imports and subscribes
+        wait_subscribed(listener)
         topic = f"gridedge/v1/{site}/ctrl-1/alert"
         publish(broker.port, [(topic, raw_alert(site, "ctrl-1", 2**64)), (topic, raw_alert(site, "ctrl-1", 1))])
 
@@ -188,7 +189,9 @@ def test_cli_listener_stores_past_a_poison_message_and_stops_promptly_on_sigint(
     assert "dead letters 1" in err
 
 
-def test_listener_reconnects_within_seconds_after_a_broker_kill(tmp_path: Path) -> None:
+def test_listener_reconnects_within_seconds_after_a_broker_kill(
+    tmp_path: Path, wait_subscribed: Callable[[subprocess.Popen[str]], None]
+) -> None:
     database = tmp_path / "fleet.sqlite3"
     with LocalMosquitto(tmp_path / "broker") as broker:
         listener = subprocess.Popen(
@@ -205,7 +208,7 @@ def test_listener_reconnects_within_seconds_after_a_broker_kill(tmp_path: Path) 
         reporter = MqttReporter(config)
         reporter.start()
         try:
-            time.sleep(2.0)
+            wait_subscribed(listener)
 
             def summaries() -> int:
                 if not database.exists():

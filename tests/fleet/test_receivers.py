@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def test_two_receivers_on_a_shared_subscription_split_without_loss(
     assert sum(receiver.stats.duplicates for receiver in receivers) <= 10  # only status copies
 
 
-def test_cli_listen_status_and_export(broker: LocalMosquitto, tmp_path: Path) -> None:
+def test_cli_listen_status_and_export(
+    broker: LocalMosquitto, tmp_path: Path, wait_subscribed: Callable[[subprocess.Popen[str]], None]
+) -> None:
     database = tmp_path / "fleet.sqlite3"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     listener = subprocess.Popen(
@@ -103,7 +106,7 @@ def test_cli_listen_status_and_export(broker: LocalMosquitto, tmp_path: Path) ->
          "--db", str(database), "--group", f"cli-{uuid.uuid4().hex[:6]}", "--duration", "4"],
         stderr=subprocess.PIPE, text=True, env=env,
     )
-    time.sleep(2.0)  # the listener imports and subscribes
+    wait_subscribed(listener)
     device = f"inv-{uuid.uuid4().hex[:6]}"
     reporter = reporter_for(broker.port, tmp_path, device)
     reporter.publish_summary(summary())

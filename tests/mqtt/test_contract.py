@@ -191,7 +191,7 @@ def test_memory_reporter_is_a_reporter_and_records_in_order() -> None:
     reporter.close()
     assert accepted.count(True) == 2 and reporter.closed
     assert [m.seq for m in reporter.messages] == list(range(len(reporter.messages)))
-    assert [getattr(m, "state", None) for m in reporter.of_kind("status")] == ["degraded", "offline"]
+    assert [getattr(m, "state", None) for m in reporter.of_kind("status")] == ["degraded", "stopped"]
 
 
 def test_credentials_come_from_the_named_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

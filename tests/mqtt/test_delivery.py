@@ -115,7 +115,7 @@ def test_every_published_payload_matches_the_json_schemas(
     assert kinds == {"status", "summary", "alert", "telemetry"}
     assert collector.schema_errors == []
     states = [doc["state"] for doc in collector.of_kind("status")]
-    assert states[:2] == ["online", "degraded"] and states[-1] == "offline"
+    assert states[:2] == ["online", "degraded"] and states[-1] == "stopped"
     assert all(retained is False for topic, _, retained in collector.messages)  # live, not replayed
     summary = collector.of_kind("summary")[0]
     assert summary["channels"]["v_bus"]["mean"] is None  # unknown stays null, never 0
@@ -229,7 +229,7 @@ def test_sigkilled_publisher_loses_nothing_and_resumes_its_sequence(
     states = [doc["state"] for doc in statuses.of_kind("status")]
     assert states[0] == "online" and "offline" in states
     after_kill = states[states.index("offline") + 1 :]
-    assert after_kill[0] == "online" and after_kill[-1] == "offline"
+    assert after_kill[0] == "online" and after_kill[-1] == "stopped"
     seqs = [doc["seq"] for doc in statuses.of_kind("status")]
     assert seqs[-1] > max(row["seq"] for row in rows)  # the counter kept growing after the restart
 
