@@ -1,7 +1,7 @@
 """Read time-series CSV files (optionally gzip-compressed) with the standard library and numpy only.
 
 The device's replay source reads recordings with it, and the central side reads gridedge's data slices
-(:mod:`gridedge.datafiles`) through it, so both see identical numbers. A file has one time column,
+(the simulator through :mod:`gridedge.datafiles`) through it, so both see identical numbers. A file has one time column,
 either ``timestamp_utc`` (ISO 8601 with an offset) or ``timestamp`` (a naive local clock whose fixed UTC
 offset the caller declares), and numeric columns. Timestamps come back as UTC epoch seconds, values as
 float32 with NaN for empty cells.

@@ -2,6 +2,7 @@
 
     GridedgeError                 every error gridedge raises on purpose (the CLI exits 2 with its message)
     ├── ConfigError               a config file or value is wrong (names the file, the field and the fix)
+    │   └── DataError             the data file a config names cannot be read or used (names the field, the count)
     ├── FeatureError              data cannot be turned into model input (names the channel/step)
     ├── BundleError               a model bundle cannot be trusted or read
     │   ├── BundleFormatError     unreadable archive/manifest, unknown format version
@@ -40,6 +41,10 @@ class GridedgeError(Exception):
 
 class ConfigError(GridedgeError):
     """A configuration file or value is invalid."""
+
+
+class DataError(ConfigError):
+    """The data a task config names cannot be read, or leaves no usable sample (says why, with counts)."""
 
 
 class FeatureError(GridedgeError):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 # Command name -> (module, attribute): a Typer group or a single command function.
 CENTRAL_COMMANDS = {
     "train": ("gridedge.trainer.cli", "train_command"),
+    "data": ("gridedge.trainer.cli", "data_app"),
     "export": ("gridedge.export.cli", "export_command"),
     "fleet": ("gridedge.fleet.cli", "app"),
     "sim": ("gridedge.sim.cli", "sim_app"),

@@ -1,14 +1,13 @@
-"""The catalogue of gridedge's shipped data slices (``data/``, packaged as ``gridedge.resources``).
+"""The shipped series the simulated site, the demo and the device-side tests replay, read without pandas.
 
-The trainer, the simulated Modbus site and the demo read real measurements by slice name. Every slice is
-a CSV (optionally gzip-compressed) read by :func:`edge_agent.csvseries.read_csv_series`, the reader the
-device's replay source uses: either ``timestamp_utc`` (ISO 8601 with an offset) or ``timestamp`` (a naive
-local clock whose fixed UTC offset is recorded in :data:`SLICES`, as documented in data/README.md).
+Only file names and clocks, in one place: what a series means (units, ranges, provenance, licence) is
+declared by the task configs that train on it (``configs/*.yaml``, ``data:`` section) and by
+data/README.md. Files are read by :func:`edge_agent.csvseries.read_csv_series`, the reader the device's
+replay source uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,45 +20,29 @@ from gridedge.resources import resource_path
 DATA_DIR = resource_path("data")
 MST = -7 * 3600
 
-
-@dataclass(frozen=True)
-class SliceInfo:
-    """Where a slice lives and how to read its clock."""
-
-    file: str
-    site_timezone: str
-    # Offset of a naive ``timestamp`` column from UTC, in seconds; None when the file holds true UTC.
-    naive_utc_offset_s: int | None = None
-
-
-SLICES: dict[str, SliceInfo] = {
+# Series name -> (file in data/, UTC offset of its naive ``timestamp`` clock in seconds, None for true UTC).
+SHIPPED_SERIES: dict[str, tuple[str, int | None]] = {
     # The UCI source clock has no DST jumps; taken as CET standard time all year (data/README.md).
-    "w1_load_uci_15min": SliceInfo("w1_load_uci_15min.csv.gz", "Etc/GMT-1", naive_utc_offset_s=3600),
-    "w2_pv_system50_15min": SliceInfo("w2_pv_system50_15min.csv.gz", "America/Denver"),
+    "w1_load_uci_15min": ("w1_load_uci_15min.csv.gz", 3600),
+    "w2_pv_system50_15min": ("w2_pv_system50_15min.csv.gz", None),
     # No zone in the source; assumed MST (Golden CO in January, no daylight saving then).
-    "w3_rsf2_inverter": SliceInfo("w3_rsf2_inverter.csv", "Etc/GMT+7", naive_utc_offset_s=MST),
-    "w3_serf_west_inverter": SliceInfo("w3_serf_west_inverter.csv", "Etc/GMT+7", naive_utc_offset_s=MST),
-    "w3_inv7539_outliers": SliceInfo("w3_inv7539_outliers.csv", "UTC"),
-    "w3_inv2173_stale": SliceInfo("w3_inv2173_stale.csv", "UTC"),
-    "w3_inv2173_interpolated": SliceInfo("w3_inv2173_interpolated.csv", "UTC"),
+    "w3_rsf2_inverter": ("w3_rsf2_inverter.csv", MST),
+    "w3_serf_west_inverter": ("w3_serf_west_inverter.csv", MST),
+    "w3_inv7539_outliers": ("w3_inv7539_outliers.csv", None),
+    "w3_inv2173_stale": ("w3_inv2173_stale.csv", None),
+    "w3_inv2173_interpolated": ("w3_inv2173_interpolated.csv", None),
 }
 
 
-def slice_info(name: str) -> SliceInfo:
-    """Look a slice up by name (``w1_load_uci_15min``) or file name (``w1_load_uci_15min.csv.gz``)."""
+def series_path(name: str, data_dir: str | Path | None = None) -> Path:
+    """The file of shipped series ``name`` (``w1_load_uci_15min`` or its file name) in ``data_dir``."""
     stem = name.removesuffix(".gz").removesuffix(".csv")
-    if stem not in SLICES:
-        raise FeatureError(f"unknown data slice {name!r}; choose one of {sorted(SLICES)}")
-    return SLICES[stem]
-
-
-def slice_path(name: str, data_dir: str | Path | None = None) -> Path:
-    """The file of slice ``name`` inside ``data_dir`` (default: the shipped ``data/``)."""
-    folder = Path(data_dir) if data_dir is not None else DATA_DIR
-    path = folder / slice_info(name).file
+    if stem not in SHIPPED_SERIES:
+        raise FeatureError(f"unknown shipped series {name!r}; choose one of {sorted(SHIPPED_SERIES)}")
+    path = (Path(data_dir) if data_dir is not None else DATA_DIR) / SHIPPED_SERIES[stem][0]
     if not path.is_file():
         raise FeatureError(
-            f"data slice {path} not found; pass data_dir pointing at gridedge's data/ folder "
+            f"data file {path} not found; pass data_dir pointing at gridedge's data/ folder "
             "(rebuild it with data/make_slices.py if it was removed)"
         )
     return path
@@ -68,6 +51,6 @@ def slice_path(name: str, data_dir: str | Path | None = None) -> Path:
 def read_series(
     name: str, data_dir: str | Path | None = None
 ) -> tuple[NDArray[np.int64], dict[str, NDArray[np.float32]]]:
-    """Read a shipped slice by name: (UTC epoch seconds int64, {column: float32 values})."""
-    info = slice_info(name)
-    return read_csv_series(slice_path(name, data_dir), info.naive_utc_offset_s)
+    """Read a shipped series by name: (UTC epoch seconds int64, {column: float32 values})."""
+    path = series_path(name, data_dir)
+    return read_csv_series(path, SHIPPED_SERIES[path.name.removesuffix(".gz").removesuffix(".csv")][1])

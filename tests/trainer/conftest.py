@@ -18,14 +18,14 @@ CONFIGS = REPO / "configs"
 TINY: dict[str, dict[str, Any]] = {
     "w1_load": {
         "data": {"start": "2007-01-01", "end": "2007-03-10"},
-        "protocol": {"train_stride_steps": 24},
-        "features": {"input_steps": 192, "horizon_steps": 96},
-        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride_steps": 48}},
+        "protocol": {"train_stride": "6h"},
+        "features": {"input_window": "2d", "horizon": "24h"},
+        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride": "12h"}},
     },
     "w2_pv": {
         "data": {"start": "2013-05-01", "end": "2013-07-10"},
-        "protocol": {"train_stride_steps": 24},
-        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride_steps": 48}},
+        "protocol": {"train_stride": "6h"},
+        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride": "12h"}},
     },
     "w3_anomaly": {
         "data": {"start": "2013-04-01", "end": "2013-05-15"},

@@ -42,8 +42,8 @@ def test_unknown_field_is_named(tiny_dict: DictBuilder) -> None:
 
 
 def test_stale_run_must_fit_in_the_window(tiny_dict: DictBuilder) -> None:
-    with pytest.raises(ConfigError, match=r"anomaly\.stale_run_steps \(20\) must fit in features\.input_steps"):
-        parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20}))
+    with pytest.raises(ConfigError, match=r"anomaly\.stale_run_steps \(20\) must fit in features\.input_window"):
+        prepare_task(parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20})))
     relaxed = parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20, "stale_rule_in_detector": False}))
     assert relaxed.anomaly is not None and relaxed.anomaly.stale_run_steps == 20
 
@@ -62,28 +62,26 @@ def test_unknown_column_names_field_and_choices(tiny: Callable[..., TaskConfig])
 
 def test_too_few_rows_for_window(tiny: Callable[..., TaskConfig]) -> None:
     config = tiny("w1_load", data={"start": "2007-01-01", "end": "2007-01-05"})
-    with pytest.raises(ConfigError, match="input_steps"):
+    with pytest.raises(ConfigError, match=r"val split has no usable origin: 0 of \d+ origins .*window or horizon outside"):
         prepare_task(config)
 
 
 def test_horizon_longer_than_data(tiny: Callable[..., TaskConfig]) -> None:
-    config = tiny("w1_load", features={"horizon_steps": 20000})
-    with pytest.raises(ConfigError, match=r"horizon_steps.*longer than the .* rows"):
+    config = tiny("w1_load", features={"horizon": "300d"})
+    with pytest.raises(ConfigError, match=r"input_window \+ horizon.*longer than the .* rows"):
         prepare_task(config)
 
 
 def test_nan_only_channel(tiny: Callable[..., TaskConfig], tmp_path: Path) -> None:
     source = CONFIGS.parent / "data"
-    shutil.copy(source / "w3_inv7539_outliers.csv", tmp_path)
-    shutil.copy(source / "w3_inv2173_stale.csv", tmp_path)
-    # A data folder whose PV power channel was never recorded.
+    # A data file whose PV power channel was never recorded.
     with gzip.open(source / "w2_pv_system50_15min.csv.gz", "rt") as handle:
         lines = handle.read().splitlines()
     blanked = [lines[0]] + [",".join([row.split(",")[0], "", *row.split(",")[2:]]) for row in lines[1:]]
     with gzip.open(tmp_path / "w2_pv_system50_15min.csv.gz", "wt") as handle:
         handle.write("\n".join(blanked) + "\n")
     with pytest.raises(ConfigError, match=r"features\.past\[0\] \('ac_power'\) has no valid value"):
-        prepare_task(tiny("w2_pv"), data_dir=tmp_path)
+        prepare_task(tiny("w2_pv", data={"path": str(tmp_path / "w2_pv_system50_15min.csv.gz")}))
 
 
 def test_missing_config_file_and_bad_yaml(tmp_path: Path) -> None:
