@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -30,3 +32,59 @@ def pg_dsn() -> Iterator[str]:
     yield f"{PG_BASE_DSN} options='-csearch_path={schema}'"
     with psycopg.connect(PG_BASE_DSN, autocommit=True) as admin:
         admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+OWN_DATA_CONFIG = """\
+name: my-house
+task: load_forecast
+data:
+  path: {path}
+  time_column: time
+  timezone: Europe/Paris
+  columns:
+    load_kw: {{unit: kW, min_value: 0, max_value: 12, sentinels: [-1000000]}}
+features:
+  input_window: 2d
+  horizon: 24h
+  past: [{{column: load_kw}}, {{column: volts}}]
+  targets: [load_kw]
+protocol: {{origin_hour: 6, train_stride: 6h}}
+model: {{architecture: tcn_forecaster, filters: 4, hidden: 8, decoder_channels: 2}}
+training: {{epochs: 1, batch_size: 64, patience: 1}}
+baselines: {{lightgbm: {{n_estimators: 10, train_stride: 12h}}}}
+"""
+
+
+@pytest.fixture(scope="session")
+def own_load_frame() -> Any:
+    """W1's load as a user's export: naive Europe/Paris wall clock across both 2007 DST changes.
+
+    A pandas frame with columns ``time`` (naive local ISO text), ``load_kw`` and ``volts``.
+    """
+    import pandas as pd
+
+    from gridedge.datafiles import read_series
+
+    times, columns = read_series("w1_load_uci_15min")
+    utc = pd.DatetimeIndex(pd.to_datetime(times, unit="s", utc=True))
+    frame = pd.DataFrame(
+        {
+            "time": utc.tz_convert("Europe/Paris").strftime("%Y-%m-%d %H:%M:%S"),
+            "load_kw": columns["Global_active_power"],
+            "volts": columns["Voltage"],
+        }
+    )
+    keep = (utc >= pd.Timestamp("2007-02-01", tz="UTC")) & (utc < pd.Timestamp("2007-12-01", tz="UTC"))
+    return frame[keep].reset_index(drop=True)
+
+
+@pytest.fixture
+def own_data_config() -> Any:
+    """Write the task config a user would write next to their data file: ``own_data_config(folder, file)``."""
+
+    def write(folder: Path, data_file: str) -> Path:
+        path = folder / "my-house.yaml"
+        path.write_text(OWN_DATA_CONFIG.format(path=data_file))
+        return path
+
+    return write

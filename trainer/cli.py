@@ -29,9 +29,6 @@ def train_command(
     config: Annotated[Path, typer.Argument(help="Task config YAML, e.g. configs/w1_load.yaml.")],
     framework: Annotated[FrameworkChoice, typer.Option(help="Training framework.")] = FrameworkChoice.keras,
     out: Annotated[Path, typer.Option(help="Run folder to write (model, specs, report, plots).")] = Path("runs/latest"),
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Folder holding the data slices (default: the repository's data/).")
-    ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's random seed.")] = None,
 ) -> None:
     """Train CONFIG in the chosen framework and write the run folder OUT."""
@@ -44,7 +41,7 @@ def train_command(
     task = load_config(config)
     if seed is not None:
         task = task.model_copy(update={"seed": seed})
-    report = train(task, framework.value, out, data_dir=data_dir, progress=console.print)
+    report = train(task, framework.value, out, progress=console.print)
     test = report["metrics"]["test"]
     headline = (
         f"test MAE {test['mae']:.4f}" if "mae" in test else f"test F1 {test['f1']:.3f} (mean over labelled series)"
@@ -58,9 +55,9 @@ data_app = typer.Typer(help="Check the data a task config names, before training
 @data_app.command("check")
 def data_check_command(
     config: Annotated[Path, typer.Argument(help="Task config YAML whose data section to check.")],
-    out: Annotated[
-        Path, typer.Option(help="Folder for data_check.json, data_check.md and coverage.png.")
-    ] = Path("data_check"),
+    out: Annotated[Path, typer.Option(help="Folder for data_check.json, data_check.md and coverage.png.")] = Path(
+        "data_check"
+    ),
 ) -> None:
     """Report step, span, duplicates, gaps, DST artefacts, sentinels, ranges, copied days and usable origins.
 

@@ -1,6 +1,7 @@
 """The task config: one YAML file that trains the same task in Keras or PyTorch.
 
-It names the data file and how to read it, the columns, the feature window and horizon (in time units), the split and evaluation protocol,
+It names the data file and how to read it (clock, units, ranges, sentinels, resampling), the feature
+window and horizon and the origin strides (in time units, never rows), the split and evaluation protocol,
 the model size and the training settings. ``configs/task.schema.json`` is generated from
 :class:`TaskConfig` (:func:`schema_json`); a test fails when the committed schema is stale.
 """
@@ -18,7 +19,6 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
-
 from edge_agent.features import GapPolicy, SiteLocation
 from edge_agent.yamlconfig import StrictModel, read_yaml_mapping, validate_data
 from gridedge.resources import resource_path
@@ -112,6 +112,7 @@ class FileSource(StrictModel):
         description="Naive times in the hour skipped when DST starts: 'shift_forward' to the next valid time, "
         "or 'drop'.",
     )
+
     @property
     def utc_offset_seconds(self) -> int:
         assert self.utc_offset is not None
@@ -187,7 +188,9 @@ class DataConfig(FileSource):
     start: str | None = Field(
         default=None, title="Start", description="First UTC time to use (ISO); default the file's start."
     )
-    end: str | None = Field(default=None, title="End", description="Last UTC time to use (ISO); default the file's end.")
+    end: str | None = Field(
+        default=None, title="End", description="Last UTC time to use (ISO); default the file's end."
+    )
     location: SiteLocation | None = Field(
         default=None,
         title="Site location",
@@ -209,7 +212,9 @@ class DataConfig(FileSource):
     @model_validator(mode="after")
     def _night_needs_location(self) -> DataConfig:
         if self.fill_night_with_zero and self.location is None:
-            raise ValueError("fill_night_with_zero needs data.location (latitude/longitude) to know when the sun is down")
+            raise ValueError(
+                "fill_night_with_zero needs data.location (latitude/longitude) to know when the sun is down"
+            )
         return self
 
 

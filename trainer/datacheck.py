@@ -99,12 +99,18 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("source / licence", f"{report['source'] or '-'} / {report['licence'] or '-'}"),
         ("rows read", str(report["rows_read"])),
         ("span (UTC)", " -> ".join(report["span_utc"])),
-        ("step", f"detected {report['detected_step_s']} s, used {report['step_s']} s"
-                 + (f" ({report['aggregation']})" if report["aggregation"] else "")),  # fmt: skip
+        (
+            "step",
+            f"detected {report['detected_step_s']} s, used {report['step_s']} s"
+            + (f" ({report['aggregation']})" if report["aggregation"] else ""),
+        ),
         ("duplicate timestamps", f"{report['duplicates']} (first kept)"),
-        ("DST artefacts", f"{dst['repeated_local_times']} repeated local times, {dst['missing_local_times']} "
-                          f"missing local times, {dst['dropped']} dropped (ambiguous: {dst['policy']['ambiguous']}, "
-                          f"nonexistent: {dst['policy']['nonexistent']})"),  # fmt: skip
+        (
+            "DST artefacts",
+            f"{dst['repeated_local_times']} repeated local times, {dst['missing_local_times']} "
+            f"missing local times, {dst['dropped']} dropped (ambiguous: {dst['policy']['ambiguous']}, "
+            f"nonexistent: {dst['policy']['nonexistent']})",
+        ),
         ("gaps by length", counts(report["gaps"])),
         ("missing values", counts(report["missing_values"])),
         ("sentinels", counts(report["sentinels"])),
@@ -154,7 +160,7 @@ def plot_coverage(prepared: PreparedTask, path: Path) -> Path:
         if name != "train" and start < len(day):
             x = int(np.searchsorted(share.index, day[start].normalize()))
             ax.axvline(x - 0.5, color="black", linewidth=1.5)
-            ax.text(x, -0.7, name, fontsize=8)
+            ax.text(x, -0.45, f" {name}", fontsize=8, color="white", va="top")
     ax.set_title("share of samples present per local day (green = complete)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

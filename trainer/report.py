@@ -26,7 +26,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['training_summary']}",
         f"- samples: train {report['samples']['train']}, val {report['samples']['val']}, "
         f"test {report['samples']['test']}",
-        f"- data: `{report['data']['slice']}` sha256 `{report['data']['fingerprint_sha256'][:16]}…`",
+        f"- data: `{report['data']['path']}` sha256 `{report['data']['fingerprint_sha256'][:16]}…`"
+        + "".join(f"; {key} {report['data'][key]}" for key in ("source", "licence") if report["data"].get(key)),
+        *(f"- {name} origins: {text}" for name, text in report["data"].get("origins", {}).items()),
         "",
     ]
     test = report["metrics"]["test"]

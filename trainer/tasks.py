@@ -130,7 +130,11 @@ class PreparedTask:
 
 
 def _channel_values(
-    frame: pd.DataFrame, channels: list[ChannelConfig], field_name: str, config: TaskConfig, out_of_range: dict[str, int]
+    frame: pd.DataFrame,
+    channels: list[ChannelConfig],
+    field_name: str,
+    config: TaskConfig,
+    out_of_range: dict[str, int],
 ) -> tuple[NDArray[np.float32], list[ChannelSpec]]:
     units = {name: rules.unit for name, rules in config.data.columns.items() if rules.unit}
     units.update(dict.fromkeys(set(DERIVED_CHANNELS) & set(frame.columns), "W/m2"))
@@ -252,7 +256,9 @@ def _empty_split(name: str, spec: FeatureSpec) -> Split:
     targets = np.zeros((0, steps, len(spec.target_channels)), dtype=np.float32)
     return Split(
         name=name,
-        inputs=ModelInputs(past=np.zeros((0, spec.input_steps, 0), np.float32), future=None, valid=np.zeros(0, bool), reasons=()),
+        inputs=ModelInputs(
+            past=np.zeros((0, spec.input_steps, 0), np.float32), future=None, valid=np.zeros(0, bool), reasons=()
+        ),
         targets=targets,
         targets_normalised=targets,
         origins=np.zeros(0, np.int64),
@@ -304,14 +310,12 @@ def _make_split(
     )
 
 
-def prepare_task(config: TaskConfig, data_dir: str | Path | None = None, strict: bool = True) -> PreparedTask:
+def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
     """Load the data, validate it against the config, fit normalisation on train, build all splits.
 
     ``strict=False`` (the data check) returns empty splits instead of refusing, so every split's
-    screening can be reported. ``data_dir`` is kept for callers of the former slice catalogue; data
-    paths come from the config.
+    screening can be reported.
     """
-    del data_dir
     loaded = datasets.load(config.data)
     frame, period = loaded.frame, loaded.log.step_s
     if len(frame) < 2:
@@ -345,7 +349,11 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None, strict:
             f"features: input_window + horizon = {window} steps is longer than the {len(frame)} rows selected; "
             "shorten the window/horizon or widen data.start/data.end"
         )
-    if config.anomaly is not None and config.anomaly.stale_rule_in_detector and config.anomaly.stale_run_steps > input_steps:
+    if (
+        config.anomaly is not None
+        and config.anomaly.stale_rule_in_detector
+        and config.anomaly.stale_run_steps > input_steps
+    ):
         raise ConfigError(
             f"anomaly.stale_run_steps ({config.anomaly.stale_run_steps}) must fit in features.input_window "
             f"({input_steps} steps): the device judges a frozen sensor from its window; shorten "
@@ -442,9 +450,17 @@ def prepare_task(config: TaskConfig, data_dir: str | Path | None = None, strict:
         if protocol.rolling_every_hours is not None:
             every = f"{protocol.rolling_every_hours}h"
             rolling = _forecast_origins(
-                n, split_rows["test"], spec, candidates(every, "protocol.rolling_every_hours"), history, filled, complete
+                n,
+                split_rows["test"],
+                spec,
+                candidates(every, "protocol.rolling_every_hours"),
+                history,
+                filled,
+                complete,
             )
-            test_rolling = _make_split("test_rolling", spec, series, rolling, f"every {every} from {at}", screens, strict, hint)
+            test_rolling = _make_split(
+                "test_rolling", spec, series, rolling, f"every {every} from {at}", screens, strict, hint
+            )
         output_spec = {
             "kind": "forecast",
             "horizon_steps": spec.horizon_steps,

@@ -117,7 +117,6 @@ def train(
     config: TaskConfig,
     framework: Framework,
     out_dir: str | Path,
-    data_dir: str | Path | None = None,
     plots: bool = True,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -126,7 +125,7 @@ def train(
     ``progress`` receives one line when training ends (how many epochs, whether early stopping ended it).
     """
     chosen = backend(framework)  # an unknown framework is refused before any data is read
-    prepared = prepare_task(config, data_dir)  # every config/data error surfaces here, before training
+    prepared = prepare_task(config)  # every config/data error surfaces here, before training
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hp = hyperparameters(prepared)

