@@ -52,7 +52,11 @@ def _shipped(name: str) -> dict[str, Any]:
 
 
 def _tiny_dict(name: str, **overrides: Any) -> dict[str, Any]:
+    """A tiny config whose data paths are absolute, so it can be written to any folder and still find them."""
     data = _merge(_shipped(name), TINY[name])
+    data["data"]["path"] = str(CONFIGS / data["data"]["path"])
+    for item in data.get("anomaly", {}).get("labelled", []):
+        item["path"] = str(CONFIGS / item["path"])
     data = _merge(data, {"model": TINY_MODEL, "training": TINY_TRAINING})
     return _merge(data, overrides)
 
