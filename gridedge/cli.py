@@ -143,6 +143,19 @@ def provision_device(
     bundle: Path = typer.Option(..., "--bundle", help="Signed bundle folder or .tar.gz from `gridedge export`."),
     public_key: Path = typer.Option(..., "--public-key", help="The fleet's bundle-signing.pub."),
     out: Path = typer.Option(..., "--out", help="Folder to build; copy it onto the device."),
+    wheelhouse: bool = typer.Option(
+        False,
+        "--wheelhouse",
+        help="Download every wheel the device needs (its platform and Python) and write install.sh: the "
+        "device then installs offline, atomically, into versioned folders.",
+    ),
+    gridedge_wheel: Path | None = typer.Option(
+        None, "--gridedge-wheel", help="With --wheelhouse: the gridedge wheel to ship (default: built from source)."
+    ),
+    ca_cert: Path | None = typer.Option(None, "--ca", help="Fleet CA certificate (PEM) issuing the device's."),
+    ca_key: Path | None = typer.Option(
+        None, "--ca-key", help="Key of --ca: issue the device's MQTT client certificate, CN '<site>/<device>'."
+    ),
     example_site: bool = typer.Option(
         False,
         "--example-site",
@@ -152,9 +165,10 @@ def provision_device(
     ),
 ) -> None:
     """Build the folder that goes onto a device: config, verified bundle, key, register maps, service."""
-    from gridedge.provision import provision
+    from gridedge.provision import DeviceExtras, provision
 
-    config, artefact = provision(profile, site_values, bundle, public_key, out)
+    extras = DeviceExtras(wheelhouse=wheelhouse, gridedge_wheel=gridedge_wheel, ca_cert=ca_cert, ca_key=ca_key)
+    config, artefact = provision(profile, site_values, bundle, public_key, out, extras)
     typer.echo(f"device folder for {config.site}/{config.device} written to {out}")
     typer.echo(f"the device will run {artefact}; next: copy it over and run `gridedge agent doctor` there")
 

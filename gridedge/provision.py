@@ -10,18 +10,23 @@ checked out, so a refused provision leaves no folder a technician could mistake 
     config.yaml                 the agent config
     bundle/                     the verified model bundle
     keys/bundle-signing.pub     the fleet's public key
+    keys/device.{crt,key}       with --ca: the device's MQTT client identity, CN "<site>/<device>"
     registers/*.yaml            register maps the sensors use
     systemd/gridedge-agent.service
+    wheelhouse/                 with --wheelhouse: every wheel the device needs, for its platform
+    install.sh, release.env     with --wheelhouse: the offline, atomic installer and what it installs
     INSTALL.md                  what to run on the device
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field
@@ -34,7 +39,9 @@ from edge_agent.keys import PUBLIC_KEY_NAME, load_public_key
 from edge_agent.runtimes.targets import choose_artefact, compatibility_target
 from edge_agent.sensors.registers import register_map_path
 from edge_agent.yamlconfig import StrictModel, load_yaml_model, read_yaml_mapping, validate_data
+from gridedge.identity import CA_CERT_NAME, DEVICE_CERT_NAME, DEVICE_KEY_NAME, issue_device_certificate
 from gridedge.resources import resource_path
+from gridedge.wheelhouse import build_gridedge_wheel, fill_wheelhouse
 
 PROFILE_DIR = resource_path("firmware_configs")
 
@@ -44,12 +51,22 @@ class ProfileInfo(StrictModel):
 
     name: str = Field(title="Name", description="Profile name, as given to --profile.")
     description: str = Field(title="Description", description="The hardware and OS image it is for.")
-    arch: str = Field(title="Architecture", description="CPU architecture, e.g. aarch64, armv7l, x86_64.")
+    arch: Literal["aarch64", "armv7l", "x86_64"] = Field(title="Architecture", description="CPU architecture.")
+    python: str = Field(
+        pattern=r"^3\.\d+$", title="Python", description="Python version of the device's venv, e.g. 3.11."
+    )
+    glibc: str = Field(
+        pattern=r"^2\.\d+$", title="glibc", description="The OS image's glibc: the newest manylinux wheels it runs."
+    )
     compatibility_target: str = Field(
         title="Compatibility target",
         description="Runtime version the bundle's artefact must have been proven on, e.g. litert, ort-1.16.",
     )
-    install: str = Field(title="Install", description="The pip command that installs the agent on this device.")
+    requirements: list[str] = Field(
+        min_length=1,
+        title="Requirements",
+        description="Pinned pip requirements of the device's venv besides gridedge: its runtime and libraries.",
+    )
 
 
 class DeviceProfile(StrictModel):
@@ -108,6 +125,18 @@ def _copy_register_maps(raw: dict[str, Any], values_dir: Path, out_dir: Path) ->
             device["register_map"] = f"registers/{origin.name}"
 
 
+def _point_tls_at_device_identity(raw: dict[str, Any]) -> None:
+    """Mutual TLS with the certificate ``--ca`` issues; a CA file the site names is kept."""
+    broker = raw.setdefault("mqtt", {}).setdefault("broker", {})
+    tls = broker.get("tls") or {}
+    broker["tls"] = {
+        **tls,
+        "ca_file": tls.get("ca_file", f"keys/{CA_CERT_NAME}"),
+        "cert_file": f"keys/{DEVICE_CERT_NAME}",
+        "key_file": f"keys/{DEVICE_KEY_NAME}",
+    }
+
+
 def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target_name: str) -> str:
     """The artefact the device will run: proven on the profile's target, as the device itself ranks them."""
     target = compatibility_target(target_name)
@@ -117,9 +146,27 @@ def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target_name:
             f"runtime.type is {config.runtime.type!r}; make them agree"
         )
     artefact = choose_artefact(
-        bundle.manifest, target.artefact_runtime, target.name, config.bundle.artefact, proven_only=True
+        bundle.manifest,
+        target.artefact_runtime,
+        target.name,
+        config.bundle.artefact,
+        proven_only=True,
+        prefer_precision=config.runtime.prefer_precision,
     )
     return artefact.file
+
+
+@dataclass(frozen=True)
+class DeviceExtras:
+    """What ``provision`` adds on request: an offline installer, a device certificate."""
+
+    wheelhouse: bool = False
+    """Download the device's wheels and write install.sh (needs the package registry, here not there)."""
+    gridedge_wheel: Path | None = None
+    """The gridedge wheel to ship; None builds one from the source tree gridedge runs from."""
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    """The fleet CA that issues the device's MQTT client certificate."""
 
 
 def provision(
@@ -128,12 +175,18 @@ def provision(
     bundle_source: Path,
     public_key: Path,
     out_dir: Path,
+    extras: DeviceExtras | None = None,
 ) -> tuple[AgentConfig, str]:
     """Write a device folder; returns the validated config and the artefact the device will run."""
+    extras = extras or DeviceExtras()
+    if (extras.ca_cert is None) != (extras.ca_key is None):
+        raise ConfigError("--ca and --ca-key go together: the CA certificate and the key that signs with it")
     profile = load_profile(profile_name)
     values = read_yaml_mapping(Path(site_values), "site values")
     raw = deep_merge(profile.agent, values)
     raw["bundle"] = {**raw.get("bundle", {}), "path": "bundle", "public_key": f"keys/{PUBLIC_KEY_NAME}"}
+    if extras.ca_cert is not None:
+        _point_tls_at_device_identity(raw)
     validate_data(raw, AgentConfig, f"profile {profile_name} + site values {site_values}", "fix them in the site file")
 
     out_dir = Path(out_dir).absolute()
@@ -141,6 +194,11 @@ def provision(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         artefact = _build_device_folder(staging, raw, profile, Path(site_values), bundle_source, public_key)
+        if extras.ca_cert is not None and extras.ca_key is not None:
+            site, device = str(raw["site"]), str(raw["device"])
+            issue_device_certificate(extras.ca_cert, extras.ca_key, site, device, staging / "keys")
+        if extras.wheelhouse:
+            _write_installer(staging, profile.profile, extras.gridedge_wheel)
         _replace_folder(staging, out_dir)
     finally:
         if staging.exists():
@@ -170,6 +228,32 @@ def _build_device_folder(
     _write_service(out_dir)
     _write_install_notes(out_dir, profile, config, bundle, artefact)
     return artefact
+
+
+def _write_installer(out_dir: Path, info: ProfileInfo, gridedge_wheel: Path | None) -> None:
+    """wheelhouse/, install.sh and release.env: the device installs from the folder alone."""
+    wheels = out_dir / "wheelhouse"
+    wheels.mkdir()
+    wheel = gridedge_wheel if gridedge_wheel is not None else build_gridedge_wheel(wheels)
+    fill_wheelhouse(wheels, info.requirements, info.arch, info.glibc, info.python, wheel)
+    installer = out_dir / "install.sh"
+    shutil.copyfile(resource_path("firmware_configs", "install", "install.sh"), installer)
+    installer.chmod(0o755)
+    version = wheel.name.split("-")[1]
+    release = f"{version}-{_content_hash(out_dir)}"
+    atomic_write_text(
+        out_dir / "release.env", f"GRIDEDGE_RELEASE={release}\nGRIDEDGE_PYTHON_VERSION={info.python}\n"
+    )
+
+
+def _content_hash(folder: Path) -> str:
+    """A short hash of every file's path and bytes: the same folder is the same release, any change a new one."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:12]
 
 
 def _replace_folder(built: Path, out_dir: Path) -> None:
@@ -202,11 +286,24 @@ Profile: {profile.profile.name} — {profile.profile.description}
 Model: {manifest.name} {manifest.version} ({manifest.task}), artefact `{artefact}`
 proven on `{profile.profile.compatibility_target}`.
 
-1. Copy this folder to the device as `/opt/gridedge` (e.g. `rsync -a ./ pi@device:/opt/gridedge/`).
-2. On the device: `{profile.profile.install}`
-3. Check everything in plain words: `gridedge agent doctor --config /opt/gridedge/config.yaml`
-4. Install the service: `sudo cp /opt/gridedge/systemd/gridedge-agent.service /etc/systemd/system/ &&
-   sudo systemctl daemon-reload && sudo systemctl enable --now gridedge-agent`
-5. Follow it: `journalctl -u gridedge-agent -f`
+{_install_steps(out_dir, profile.profile)}
+Check everything in plain words: `/opt/gridedge/current/venv/bin/gridedge agent doctor --config
+/opt/gridedge/current/config.yaml`; follow the service: `journalctl -u gridedge-agent -f`.
 """
     atomic_write_text(out_dir / "INSTALL.md", text)
+
+
+def _install_steps(out_dir: Path, info: ProfileInfo) -> str:
+    if (out_dir / "install.sh").exists():
+        return f"""1. Copy this folder to the device (e.g. `rsync -a ./ pi@device:gridedge-install/`). It needs no
+   network: `wheelhouse/` holds every wheel for {info.arch}, glibc {info.glibc}, Python {info.python}.
+2. On the device: `sudo ./install.sh` — installs into /opt/gridedge/versions/, switches /opt/gridedge/current
+   only when the new version is complete and its model self-tested, keeps the previous one, enables the
+   systemd unit. Running it again is harmless; if it stops half-way the previous version keeps running."""
+    pins = " ".join(f"'{r}'" for r in info.requirements)
+    return f"""1. Copy this folder to the device as `/opt/gridedge/current` (`rsync -a`).
+2. On the device (needs the package index; `gridedge provision --wheelhouse` makes an offline folder):
+   `python{info.python} -m venv /opt/gridedge/current/venv &&
+   /opt/gridedge/current/venv/bin/pip install {pins} gridedge`
+3. Install the service: copy systemd/gridedge-agent.service to /etc/systemd/system/ with its paths set to
+   /opt/gridedge/current, then `sudo systemctl daemon-reload && sudo systemctl enable --now gridedge-agent`."""

@@ -8,9 +8,25 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 
 from edge_agent.arrays import FloatArray
+from edge_agent.bundle import Precision
 from edge_agent.errors import ModelLoadError
+from edge_agent.runtimes.targets import PRECISION_PREFERENCE
+from edge_agent.yamlconfig import StrictModel
+
+
+class RuntimeSettings(StrictModel, frozen=True):
+    """What every runtime backend's config has: which precision to run when a bundle offers several."""
+
+    prefer_precision: tuple[Precision, ...] = Field(
+        default=PRECISION_PREFERENCE,
+        min_length=1,
+        title="Preferred precisions",
+        description="Artefact precisions in order of preference, e.g. [fp32, int8] where int8 measured slower; "
+        "precisions left out are used only when nothing listed is in the bundle.",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,14 @@ from pydantic import Field
 
 from edge_agent.arrays import FloatArray
 from edge_agent.errors import ModelLoadError, missing_extra
-from edge_agent.runtimes.base import AffineQuantiser, RuntimeInfo, check_feeds
+from edge_agent.runtimes.base import AffineQuantiser, RuntimeInfo, RuntimeSettings, check_feeds
 from edge_agent.runtimes.matching import match_inputs
-from edge_agent.yamlconfig import StrictModel
 
 RUNTIME_KEY = "litert"
 ARTEFACT_RUNTIME = "tflite"
 
 
-class LiteRTConfig(StrictModel, frozen=True):
+class LiteRTConfig(RuntimeSettings, frozen=True):
     """Run ``.tflite`` artefacts with LiteRT."""
 
     type: Literal["litert"] = Field(default="litert", title="Runtime", description="LiteRT / TFLite.")

@@ -15,9 +15,8 @@ from pydantic import Field
 
 from edge_agent.arrays import FloatArray
 from edge_agent.errors import ConfigError, ModelLoadError, missing_extra
-from edge_agent.runtimes.base import RuntimeInfo, check_feeds
+from edge_agent.runtimes.base import RuntimeInfo, RuntimeSettings, check_feeds
 from edge_agent.runtimes.matching import match_inputs
-from edge_agent.yamlconfig import StrictModel
 
 RUNTIME_KEY = "onnxruntime"
 ARTEFACT_RUNTIME = "onnx"
@@ -25,7 +24,7 @@ ARTEFACT_RUNTIME = "onnx"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class OnnxRuntimeConfig(StrictModel, frozen=True):
+class OnnxRuntimeConfig(RuntimeSettings, frozen=True):
     """Run ``.onnx`` artefacts with ONNX Runtime."""
 
     type: Literal["onnxruntime"] = Field(

@@ -54,7 +54,13 @@ def load_model(
 ) -> tuple[Artefact, ModelRuntime]:
     """Load the bundle's artefact that suits the configured runtime; returns it with its entry."""
     backend = RUNTIMES.get(config.type)
-    artefact = choose_artefact(bundle.manifest, backend.ARTEFACT_RUNTIME, backend.available_target(), artefact_file)
+    artefact = choose_artefact(
+        bundle.manifest,
+        backend.ARTEFACT_RUNTIME,
+        backend.available_target(),
+        artefact_file,
+        prefer_precision=config.prefer_precision,
+    )
     runtime = create_runtime(
         bundle.path_of(artefact), config, model_input_names(bundle.manifest), model_shape_hints(bundle.manifest)
     )

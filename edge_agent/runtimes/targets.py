@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 from edge_agent.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:  # the table itself stays importable by `--help` texts without pydantic or numpy
-    from edge_agent.bundle import Artefact, Manifest
+    from edge_agent.bundle import Artefact, Manifest, Precision
 
-# On a device the smallest model that passed export's parity gate is the one to run.
-PRECISION_PREFERENCE = ("int8", "dynamic-int8", "fp16", "fp32")
+# By default the smallest model that passed export's parity gate is the one to run. A device profile may
+# order them otherwise (runtime.prefer_precision) where measurements show int8 is slower, e.g. ORT on x86.
+PRECISION_PREFERENCE: tuple[Precision, ...] = ("int8", "dynamic-int8", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,18 @@ def compatibility_target(name: str) -> CompatibilityTarget:
 
 
 def choose_artefact(
-    manifest: Manifest, artefact_runtime: str, target: str, file: str | None = None, *, proven_only: bool = False
+    manifest: Manifest,
+    artefact_runtime: str,
+    target: str,
+    file: str | None = None,
+    *,
+    proven_only: bool = False,
+    prefer_precision: tuple[str, ...] = PRECISION_PREFERENCE,
 ) -> Artefact:
-    """Pick the artefact to run: ``file`` if given, else the most compact one proven on ``target``.
+    """Pick the artefact to run: ``file`` if given, else the best-ranked one proven on ``target``.
 
-    Artefacts proven on ``target`` come first; among them int8 beats dynamic-int8, fp16 and fp32. With
+    Artefacts proven on ``target`` come first; among them the order of ``prefer_precision`` decides
+    (by default int8 beats dynamic-int8, fp16 and fp32), precisions it omits come last. With
     ``proven_only`` (provisioning a device folder) an artefact not proven on ``target`` is refused.
     """
     candidates = [a for a in manifest.artefacts if a.runtime == artefact_runtime]
@@ -90,6 +98,8 @@ def choose_artefact(
         )
 
     def rank(artefact: Artefact) -> tuple[int, int]:
-        return (0 if target in artefact.compatibility_targets else 1, PRECISION_PREFERENCE.index(artefact.precision))
+        unproven = 0 if target in artefact.compatibility_targets else 1
+        order = prefer_precision.index(artefact.precision) if artefact.precision in prefer_precision else 99
+        return (unproven, order)
 
     return min(candidates, key=rank)
