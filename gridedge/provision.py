@@ -193,12 +193,7 @@ def provision(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        artefact = _build_device_folder(staging, raw, profile, Path(site_values), bundle_source, public_key)
-        if extras.ca_cert is not None and extras.ca_key is not None:
-            site, device = str(raw["site"]), str(raw["device"])
-            issue_device_certificate(extras.ca_cert, extras.ca_key, site, device, staging / "keys")
-        if extras.wheelhouse:
-            _write_installer(staging, profile.profile, extras.gridedge_wheel)
+        artefact = _build_device_folder(staging, raw, profile, Path(site_values), bundle_source, public_key, extras)
         _replace_folder(staging, out_dir)
     finally:
         if staging.exists():
@@ -207,7 +202,13 @@ def provision(
 
 
 def _build_device_folder(
-    out_dir: Path, raw: dict[str, Any], profile: DeviceProfile, site_values: Path, bundle_source: Path, public_key: Path
+    out_dir: Path,
+    raw: dict[str, Any],
+    profile: DeviceProfile,
+    site_values: Path,
+    bundle_source: Path,
+    public_key: Path,
+    extras: DeviceExtras,
 ) -> str:
     """Fill ``out_dir`` with the device folder; returns the artefact the device will run."""
     _copy_register_maps(raw, site_values.resolve().parent, out_dir)
@@ -226,6 +227,10 @@ def _build_device_folder(
     config = load_config(config_path)
     artefact = _check_artefact_for_target(bundle, config, profile.profile.compatibility_target)
     _write_service(out_dir)
+    if extras.ca_cert is not None and extras.ca_key is not None:
+        issue_device_certificate(extras.ca_cert, extras.ca_key, config.site, config.device, out_dir / "keys")
+    if extras.wheelhouse:
+        _write_installer(out_dir, profile.profile, extras.gridedge_wheel)
     _write_install_notes(out_dir, profile, config, bundle, artefact)
     return artefact
 
