@@ -10,7 +10,11 @@ By default the small W1/W3-shaped models of the export tests are built; pass tra
 measure the reference models (``gridedge train configs/w1_load.yaml ...``):
 
     python benchmarks/bench_inference.py [--runs 3000] [--w1-keras-run DIR --w1-torch-run DIR]
-        [--w3-keras-run DIR --w3-torch-run DIR]
+        [--w3-keras-run DIR --w3-torch-run DIR] [--emulated-arm64]
+
+``--emulated-arm64`` (root, qemu-user-static, debootstrap) also times the same files inside the emulated
+Pi 4 userland of the tests (QEMU_CPU=cortex-a72, and cortex-a76 for the Pi 5's dot-product instructions).
+Emulation is 50-200x slower than the hardware, so those rows report only ratios (int8 vs fp32 per runtime).
 """
 
 from __future__ import annotations
@@ -107,8 +111,45 @@ def _artefact_rows(result: ExportResult, framework: str) -> list[dict[str, Any]]
     ]
 
 
+def _emulated_ratios(paths: dict[str, Path], feeds: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, Any]:
+    """int8 / fp32 p50 ratios per runtime of the same files inside the emulated arm64 userland, per CPU model."""
+    import shutil
+
+    from gridedge.emulation import install_working_tree, run_in_userland
+
+    ratios: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        case = Path(tmp)
+        install_working_tree(case)
+        files = {}
+        for name, path in paths.items():
+            shutil.copyfile(path, case / path.name)
+            files[name] = path.name
+        (case / "artefacts.json").write_text(json.dumps({"artefacts": files, "input_names": list(names)}))
+        np.savez(case / "feeds.npz", **feeds)
+        for cpu in ("cortex-a72", "cortex-a76"):
+            os.environ["QEMU_CPU"] = cpu
+            timing = ["/opt/edge/bin/python", "/src/benchmarks/arm64_timing.py", "/case", "500"]
+            done = run_in_userland(case, timing, 1800)
+            del os.environ["QEMU_CPU"]
+            if done.returncode != 0:
+                raise RuntimeError(f"emulated timing failed:\n{done.stderr[-3000:]}")
+            p50 = json.loads(done.stdout.strip().splitlines()[-1])
+            ratios[cpu] = {
+                "LiteRT int8 / fp32": p50["LiteRT int8"] / p50["LiteRT fp32"],
+                "ORT int8 (static QDQ) / fp32": p50["ORT int8 (static QDQ)"] / p50["ORT fp32"],
+                "ORT dynamic int8 / fp32": p50["ORT dynamic int8"] / p50["ORT fp32"],
+            }
+    return ratios
+
+
 def _workload(
-    label: str, keras_source: ExportSource, torch_source: ExportSource, runs: int, baselines: bool
+    label: str,
+    keras_source: ExportSource,
+    torch_source: ExportSource,
+    runs: int,
+    baselines: bool,
+    emulated: bool = False,
 ) -> dict[str, Any]:
     """Export both models of one workload and time every artefact (and, if asked, the framework calls)."""
     import torch
@@ -128,20 +169,23 @@ def _workload(
         )
         feeds = {k: np.ascontiguousarray(v[:1]) for k, v in keras_source.test.feeds.items()}
         ort_config = OnnxRuntimeConfig(providers=("CPUExecutionProvider",))
+        paths = {
+            "LiteRT int8": keras.bundle_dir / f"{label}-keras.int8.tflite",
+            "LiteRT fp32": keras.bundle_dir / f"{label}-keras.fp32.tflite",
+            "ORT int8 (static QDQ)": torch_bundle.bundle_dir / f"{label}-torch.int8.onnx",
+            "ORT dynamic int8": torch_bundle.bundle_dir / f"{label}-torch.dynamic-int8.onnx",
+            "ORT fp32": torch_bundle.bundle_dir / f"{label}-torch.fp32.onnx",
+        }
         runtimes: dict[str, Any] = {
-            "LiteRT int8": LiteRTRuntime(keras.bundle_dir / f"{label}-keras.int8.tflite", LiteRTConfig(), names),
-            "LiteRT fp32": LiteRTRuntime(keras.bundle_dir / f"{label}-keras.fp32.tflite", LiteRTConfig(), names),
-            "ORT int8 (static QDQ)": OnnxRuntime(
-                torch_bundle.bundle_dir / f"{label}-torch.int8.onnx", ort_config, names
-            ),
-            "ORT dynamic int8": OnnxRuntime(
-                torch_bundle.bundle_dir / f"{label}-torch.dynamic-int8.onnx", ort_config, names
-            ),
-            "ORT fp32": OnnxRuntime(torch_bundle.bundle_dir / f"{label}-torch.fp32.onnx", ort_config, names),
+            name: LiteRTRuntime(path, LiteRTConfig(), names)
+            if path.suffix == ".tflite"
+            else OnnxRuntime(path, ort_config, names)
+            for name, path in paths.items()
         }
         print(f"{label}: timing {len(runtimes)} runtimes, batch 1, 1 thread")
         latency = _time_interleaved({name: _runner(rt, feeds) for name, rt in runtimes.items()}, runs)
         rows = _artefact_rows(keras, "keras") + _artefact_rows(torch_bundle, "torch")
+        emulated_ratios = _emulated_ratios(paths, feeds, names) if emulated else None
     if baselines:
         torch_args = [torch.from_numpy(feeds[n]) for n in names]
 
@@ -157,7 +201,10 @@ def _workload(
         for name in ("LiteRT int8", "ORT int8 (static QDQ)"):
             latency[name]["x_vs_keras_predict"] = latency["Keras model.predict"]["p50_us"] / latency[name]["p50_us"]
             latency[name]["x_vs_torch_eager"] = latency["torch eager"]["p50_us"] / latency[name]["p50_us"]
-    return {"latency": latency, "artefacts": rows}
+    result: dict[str, Any] = {"latency": latency, "artefacts": rows}
+    if emulated_ratios is not None:
+        result["emulated_arm64_ratios"] = emulated_ratios
+    return result
 
 
 def _markdown(payload: dict[str, Any]) -> list[str]:
@@ -180,6 +227,20 @@ def _markdown(payload: dict[str, Any]) -> list[str]:
                 f"{-100 * row['degradation']:+.2f} % |"
             )
         lines += ["", *_findings(work), ""]
+        if "emulated_arm64_ratios" in work:
+            x86 = {name: row["p50_us"] for name, row in work["latency"].items()}
+            lines += ["| p50 ratio (lower: int8 pays) | x86 (this machine) | "
+                      + " | ".join(f"emulated arm64, qemu {cpu}" for cpu in work["emulated_arm64_ratios"]) + " |",
+                      "|---|---:|" + "---:|" * len(work["emulated_arm64_ratios"])]
+            for ratio, (int8, fp32) in {
+                "LiteRT int8 / fp32": ("LiteRT int8", "LiteRT fp32"),
+                "ORT int8 (static QDQ) / fp32": ("ORT int8 (static QDQ)", "ORT fp32"),
+                "ORT dynamic int8 / fp32": ("ORT dynamic int8", "ORT fp32"),
+            }.items():
+                emulated = " | ".join(f"{cpu[ratio]:.2f}" for cpu in work["emulated_arm64_ratios"].values())
+                lines.append(f"| {ratio} | {x86[int8] / x86[fp32]:.2f} | {emulated} |")
+            lines += ["", "Emulated rows are ratios of files timed side by side under qemu-user (EMULATED, 50-200x "
+                      "slower than the hardware); they show the kernels' relative cost, not a Pi's µs.", ""]
     return lines
 
 
@@ -208,6 +269,7 @@ def main() -> None:
                 f"--{workload}-{framework}-run", type=Path,
                 help=f"{workload.upper()} run folder trained with {framework} (gridedge train).",
             )
+    parser.add_argument("--emulated-arm64", action="store_true", help="Add emulated-arm64 ratio rows (W1).")
     args = parser.parse_args()
     load_at_start = [round(v, 2) for v in os.getloadavg()]
     import torch
@@ -228,7 +290,8 @@ def main() -> None:
             torch_source = fixtures.make_source(prepared, "torch", fixtures.torch_model(prepared))
             model = f"{label.upper()}-shaped conv/dense model (tests/export fixture)"
         workloads[label.upper()] = {"model": model, **_workload(label, keras_source, torch_source, args.runs,
-                                                                baselines=label == "w1")}
+                                                                baselines=label == "w1",
+                                                                emulated=args.emulated_arm64 and label == "w1")}
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     cpu = "x86 AVX2 without VNNI" if "avx2" in flags and "vnni" not in flags else "see /proc/cpuinfo"
     payload = {"runs": args.runs, "load_average": load_at_start, "cpu": cpu,

@@ -61,8 +61,10 @@ build_release() {
     [ -d "$TARGET/keys" ] && chmod -R go-rwx "$TARGET/keys"
     "$python" -m venv "$TARGET/venv"
     # Only this folder's wheels: no index, and no pip configuration or PIP_* variable of this machine.
+    # --no-compile: byte-compiling all of numpy and the runtimes up front is most of an install on a small
+    # CPU; Python compiles the few modules the agent imports on its first start.
     env $(compgen -e | grep '^PIP_' | sed 's/^/-u /') PIP_CONFIG_FILE=/dev/null \
-        "$TARGET/venv/bin/python" -m pip install --quiet --no-index --find-links "$HERE/wheelhouse" \
+        "$TARGET/venv/bin/python" -m pip install --quiet --no-compile --no-index --find-links "$HERE/wheelhouse" \
         -r "$HERE/wheelhouse/requirements.txt"
     step_done pip
     # The model must verify and pass its self-test in this very venv before anything runs it.

@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
-import zipfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -25,13 +22,12 @@ import yaml
 
 from edge_agent.errors import GridedgeError
 from gridedge.broker import LocalMosquitto
-from gridedge.provision import DeviceExtras, load_profile, provision
+from gridedge.emulation import install_working_tree, run_in_userland
+from gridedge.provision import DeviceExtras, provision
 from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
-from gridedge.wheelhouse import build_gridedge_wheel
 
 REPO = Path(__file__).resolve().parents[2]
-USERLAND = REPO / "tests" / "arm64" / "userland.sh"
 SITE, DEVICE = "arm64-site", "pi4-emulated"
 EXPECTED_TESTS = {
     "test_every_artefact_verifies_self_tests_and_matches_x86_within_its_own_tolerance[litert]",
@@ -62,16 +58,6 @@ pytestmark = [
     pytest.mark.timeout(3600),  # the first, uncached build of the userland takes minutes
     pytest.mark.skipif(_emulation_missing() is not None, reason=f"emulated arm64: {_emulation_missing()}"),
 ]
-
-
-def _requirements(run_dir: Path) -> tuple[Path, Path]:
-    """The Pi 4 profile's pins plus the test runner, and the tflite-runtime profile's pins (numpy<2)."""
-    test_runner = [f"pytest=={version('pytest')}", f"pytest-timeout=={version('pytest-timeout')}"]
-    edge = run_dir / "requirements-edge.txt"
-    edge.write_text("\n".join([*load_profile("raspberry-pi-4").profile.requirements, *test_runner]) + "\n")
-    tflite = run_dir / "requirements-tflite214.txt"
-    tflite.write_text("\n".join(load_profile("raspberry-pi-3-tflite-runtime").profile.requirements) + "\n")
-    return edge, tflite
 
 
 def _x86_outputs(bundle_dir: Path, public_key: Path, runtime: str) -> dict[str, list[Any]]:
@@ -141,10 +127,7 @@ def test_the_arm64_subset_passes_in_the_emulated_pi4_userland(
     public_key = keys / "bundle-signing.pub"
     tfl214_manifest = json.loads((tfl214 / "manifest.json").read_text())
 
-    edge_requirements, tflite_requirements = _requirements(run_dir)
-    wheel = build_gridedge_wheel(tmp_path)
-    with zipfile.ZipFile(wheel) as unpacked:  # pure Python: the working tree's gridedge, as the device gets it
-        unpacked.extractall(run_dir / "site")
+    wheel = install_working_tree(run_dir)  # the working tree's gridedge, as the device gets it
 
     with (
         LocalMosquitto(tmp_path / "broker") as broker,
@@ -179,11 +162,11 @@ def test_the_arm64_subset_passes_in_the_emulated_pi4_userland(
         listener.loop_start()
         started = time.monotonic()
         try:
-            done = subprocess.run(
-                ["bash", str(USERLAND), "run", str(edge_requirements), str(tflite_requirements), str(run_dir), "--",
-                 "/usr/bin/env", "PYTHONPATH=/case/site", "/opt/edge/bin/python", "-m", "pytest", "/src/tests/arm64",
-                 "-m", "arm64", "-p", "no:cacheprovider", "--junitxml=/case/junit.xml", "-q", "-rA"],
-                capture_output=True, text=True, timeout=3500, check=False,
+            done = run_in_userland(
+                run_dir,
+                ["/opt/edge/bin/python", "-m", "pytest", "/src/tests/arm64", "-m", "arm64", "-p", "no:cacheprovider",
+                 "--junitxml=/case/junit.xml", "-q", "-rA"],
+                timeout_s=3500,
             )  # fmt: skip
         finally:
             listener.loop_stop()

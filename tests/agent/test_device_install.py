@@ -29,7 +29,7 @@ from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
 from gridedge.wheelhouse import build_gridedge_wheel, wheel_platforms
 
-pytestmark = [pytest.mark.slow, pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.timeout(1800)]
 SITE, DEVICE = "install-site", "gateway-1"
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens on the discard port: any network use by pip fails
 
@@ -147,7 +147,7 @@ def test_install_sh_installs_offline_is_idempotent_and_a_failed_upgrade_keeps_th
         second = tmp_path / "device-v2"  # another config is another release
         provision("x86-gateway", _site_file(tmp_path, site.port, broker.port, state, 1.5), exported.torch,
                   public_key, second, extras)  # fmt: skip
-        for failing_step in ("pip", "check", "switch"):
+        for failing_step in ("pip", "switch"):  # stopped after its wheels, then just before the switch
             broken = _install(second, prefix, GRIDEDGE_INSTALL_FAIL_AT=failing_step)
             assert broken.returncode == 70, broken.stderr
             assert str((prefix / "current").readlink()) == release_v1, failing_step
