@@ -36,6 +36,8 @@ debian_mirror() {
 check_host() {
     command -v debootstrap >/dev/null || die "debootstrap missing: apt-get install -y qemu-user-static binfmt-support debootstrap"
     [ -x /usr/bin/qemu-aarch64-static ] || die "qemu-aarch64-static missing: apt-get install -y qemu-user-static binfmt-support"
+    # binfmt registrations do not survive a reboot or a container restart: register it again if needed.
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >&2 || true
     [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "binfmt for aarch64 not registered: update-binfmts --enable qemu-aarch64"
     [ "$(id -u)" = 0 ] || die "building and entering a chroot needs root"
 }
