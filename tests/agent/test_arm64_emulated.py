@@ -87,7 +87,7 @@ def _tflite_214_bundle(exported: Any, out: Path) -> Path:
     from gridedge.export.run_loader import load_source
 
     options = ExportOptions(name="w1-keras-tfl214", targets=("tflite-runtime-2.14",), max_degradation=0.5,
-                            latency_runs=5)  # fmt: skip
+                            latency_runs=10)  # fmt: skip
     source = load_source(exported.keys.parent / "run-keras")
     return export_bundle(source, out, load_private_key(exported.keys / "bundle-signing.key"), options).bundle_dir
 
