@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from edge_agent.config import AgentConfig
 from edge_agent.decisions import AnomalyJudge, AnomalyVerdict, DecisionStep
-from edge_agent.health import AgentHealth
+from edge_agent.health import AgentHealth, HealthReasons
 from edge_agent.live_config import LiveConfig
 from edge_agent.messages import Forecast, ModelInfo
 from edge_agent.model_manager import ModelAnnouncer, ModelManager
@@ -48,10 +48,11 @@ class AgentCore:
     live: LiveConfig
     models: ModelManager
     health: AgentHealth
+    reasons: HealthReasons
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> AgentCore:
-        return cls(LiveConfig(config), ModelManager(config), AgentHealth())
+        return cls(LiveConfig(config), ModelManager(config), AgentHealth(), HealthReasons())
 
 
 class Agent:
@@ -86,7 +87,7 @@ class Agent:
         interval = config.mqtt.summary_interval_s if config.mqtt else DEFAULT_SUMMARY_INTERVAL_S
         telemetry = bool(config.mqtt and config.mqtt.telemetry.enabled)
         self.reports = PeriodicReports(reporter, self.models, self.health, interval, telemetry)
-        self.announcer = ModelAnnouncer(reporter, self.models)
+        self.announcer = ModelAnnouncer(reporter, self.models, self.core.reasons)
         self.scheduler = LoopScheduler(config.loop, self.health)
         self.core.live.subscribe(self._take_settings)
 

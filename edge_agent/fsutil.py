@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -37,3 +40,18 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Text variant of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode(), mode)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` means the disk (or the file system's quota) is full, from the OS or from SQLite."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def free_bytes(path: Path) -> int:
+    """Free space of the file system holding ``path`` (or its nearest existing parent)."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    return shutil.disk_usage(existing).free

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.messages import DeviceState
 from edge_agent.messages import LatencyStats as LatencySummary
 
 
@@ -59,3 +62,51 @@ class AgentHealth:
     first_inference_s: float | None = None
     latency: LatencyStats = field(default_factory=LatencyStats)
     started_at: float = field(default_factory=time.monotonic)
+
+
+class HealthReasons:
+    """Why the device is degraded, by concern (model, disk, a worker thread ...): ``degraded`` while any.
+
+    Each concern sets and clears only its own reason, so one recovering never hides another still broken.
+    Listeners are called (outside the lock) whenever the set changes, e.g. to republish the status.
+    """
+
+    def __init__(self) -> None:
+        self._reasons: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def set(self, concern: str, reason: str) -> None:
+        """Record (or update) the reason ``concern`` degrades the device."""
+        with self._lock:
+            changed = self._reasons.get(concern) != reason
+            self._reasons[concern] = reason
+        if changed:
+            self._notify()
+
+    def clear(self, concern: str) -> None:
+        """``concern`` is healthy again."""
+        with self._lock:
+            changed = self._reasons.pop(concern, None) is not None
+        if changed:
+            self._notify()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every change."""
+        self._listeners.append(listener)
+
+    def state(self) -> tuple[DeviceState, str | None]:
+        """``("degraded", "concern: reason; ...")`` while any reason is set, else ``("online", None)``."""
+        with self._lock:
+            reasons = sorted(self._reasons.items())
+        if not reasons:
+            return "online", None
+        return "degraded", "; ".join(f"{concern}: {reason}" for concern, reason in reasons)
+
+    def __contains__(self, concern: object) -> bool:
+        with self._lock:
+            return concern in self._reasons
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()

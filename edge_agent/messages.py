@@ -198,6 +198,10 @@ class HealthStats(_Message):
     latency_moving_average_ms: float | None = Field(
         None, description="Exponential moving average of inference latency, when the model has run."
     )
+    dropped_commands: Count = Field(
+        0, description="Commands that could not be answered (e.g. an invalid MQTT 5 response topic)."
+    )
+    worker_restarts: Count = Field(0, description="Times a dead worker thread was restarted.")
 
 
 class SummaryContent(_Message):

@@ -22,6 +22,7 @@ from edge_agent.bundle_store import BundleStore
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BundleError, ConfigError
 from edge_agent.features import DERIVED_CHANNELS, FeaturePipeline, FeatureSpec, fill_gaps
+from edge_agent.health import HealthReasons
 from edge_agent.keys import load_public_key
 from edge_agent.messages import AlertContent, ModelInfo
 from edge_agent.reporting.base import Reporter
@@ -213,27 +214,40 @@ class ModelManager:
 
 class ModelAnnouncer:
     """Publishes the device state when it changes ("degraded" raises one alert, recovery one clear)
-    and the alerts the model manager queued."""
+    and the alerts the model manager queued.
 
-    def __init__(self, reporter: Reporter, models: ModelManager) -> None:
+    The model is one concern of :class:`~edge_agent.health.HealthReasons` (``model``); the disk and the
+    worker threads are others, so the published state is ``degraded`` while any of them has a reason.
+    """
+
+    def __init__(self, reporter: Reporter, models: ModelManager, reasons: HealthReasons | None = None) -> None:
         self.reporter = reporter
         self.models = models
+        self.reasons = reasons or HealthReasons()
         self.fallback = AlertLatch(reporter, "model-fallback", "model-recovered", severity="critical")
-        self._state: str | None = None
+        self._model_degraded: bool | None = None
+        self._published: tuple[str, str | None] | None = None
 
     def announce(self) -> None:
         """Publish what changed since the last call."""
         supervisor = self.models.supervisor
-        state = "degraded" if supervisor.degraded else "online"
-        if state != self._state:
-            reason = supervisor.degraded_reason
-            self.reporter.publish_status(state, reason, self.models.model_info())  # type: ignore[arg-type]
-            if state == "degraded":
+        reason = supervisor.degraded_reason
+        if supervisor.degraded != self._model_degraded:
+            if reason is not None:
+                self.reasons.set("model", reason)
                 self.fallback.raise_once("model", f"model replaced by the baseline predictor: {reason}")
-                notify(f"STATUS=degraded: {reason}")
-            elif self.fallback.clear_once("model", "model trusted again"):
+            else:
+                self.reasons.clear("model")
+                self.fallback.clear_once("model", "model trusted again")
+            self._model_degraded = supervisor.degraded
+        state = self.reasons.state()
+        if state != self._published:
+            self.reporter.publish_status(state[0], state[1], self.models.model_info())
+            if state[0] == "degraded":
+                notify(f"STATUS=degraded: {state[1]}")
+            elif self._published is not None:
                 notify("STATUS=online")
-            logger.log(logging.WARNING if state == "degraded" else logging.INFO, "state %s (%s)", state, reason)
-            self._state = state
+            logger.log(logging.WARNING if state[0] == "degraded" else logging.INFO, "state %s (%s)", *state)
+            self._published = state
         for notice in self.models.take_notices():
             self.reporter.publish_alert(notice)

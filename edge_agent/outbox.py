@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from edge_agent.errors import OutboxError
+from edge_agent.fsutil import is_disk_full
 from edge_agent.messages import DROP_PRIORITY, DroppedCounts, OutboxStats
 
 OutboxKind = Literal["summary", "alert", "telemetry"]
@@ -128,7 +129,9 @@ class Outbox:
             yield
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite has already rolled back a transaction that failed with a full disk.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
 
     def _record_next_seq(self) -> None:
@@ -139,7 +142,13 @@ class Outbox:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
-            self._record_next_seq()
+            try:
+                self._record_next_seq()
+            except sqlite3.OperationalError as exc:
+                # A full disk must not stop a status or a command reply: the number is unique in this
+                # run, and the counter is recorded again with the next write that succeeds.
+                if not is_disk_full(exc):
+                    raise
         return seq
 
     def append(self, kind: OutboxKind, topic: str, make_payload: PayloadFactory) -> OutboxRow:
@@ -193,20 +202,29 @@ class Outbox:
         marks = ", ".join("?" for _ in row_ids)
         now = time.time()
         with self._lock:
-            with self._transaction():
-                freed = self._db.execute(
-                    f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE id IN ({marks})", row_ids
-                ).fetchone()[0]
-                if self.retain_messages:
-                    self._retained += self._db.execute(
-                        "INSERT OR REPLACE INTO delivered (seq, message_id, kind, topic, payload, delivered_at) "
-                        f"SELECT seq, message_id, kind, topic, payload, ? FROM outbox WHERE id IN ({marks})",
-                        [now, *row_ids],
-                    ).rowcount
-                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", row_ids)
-                self._record_next_seq()
-                self._prune_retained(now)
+            retained_before = self._retained
+            try:
+                freed = self._move_to_delivered(row_ids, marks, now)
+            except BaseException:
+                self._retained = retained_before  # the transaction did not happen
+                raise
             self._bytes -= int(freed)
+
+    def _move_to_delivered(self, row_ids: list[int], marks: str, now: float) -> int:
+        with self._transaction():
+            freed = self._db.execute(
+                f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE id IN ({marks})", row_ids
+            ).fetchone()[0]
+            if self.retain_messages:
+                self._retained += self._db.execute(
+                    "INSERT OR REPLACE INTO delivered (seq, message_id, kind, topic, payload, delivered_at) "
+                    f"SELECT seq, message_id, kind, topic, payload, ? FROM outbox WHERE id IN ({marks})",
+                    [now, *row_ids],
+                ).rowcount
+            self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", row_ids)
+            self._record_next_seq()
+            self._prune_retained(now)
+        return int(freed)
 
     def _prune_retained(self, now: float) -> None:
         excess = self._retained - self.retain_messages

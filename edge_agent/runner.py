@@ -27,10 +27,15 @@ def build_agent(config_path: Path) -> Agent:
     from edge_agent.reporting.mqtt import MqttReporter
 
     core = AgentCore.from_config(config)
-    commands = AgentCommands(core.models, core.health, core.live.apply, config_path)
+    commands = AgentCommands(core.models, core.health, core.live.apply, config_path, core.reasons)
     guard = CommandGuard.from_config(config.commands, config.site, config.device, config.state_dir)
     reporter = MqttReporter(
-        config.mqtt, control=commands, updater=commands, agent_version=__version__, guard=guard
+        config.mqtt,
+        control=commands,
+        updater=commands,
+        agent_version=__version__,
+        guard=guard,
+        health_reasons=core.reasons,
     )
     agent = Agent(config, reporter, core=core)
     reporter.start()

@@ -8,6 +8,7 @@ client is made: the sensor side uses :func:`backoff_delay` without loading it.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import ssl
@@ -194,4 +195,8 @@ def make_client(broker: BrokerConfig, client_id: str, *, persistent_session: boo
     if credentials is not None:
         client.username_pw_set(*credentials)
     set_reconnect_delay(client, broker.reconnect_min_s, broker.reconnect_max_s)
+    # An exception in one of our callbacks would otherwise end paho's network thread for good (no
+    # reconnect, no acks, nothing said): paho logs it through its logger and keeps running instead.
+    client.suppress_exceptions = True
+    client.enable_logger(logging.getLogger("paho"))
     return client

@@ -16,7 +16,7 @@ from pydantic import JsonValue
 
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import BundleError, ConfigError, SelfTestError
-from edge_agent.health import AgentHealth
+from edge_agent.health import AgentHealth, HealthReasons
 from edge_agent.messages import AlertContent
 from edge_agent.model_manager import ModelManager
 from edge_agent.reporting.commands import UpdateOutcome
@@ -36,8 +36,10 @@ class AgentCommands:
         health: AgentHealth,
         apply_config: Callable[[AgentConfig], str],
         config_path: Path | None = None,
+        reasons: HealthReasons | None = None,
     ) -> None:
         self.models = models
+        self.reasons = reasons or HealthReasons()
         self.health = health
         self.apply_config = apply_config
         self.config_path = config_path
@@ -68,9 +70,12 @@ class AgentCommands:
     def status_report(self) -> dict[str, JsonValue]:
         """A snapshot for the ``status`` command."""
         supervisor, health = self.models.supervisor, self.health
+        state, reason = self.reasons.state()
+        if supervisor.degraded and "model" not in self.reasons:  # between a swap and the next announce
+            state, reason = "degraded", supervisor.degraded_reason
         return {
-            "state": "degraded" if supervisor.degraded else "online",
-            "reason": supervisor.degraded_reason,
+            "state": state,
+            "reason": reason,
             "model": self.models.model_info().model_dump(),
             "bundle": str(supervisor.bundle_dir),
             "cycles": health.cycles,

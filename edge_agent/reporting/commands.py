@@ -16,8 +16,13 @@ operator's signature, target, time window and nonce; without a guard every state
 refused (``ping`` and ``status`` stay open).
 
 ``model-update`` carries a signed bundle archive, base64 in ``args.data``, split into chunks when large
-(:func:`model_update_requests` builds them). Chunks are staged on disk; when the last one is in, the
-archive's size and sha256 are checked and the file is handed to :meth:`ModelUpdater.apply`, which must
+(:func:`model_update_requests` builds them). Every chunk is a signed command carrying the
+archive's total size and sha256, so the operator signature is verified before any byte is staged, and a
+transfer larger than ``max_update_bytes`` or than the free space (minus ``staging_reserve_bytes``) is
+refused at its first chunk. Chunks are staged on disk, never more than the announced size; staged
+chunks of a transfer left unfinished for ``staging_max_age_s`` are deleted, and all of them at start.
+When the last one is in, the archive's size and sha256 are checked and the file is handed to
+:meth:`ModelUpdater.apply`, which must
 verify signature and hashes, refuse a downgrade unless the signed ``allow_downgrade`` flag is set,
 self-test, swap atomically and keep the previous bundle, or raise a
 :class:`~edge_agent.errors.GridedgeError` (e.g. ``BundleError``) saying why it refused.
@@ -39,13 +44,16 @@ from typing import Protocol, runtime_checkable
 from pydantic import Field, JsonValue, ValidationError
 
 from edge_agent.errors import GridedgeError
-from edge_agent.fsutil import atomic_write_bytes
+from edge_agent.fsutil import atomic_write_bytes, free_bytes
 from edge_agent.messages import CommandRequest, ModelInfo
 from edge_agent.reporting.authentication import SIGNED_COMMANDS, CommandGuard
 from edge_agent.yamlconfig import StrictModel, validation_problems
 
 logger = logging.getLogger(__name__)
 
+# Room an update must leave on the disk (the outbox and the logs need it too).
+DEFAULT_STAGING_RESERVE_BYTES = 16 * 1024 * 1024
+DEFAULT_STAGING_MAX_AGE_S = 3600.0
 COMMANDS = ("ping", "status", "reload-config", "set-log-level", "rollback", "model-update", "replay")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -157,22 +165,35 @@ class CommandProcessor:
         updater: ModelUpdater | None = None,
         guard: CommandGuard | None = None,
         replayer: Replayer | None = None,
+        staging_reserve_bytes: int = DEFAULT_STAGING_RESERVE_BYTES,
+        staging_max_age_s: float = DEFAULT_STAGING_MAX_AGE_S,
     ):
         self.staging_dir = staging_dir
         self.max_update_bytes = max_update_bytes
+        self.staging_reserve_bytes = staging_reserve_bytes
+        self.staging_max_age_s = staging_max_age_s
         self.control = control
         self.updater = updater
         self.guard = guard
         self.replayer = replayer
         self._started = time.monotonic()
+        # A transfer cut by a restart cannot be resumed by the agent: its chunks only take space.
+        self._forget_other_transfers(None)
 
     def handle(self, command: str, payload: bytes) -> CommandReply:
         """Run one command given its name (topic level) and raw payload."""
         try:
+            return self._handle(command, payload)
+        except Exception as exc:  # the last line: whatever the payload, the caller gets a reply
+            logger.exception("command %s could not be handled", command[:64])
+            return CommandReply(command, "error", None, f"the request could not be handled: {exc!r}")
+
+    def _handle(self, command: str, payload: bytes) -> CommandReply:
+        try:
             request = CommandRequest.model_validate_json(payload)
         except ValidationError as exc:
             request_id = _salvage_request_id(payload)
-            problem = "is not JSON" if _is_not_json(payload) else f"is invalid: {validation_problems(exc)[0]}"
+            problem = _payload_problem(payload) or f"is invalid: {validation_problems(exc)[0]}"
             return CommandReply(
                 command,
                 "error",
@@ -258,6 +279,7 @@ class CommandProcessor:
             raise GridedgeError(f"chunk {chunk.chunk_index} data is not valid base64 ({exc})") from exc
         transfer_dir = self.staging_dir / chunk.transfer_id
         self._forget_other_transfers(chunk.transfer_id)
+        self._check_space(transfer_dir, chunk, len(data))
         atomic_write_bytes(transfer_dir / f"{chunk.chunk_index:06d}.part", data)
         received = sorted(transfer_dir.glob("*.part"))
         progress: dict[str, JsonValue] = {
@@ -287,7 +309,37 @@ class CommandProcessor:
             shutil.rmtree(transfer_dir, ignore_errors=True)
         return "ok", {**progress, **outcome.model_dump(mode="json")}
 
-    def _forget_other_transfers(self, transfer_id: str) -> None:
+    def _check_space(self, transfer_dir: Path, chunk: ModelUpdateChunk, size: int) -> None:
+        """Refuse a chunk that would stage more than announced or leave less than the reserve free."""
+        previous = transfer_dir / f"{chunk.chunk_index:06d}.part"
+        staged = sum(p.stat().st_size for p in transfer_dir.glob("*.part") if p != previous)
+        if staged + size > chunk.total_bytes:
+            raise GridedgeError(
+                f"chunk {chunk.chunk_index} would stage {staged + size} bytes, more than the {chunk.total_bytes} "
+                "the transfer announced; resend the whole transfer"
+            )
+        # Still to come: the rest of the chunks, then the assembled archive (as large as the whole).
+        needed = chunk.total_bytes - staged + chunk.total_bytes + self.staging_reserve_bytes
+        free = free_bytes(self.staging_dir)
+        if free < needed:
+            shutil.rmtree(transfer_dir, ignore_errors=True)
+            raise GridedgeError(
+                f"not enough disk space for a {chunk.total_bytes}-byte update: {free} bytes free, "
+                f"{needed} needed (twice the update plus a reserve of {self.staging_reserve_bytes}); "
+                "free space on the device or send a smaller bundle"
+            )
+
+    def forget_abandoned_transfers(self) -> None:
+        """Delete staged chunks of transfers that received nothing for ``staging_max_age_s``."""
+        if not self.staging_dir.is_dir():
+            return
+        cutoff = time.time() - self.staging_max_age_s
+        for transfer in self.staging_dir.iterdir():
+            if transfer.is_dir() and transfer.stat().st_mtime < cutoff:
+                logger.warning("deleting the chunks of abandoned model transfer %s", transfer.name)
+                shutil.rmtree(transfer, ignore_errors=True)
+
+    def _forget_other_transfers(self, transfer_id: str | None) -> None:
         # One transfer at a time: a new transfer id abandons older partial ones so disk use stays bounded.
         if not self.staging_dir.is_dir():
             return
@@ -296,19 +348,28 @@ class CommandProcessor:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
-def _is_not_json(payload: bytes) -> bool:
+def _payload_problem(payload: bytes) -> str | None:
+    """What makes ``payload`` unreadable as JSON, or None when it is JSON."""
     try:
         json.loads(payload)
+    except RecursionError:
+        return "is too deeply nested to decode"
     except ValueError:
-        return True
-    return False
+        return "is not JSON"
+    return None
 
 
 def _salvage_request_id(payload: bytes) -> str | None:
     try:
         document = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     request_id = document.get("request_id") if isinstance(document, dict) else None
-    return request_id if isinstance(request_id, str) and len(request_id) <= 64 else None
+    if not isinstance(request_id, str) or len(request_id) > 64:
+        return None
+    try:
+        request_id.encode("utf-8")  # a lone surrogate ("\ud800") cannot go back on the wire
+    except UnicodeEncodeError:
+        return None
+    return request_id
 

@@ -108,6 +108,18 @@ class MqttConfig(StrictModel):
         title="Largest model update",
         description="Refuse model-update transfers announcing more bytes than this.",
     )
+    staging_reserve_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        title="Disk reserve during updates",
+        description="Refuse a model-update whose staging would leave less free space than this.",
+    )
+    staging_max_age_s: float = Field(
+        3600.0,
+        gt=0,
+        title="Abandoned transfer age",
+        description="Delete the staged chunks of a model-update that received nothing for this long.",
+    )
 
     def client_id(self) -> str:
         """The MQTT client id: configured, or unique per device."""

@@ -11,6 +11,25 @@ Delivery rules:
   lost, is replayed oldest-first after the next connect with ``is_historical`` true and the same
   message id (receivers deduplicate on it);
 * status is state, not history: it is published retained and re-sent as birth on every connect.
+
+Supervision rules (nothing dies silently):
+* the pump and the command worker run under a :class:`~edge_agent.watchdog.Watchdog`: a worker that
+  raises is restarted with one ``worker-died`` alert per death; more than ``max_restarts`` deaths in
+  ``restart_window_s`` make the status ``degraded`` (reason ``worker:<name>``) with one
+  ``worker-crash-loop`` alert, and restarts continue more slowly until the worker stays up a window;
+* every command gets a reply, an error reply when its handling fails (undecodable or too deeply nested
+  JSON, a lone surrogate, a failing handler); a command that cannot be answered (an invalid MQTT 5
+  response topic, a reply that cannot be built) is dropped, logged and counted in the summaries'
+  ``health.dropped_commands``;
+* paho's network thread never sees one of our exceptions (they are logged, not raised in its loop).
+
+Disk rules:
+* a write the disk refuses (ENOSPC, SQLite "database or disk is full") makes the status ``degraded``
+  (reason ``disk``) with one ``disk-full`` alert; its log line appears once a minute with a count;
+* messages that could not be stored wait in memory, in order (at most ``MAX_HELD_MESSAGES``, oldest
+  dropped and counted beyond), and acknowledgements that could not be recorded are kept; the pump
+  retries both with a backoff (0.5 s doubling to 30 s) and, once everything is written, clears the
+  reason with one ``disk-space-recovered`` alert: no restart needed.
 """
 
 from __future__ import annotations
@@ -18,8 +37,10 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +51,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import JsonValue
 
+from edge_agent.fsutil import is_disk_full
+from edge_agent.health import HealthReasons
 from edge_agent.messages import (
     TOPIC_ROOT,
     AlertContent,
@@ -51,12 +74,19 @@ from edge_agent.reporting.diagnosis import ConnectionDiagnosis
 from edge_agent.reporting.homeassistant import discovery_messages
 from edge_agent.reporting.replay import historical_copy, replay_ranges
 from edge_agent.transport import ReconnectBackoff, make_client
+from edge_agent.watchdog import RateLimitedLog, RestartPolicy, Watchdog
 
 logger = logging.getLogger(__name__)
 
 QOS = 1
 # Rows handed to paho but not yet acknowledged during a replay; bounds memory when the cap is high.
 MAX_REPLAY_OUTSTANDING = 1000
+# Messages kept in memory while the disk refuses to store them (a summary is a few KB).
+MAX_HELD_MESSAGES = 1000
+DISK_RETRY_MIN_S = 0.5
+DISK_RETRY_MAX_S = 30.0
+# How long the command worker waits for a request before it looks at its heartbeat and the staging area.
+COMMAND_POLL_S = 0.2
 
 
 class MqttReporter:
@@ -70,13 +100,22 @@ class MqttReporter:
         updater: ModelUpdater | None = None,
         agent_version: str | None = None,
         guard: CommandGuard | None = None,
+        health_reasons: HealthReasons | None = None,
+        restart_policy: RestartPolicy | None = None,
     ):
         self.config = config
         box = config.outbox
         self.outbox = Outbox(box.path, box.max_bytes, box.synchronous, box.retain_messages, box.retain_age_s)
         self._builder = MessageBuilder(config.site, config.device, agent_version)
         self._commands = CommandProcessor(
-            Path(config.command_staging_dir), config.max_update_bytes, control, updater, guard, replayer=self
+            Path(config.command_staging_dir),
+            config.max_update_bytes,
+            control,
+            updater,
+            guard,
+            replayer=self,
+            staging_reserve_bytes=config.staging_reserve_bytes,
+            staging_max_age_s=config.staging_max_age_s,
         )
         self._telemetry = RateLimiter(config.telemetry.max_per_s)
         self._mqtt5 = config.broker.protocol == "5"
@@ -109,8 +148,20 @@ class MqttReporter:
         self._state: DeviceState = "online"
         self._reason: str | None = None
         self._model: ModelInfo | None = None
-        self._threads: list[threading.Thread] = []
         self.connections = 0
+        # Shared with the agent, so that the model, the disk and the workers each add their own reason.
+        self.health_reasons = health_reasons or HealthReasons()
+        self.health_reasons.subscribe(self._reasons_changed)
+        self.watchdog = Watchdog(self.publish_alert, self.health_reasons, restart_policy)
+        self.dropped_commands = 0
+        self._errors = RateLimitedLog(logger)
+        # Disk-full handling (see the module doc): held messages and unrecorded acks, retried by the pump.
+        self._held: deque[tuple[OutboxKind, Callable[[int], Envelope]]] = deque()
+        self._held_lock = threading.RLock()
+        self._unrecorded_acks: list[int] = []
+        self.dropped_while_disk_full = 0
+        self._disk_retry_delay = DISK_RETRY_MIN_S
+        self._disk_retry_at = 0.0
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -125,10 +176,8 @@ class MqttReporter:
             broker.host, broker.port, broker.keepalive_s, clean_start=True, properties=properties
         )
         self._client.loop_start()
-        for target, name in ((self._pump, "outbox-pump"), (self._command_worker, "commands")):
-            thread = threading.Thread(target=target, name=f"gridedge-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.watchdog.spawn("outbox-pump", self._pump)
+        self.watchdog.spawn("commands", self._command_worker)
 
     def close(self, timeout_s: float = 2.0) -> None:
         """Publish "stopped" (retained), disconnect cleanly and close the outbox.
@@ -140,9 +189,9 @@ class MqttReporter:
             if info is not None:
                 info.wait_for_publish(timeout_s)
         self._stopping.set()
+        self.watchdog.stop()
         self._command_queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout_s)
+        self.watchdog.join(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
         # PUBACKs that arrived after the pump stopped: without this their rows would be resent.
@@ -178,7 +227,14 @@ class MqttReporter:
             self._publish_status_now(state, reason)
 
     def publish_summary(self, content: SummaryContent) -> None:
-        """Store and send a summary carrying the current outbox depth and drop counts."""
+        """Store and send a summary carrying the current outbox depth and drop counts, and the
+        reporter's own health counters (dropped commands, worker restarts)."""
+        if content.health is not None:
+            counters = {
+                "dropped_commands": self.dropped_commands,
+                "worker_restarts": sum(self.watchdog.restarts.values()),
+            }
+            content = content.model_copy(update={"health": content.health.model_copy(update=counters)})
         stats = self.outbox.stats()
         self._store_and_send("summary", lambda seq: self._builder.summary(seq, content, stats))
 
@@ -202,10 +258,95 @@ class MqttReporter:
             message = build(seq)
             return message.message_id, message.model_dump_json().encode()
 
-        row = self.outbox.append(kind, self._topic(kind), make_payload)
+        with self._held_lock:
+            if self._held:  # keep the order: nothing overtakes what waits for disk space
+                self._hold(kind, build)
+                return
+            try:
+                row = self.outbox.append(kind, self._topic(kind), make_payload)
+            except (OSError, sqlite3.OperationalError) as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._hold(kind, build)
+                self._disk_full(exc)
+                return
         if not (self._connected.is_set() and self._send_row(row.row_id, row.topic, row.payload, replay=False)):
             with self._lock:
                 self._backlog_version += 1
+
+    def _hold(self, kind: OutboxKind, build: Callable[[int], Envelope]) -> None:
+        if len(self._held) >= MAX_HELD_MESSAGES:
+            self._held.popleft()
+            self.dropped_while_disk_full += 1
+        self._held.append((kind, build))
+
+    def _disk_full(self, exc: BaseException) -> None:
+        self._errors.warning(f"the disk is full ({exc}); messages wait in memory until space returns")
+        self._disk_retry_at = time.monotonic() + self._disk_retry_delay
+        if "disk" in self.health_reasons:
+            return
+        self.health_reasons.set("disk", f"disk full: {exc}; reports wait in memory")
+        with self._held_lock:
+            self._hold(
+                "alert",
+                lambda seq: self._builder.alert(
+                    seq,
+                    AlertContent(
+                        severity="critical",
+                        code="disk-full",
+                        message=f"the disk holding the outbox is full ({exc}); reports wait in memory "
+                        f"(at most {MAX_HELD_MESSAGES}) until space returns",
+                    ),
+                ),
+            )
+
+    def _retry_disk(self) -> None:
+        """Write what the full disk refused; clear the ``disk`` reason once everything is written."""
+        if "disk" not in self.health_reasons or time.monotonic() < self._disk_retry_at:
+            return
+        try:
+            if self._unrecorded_acks:
+                self.outbox.acknowledge(self._unrecorded_acks)
+                self._unrecorded_acks = []
+            self._store_held()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not is_disk_full(exc):
+                raise
+            self._disk_retry_delay = min(self._disk_retry_delay * 2, DISK_RETRY_MAX_S)
+            self._disk_full(exc)
+            return
+        self._disk_retry_delay = DISK_RETRY_MIN_S
+        dropped = self.dropped_while_disk_full
+        self.health_reasons.clear("disk")
+        self.publish_alert(
+            AlertContent(
+                severity="info",
+                code="disk-space-recovered",
+                message="the disk has space again; held reports were stored"
+                + (f" ({dropped} dropped while it was full)" if dropped else ""),
+            )
+        )
+
+    def _store_held(self) -> None:
+        while True:
+            with self._held_lock:
+                if not self._held:
+                    return
+                kind, build = self._held[0]
+
+                def make_payload(seq: int, build: Callable[[int], Envelope] = build) -> tuple[str, bytes]:
+                    message = build(seq)
+                    return message.message_id, message.model_dump_json().encode()
+
+                self.outbox.append(kind, self._topic(kind), make_payload)
+                self._held.popleft()
+            with self._lock:
+                self._backlog_version += 1
+
+    def _reasons_changed(self) -> None:
+        self._state, self._reason = self.health_reasons.state()
+        if self._connected.is_set():
+            self._publish_status_now(self._state, self._reason)
 
     def _send_row(self, row_id: int, topic: str, payload: bytes, *, replay: bool) -> bool:
         with self._lock:
@@ -317,7 +458,9 @@ class MqttReporter:
         last = time.monotonic()
         rate = self.config.outbox.replay_rate_per_s
         while not self._stopping.is_set():
+            self.watchdog.heartbeat("outbox-pump")
             self._apply_acks(timeout_s=0.05)
+            self._retry_disk()
             now = time.monotonic()
             bucket_tokens = min(max(rate, 1.0), bucket_tokens + (now - last) * rate)
             last = now
@@ -347,7 +490,15 @@ class MqttReporter:
                     rows.append(row_id)
                     if replayed:
                         self._replay_outstanding -= 1
-        self.outbox.acknowledge(rows)
+        try:
+            self.outbox.acknowledge(rows)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not is_disk_full(exc):
+                raise
+            # The broker has these rows: record that once the disk has room (a reconnect before then
+            # resends them with their message ids, which receivers deduplicate).
+            self._unrecorded_acks.extend(rows)
+            self._disk_full(exc)
 
     def _replay(self, budget: int) -> int:
         with self._lock:
@@ -380,12 +531,25 @@ class MqttReporter:
 
     def _command_worker(self) -> None:
         while True:
-            message = self._command_queue.get()
+            self.watchdog.heartbeat("commands")
+            try:
+                message = self._command_queue.get(timeout=COMMAND_POLL_S)
+            except queue.Empty:
+                self._commands.forget_abandoned_transfers()
+                continue
             if message is None:
                 return
-            name = message.topic.rsplit("/", 1)[-1]
+            self._serve(message)
+
+    def _serve(self, message: mqtt.MQTTMessage) -> None:
+        """Answer one command; one that cannot be answered is dropped, logged and counted."""
+        name = message.topic.rsplit("/", 1)[-1]
+        try:
             reply = self._commands.handle(name, bytes(message.payload))
             self._send_reply(reply, message)
+        except Exception as exc:
+            self.dropped_commands += 1
+            self._errors.warning(f"command {name[:64]!r} dropped without a reply: {type(exc).__name__}: {exc}")
 
     def _send_reply(self, reply: CommandReply, request: mqtt.MQTTMessage) -> None:
         result = CommandResult.model_validate(
@@ -406,9 +570,19 @@ class MqttReporter:
         if self._mqtt5 and request_properties is not None:
             response_topic = getattr(request_properties, "ResponseTopic", None)
             correlation = getattr(request_properties, "CorrelationData", None)
-            if response_topic:
+            if response_topic is not None:
+                _check_response_topic(response_topic)
                 topic = response_topic
             if correlation is not None:
                 properties = Properties(PacketTypes.PUBLISH)
                 properties.CorrelationData = correlation
         self._client.publish(topic, result.model_dump_json(), qos=QOS, properties=properties)
+
+
+class ResponseTopicError(ValueError):
+    """An MQTT 5 response topic nobody can publish to; the command is dropped and counted."""
+
+
+def _check_response_topic(topic: str) -> None:
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic or len(topic.encode("utf-8", "replace")) > 65535:
+        raise ResponseTopicError(f"invalid MQTT 5 response topic {topic[:80]!r}: not a topic a reply can go to")

@@ -126,9 +126,11 @@ def test_model_update_over_mqtt_swaps_refuses_bad_bundles_and_rolls_back(
             commands={"operator_public_key": str(operator_public)},
         )
         core = AgentCore.from_config(config)
-        commands = AgentCommands(core.models, core.health, core.live.apply)
+        commands = AgentCommands(core.models, core.health, core.live.apply, reasons=core.reasons)
         guard = CommandGuard.from_config(config.commands, config.site, config.device, config.state_dir)
-        reporter = MqttReporter(config.mqtt, control=commands, updater=commands, guard=guard)  # type: ignore[arg-type]
+        reporter = MqttReporter(  # type: ignore[arg-type]
+            config.mqtt, control=commands, updater=commands, guard=guard, health_reasons=core.reasons
+        )
         agent = Agent(config, reporter, core=core)
         reporter.start()
         agent.start()

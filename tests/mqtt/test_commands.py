@@ -438,3 +438,35 @@ def test_fleet_command_cli_signs_sends_and_prints_the_result(
     assert stranger.exit_code == 1 and "bad signature" in json.loads(stranger.output)["error"]
     malformed = runner.invoke(app, ["fleet", "command", target, "ping", "--arg", "novalue", *common])
     assert malformed.exit_code == 2 and "key=value" in malformed.output
+
+
+def test_model_updates_cannot_fill_the_disk_and_abandoned_chunks_are_cleaned(
+    broker: LocalMosquitto, make_config: Callable[..., MqttConfig], tmp_path: Path, operator: Operator,
+    operator_key: Path,
+) -> None:
+    staging = tmp_path / "staging"
+    abandoned = staging / "abandoned-transfer"
+    abandoned.mkdir(parents=True)
+    (abandoned / "000000.part").write_bytes(b"x" * 1000)
+    config = make_config(broker.port, max_update_bytes=2_000_000, staging_reserve_bytes=10**15)
+    updater = FolderUpdater(tmp_path / "models")
+    updater.root.mkdir()
+    reporter = MqttReporter(config, updater=updater, guard=guard_for(config, operator_key, tmp_path / "state"))
+    assert not abandoned.exists(), "chunks of a transfer cut by a restart stay on disk"
+    reporter.start()
+    try:
+        assert reporter.wait_connected(5)
+        first = model_update_requests(bundle_archive("2.0.0", padding=100_000), 64 * 1024)[0]
+        no_room = operator.request("model-update", first)
+        assert no_room["outcome"] == "error" and "not enough disk space" in no_room["error"]
+        assert not any(staging.rglob("*.part"))
+        reporter._commands.staging_reserve_bytes = 0
+        lying = first.model_copy(update={"args": {**first.args, "total_bytes": 1000}})
+        oversize = operator.request("model-update", lying)
+        assert oversize["outcome"] == "error" and "more than the 1000 the transfer announced" in oversize["error"]
+        assert not any(staging.rglob("*.part"))
+        unsigned = operator.request("model-update", first, signed=False)
+        assert unsigned["outcome"] == "error" and "missing signature" in unsigned["error"]
+        assert not any(staging.rglob("*.part"))
+    finally:
+        reporter.close()
