@@ -20,6 +20,12 @@ so validation and storage (a :class:`BatchWriter`) run by default in a child pro
 its own GIL. The network side only queues raw ``(topic, payload)`` pairs, ships them in batches of up to
 ``batch_size`` through a pipe (one pickle per batch), and acknowledges a batch's messages when the child
 answers that its transaction committed. A child that dies is restarted and gets the batch again.
+
+Nothing here dies silently: the writer thread runs under a :class:`~edge_agent.watchdog.Watchdog` (a
+thread that dies is restarted, logged as a critical ``worker-died`` alert and counted in
+``watchdog.restarts``; a crash loop marks the receiver degraded in :attr:`FleetReceiver.health_reasons`),
+and a writer process that dies is restarted with a critical ``writer-process-died`` alert, counted in
+``stats.writer_process_restarts``.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.errors import FleetError
+from edge_agent.health import HealthReasons
 from edge_agent.messages import (
     TOPIC_ROOT,
+    AlertContent,
     AlertMessage,
     CommandResult,
     Envelope,
@@ -53,6 +61,7 @@ from edge_agent.messages import (
 )
 from edge_agent.reporting.diagnosis import ConnectionDiagnosis
 from edge_agent.transport import BrokerConfig, make_client
+from edge_agent.watchdog import RestartPolicy, Watchdog
 from gridedge.fleet.store import FleetStore, Received
 
 logger = logging.getLogger(__name__)
@@ -87,6 +96,7 @@ class ReceiverStats:
     duplicates: int = 0
     invalid: int = 0
     dead_letters: int = 0
+    writer_process_restarts: int = 0
 
 
 class ReceiverError(FleetError):
@@ -232,6 +242,7 @@ class FleetReceiver:
         session_expiry_s: int = 3600,
         writer_process: bool = True,
         retention_days: float | None = None,
+        restart_policy: RestartPolicy | None = None,
     ):
         self.broker = broker
         self.store = store
@@ -256,7 +267,8 @@ class FleetReceiver:
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._refused: str | None = None
-        self._writer: threading.Thread | None = None
+        self.health_reasons = HealthReasons()
+        self.watchdog = Watchdog(self._alert, self.health_reasons, restart_policy, thread_prefix="gridedge-fleet")
         self._client = make_client(
             broker, broker.client_id or f"gridedge-fleet-{self.name}", persistent_session=session_expiry_s > 0
         )
@@ -285,8 +297,12 @@ class FleetReceiver:
         if self.writer_process:
             self._start_child()
         self._client.loop_start()
-        self._writer = threading.Thread(target=self._write_loop, name="gridedge-fleet-writer", daemon=True)
-        self._writer.start()
+        self.watchdog.spawn("writer", self._write_loop)
+
+    @property
+    def writer_pid(self) -> int | None:
+        """Process id of the writer process (None when writing in-process or not started)."""
+        return self._child.pid if self._child is not None else None
 
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until subscribed (True) or the timeout passes (False)."""
@@ -298,10 +314,10 @@ class FleetReceiver:
         # for the broker to redeliver, instead of holding the stop for ever.
         self._stopping.set()
         self._child_stopping.set()
-        if self._writer is not None:
-            with contextlib.suppress(queue.Full):
-                self._queue.put(None, timeout=30)
-            self._writer.join(30)
+        self.watchdog.stop()
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=30)
+        self.watchdog.join(30)
         self._client.disconnect()
         self._client.loop_stop()
         self._stop_child()
@@ -352,7 +368,14 @@ class FleetReceiver:
                 return outcome
             except (EOFError, OSError):
                 # Never silently dead: the writer process is restarted and the batch sent again.
-                logger.error("the fleet writer process of %s died; restarting it", self.name)
+                self.stats.writer_process_restarts += 1
+                self._alert(
+                    AlertContent(
+                        severity="critical",
+                        code="writer-process-died",
+                        message=f"the fleet writer process of {self.name} died; restarting it",
+                    )
+                )
                 self._child_connection.close()
                 self._child = self._child_connection = None
                 if self._stopping.is_set():
@@ -428,10 +451,20 @@ class FleetReceiver:
                 self._queue.put((self._generation, message), timeout=0.2)
                 return
 
+    def _alert(self, alert: AlertContent) -> None:
+        # The receiver has no device topic to publish on: its alerts go to the log, at a level the
+        # service manager surfaces.
+        level = logging.INFO if alert.severity == "info" else logging.CRITICAL
+        logger.log(level, "%s: %s", alert.code, alert.message)
+
     def _write_loop(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            self.watchdog.heartbeat("writer")
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
             batch = []
             if first is None:
                 stopping = True

@@ -31,6 +31,7 @@ from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
+from edge_agent.watchdog import RestartPolicy
 from gridedge.broker import LocalMosquitto
 from gridedge.fleet.cli import app
 from gridedge.fleet.receiver import FleetReceiver
@@ -240,3 +241,52 @@ def test_listener_reconnects_within_seconds_after_a_broker_kill(
             _, err = listener.communicate(timeout=10)
         assert stored_again, err
         assert reconnect_s < 3.5, f"the listener took {reconnect_s:.1f} s to store again after the restart"
+
+
+@pytest.mark.parametrize("writer_process", [False, True], ids=["in-process", "writer-process"])
+def test_a_dead_writer_thread_is_restarted_alerted_and_storage_goes_on(
+    broker: LocalMosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture, writer_process: bool
+) -> None:
+    site, device = f"s-{uuid.uuid4().hex[:6]}", "ctrl-1"
+    topic = f"gridedge/v1/{site}/{device}/alert"
+    store = FleetStore(path=tmp_path / "fleet.sqlite3")
+    policy = RestartPolicy(max_restarts=5, restart_window_s=60, restart_delay_s=0.05)
+    receiver = FleetReceiver(
+        BrokerConfig(port=broker.port), store, group=f"g-{uuid.uuid4().hex[:6]}", restart_policy=policy,
+        writer_process=writer_process,
+    )  # fmt: skip
+    receiver.start()
+    assert receiver.wait_connected(10)
+    try:
+        receiver.watchdog.inject_fault("writer", RuntimeError("injected"))
+        assert wait_until(lambda: receiver.watchdog.restarts["writer"] == 1, 10)
+        assert receiver.watchdog.is_alive("writer")
+        publish(broker.port, [(topic, raw_alert(site, device, 1))])
+        assert wait_until(lambda: len(store.messages(site=site)) == 1, 10), "storage stopped with the writer"
+    finally:
+        receiver.stop()
+        store.close()
+    alerts = [r for r in caplog.records if r.levelname == "CRITICAL" and "worker-died" in r.getMessage()]
+    assert len(alerts) == 1 and "writer" in alerts[0].getMessage() and "injected" in alerts[0].getMessage()
+
+
+def test_a_killed_writer_process_is_restarted_alerted_and_loses_nothing(
+    broker: LocalMosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site, device = f"s-{uuid.uuid4().hex[:6]}", "ctrl-1"
+    topic = f"gridedge/v1/{site}/{device}/alert"
+    store = FleetStore(path=tmp_path / "fleet.sqlite3")
+    receiver = FleetReceiver(BrokerConfig(port=broker.port), store, group=f"g-{uuid.uuid4().hex[:6]}")
+    receiver.start()
+    assert receiver.wait_connected(10)
+    try:
+        publish(broker.port, [(topic, raw_alert(site, device, 1))])
+        assert wait_until(lambda: len(store.messages(site=site)) == 1, 10)
+        os.kill(receiver.writer_pid, signal.SIGKILL)
+        publish(broker.port, [(topic, raw_alert(site, device, seq)) for seq in (2, 3)])
+        assert wait_until(lambda: len(store.messages(site=site)) == 3, 30), "messages lost with the writer"
+        assert receiver.stats.writer_process_restarts == 1
+    finally:
+        receiver.stop()
+        store.close()
+    assert any(r.levelname == "CRITICAL" and "writer-process-died" in r.getMessage() for r in caplog.records)
