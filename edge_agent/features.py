@@ -29,6 +29,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edge_agent.arrays import FloatArray
 from edge_agent.errors import FeatureError
+from edge_agent.ranges import PlausibleRange
 from edge_agent.yamlconfig import StrictModel
 
 CALENDAR_FEATURES = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
@@ -38,25 +39,11 @@ SECONDS_PER_DAY = 86_400
 SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
 
 
-class ChannelSpec(StrictModel, frozen=True):
+class ChannelSpec(PlausibleRange, frozen=True):
     """One measured quantity: its name, unit and physically plausible range."""
 
     name: str = Field(min_length=1, title="Name", description="Channel name as used in data and configs.")
     unit: str = Field(title="Unit", description="Physical unit, e.g. kW, W, degC, W/m2.")
-    min_value: float | None = Field(
-        default=None, title="Minimum", description="Lowest physically plausible value; lower is flagged."
-    )
-    max_value: float | None = Field(
-        default=None, title="Maximum", description="Highest physically plausible value; higher is flagged."
-    )
-
-    @model_validator(mode="after")
-    def _range_ordered(self) -> ChannelSpec:
-        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
-            raise ValueError(
-                f"channel {self.name!r}: min_value {self.min_value} is above max_value {self.max_value}; swap them"
-            )
-        return self
 
 
 class GapPolicy(StrictModel, frozen=True):

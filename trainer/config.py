@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.features import GapPolicy, SiteLocation
+from edge_agent.ranges import PlausibleRange
 from edge_agent.yamlconfig import StrictModel, read_yaml_mapping, validate_data
 from gridedge.resources import resource_path
 
@@ -27,7 +28,7 @@ SCHEMA_PATH = resource_path("configs", "task.schema.json")
 TaskKind = Literal["load_forecast", "pv_forecast", "anomaly"]
 
 
-class ChannelConfig(StrictModel):
+class ChannelConfig(PlausibleRange):
     """One input channel: which column of the data, under which name, in which unit."""
 
     column: str = Field(title="Column", description="Column of the data file (or a derived channel) to read.")
@@ -42,17 +43,6 @@ class ChannelConfig(StrictModel):
         gt=0,
         title="Scale",
         description="Raw values are multiplied by this, e.g. 1/rating to express power as a fraction.",
-    )
-    min_value: float | None = Field(
-        default=None,
-        title="Minimum",
-        description="Lowest plausible value (channel units): lower becomes missing in training (counted); the "
-        "device flags it.",
-    )
-    max_value: float | None = Field(
-        default=None,
-        title="Maximum",
-        description="Highest plausible value (channel units): higher becomes missing in training (counted).",
     )
 
     @property
@@ -146,16 +136,10 @@ class FileSource(StrictModel):
         return value
 
 
-class ColumnRules(StrictModel):
+class ColumnRules(PlausibleRange):
     """What a column means and which of its values are not measurements."""
 
     unit: str | None = Field(default=None, title="Unit", description="Physical unit, e.g. kW, W, degC, W/m2.")
-    min_value: float | None = Field(
-        default=None, title="Minimum", description="Lowest plausible value; lower values become missing (counted)."
-    )
-    max_value: float | None = Field(
-        default=None, title="Maximum", description="Highest plausible value; higher values become missing (counted)."
-    )
     sentinels: list[float] = Field(
         default_factory=list,
         title="Sentinel values",

@@ -145,11 +145,7 @@ def _clean_columns(frame: pd.DataFrame, config: DataConfig, log: LoadLog) -> Non
             hit = values.isin(rules.sentinels)
             log.sentinels[name] = int(hit.sum())
             values = values.mask(hit)
-        out = pd.Series(False, index=values.index)
-        if rules.min_value is not None:
-            out |= values < rules.min_value
-        if rules.max_value is not None:
-            out |= values > rules.max_value
+        out = rules.outside(values.to_numpy(np.float64))
         log.out_of_range[name] = int(out.sum())
         frame[name] = values.mask(out)
 

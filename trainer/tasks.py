@@ -147,11 +147,7 @@ def _channel_values(
             )
         values = frame[channel.column].to_numpy(np.float64) * channel.scale
         # A channel's plausible range is applied, not just recorded: an implausible value is missing.
-        outside = np.zeros(len(values), dtype=bool)
-        if channel.min_value is not None:
-            outside |= values < channel.min_value
-        if channel.max_value is not None:
-            outside |= values > channel.max_value
+        outside = channel.outside(values)
         out_of_range[channel.channel] = int(outside.sum())
         values[outside] = np.nan
         if not np.isfinite(values).any():

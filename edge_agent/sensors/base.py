@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from edge_agent.features import ChannelSpec
+from edge_agent.ranges import PlausibleRange
 
 MISSING = math.nan
 
@@ -75,20 +76,16 @@ class Reading:
 def checked_value(
     value: float,
     unit: str,
-    min_value: float | None,
-    max_value: float | None,
+    plausible: PlausibleRange,
     timestamp: float,
     missing_reason: str = "no value",
 ) -> ChannelValue:
     """A channel value with its status: missing when not finite, flagged when outside the physical range."""
     if not math.isfinite(value):
         return ChannelValue(MISSING, unit, ChannelStatus.MISSING, missing_reason, timestamp)
-    shown = f"{value:g} {unit}".strip()
-    if min_value is not None and value < min_value:
-        detail = f"{shown} is below the physical minimum {min_value:g}"
-        return ChannelValue(value, unit, ChannelStatus.OUT_OF_RANGE, detail, timestamp)
-    if max_value is not None and value > max_value:
-        detail = f"{shown} is above the physical maximum {max_value:g}"
+    violation = plausible.violation(value)
+    if violation:
+        detail = f"{value:g} {unit}".strip() + f" is {violation}"
         return ChannelValue(value, unit, ChannelStatus.OUT_OF_RANGE, detail, timestamp)
     return ChannelValue(value, unit, ChannelStatus.OK, "", timestamp)
 

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.features import ChannelSpec
+from edge_agent.ranges import PlausibleRange
 from edge_agent.sensors.base import ChannelStatus, ChannelValue, checked_value
 from edge_agent.yamlconfig import StrictModel, load_yaml_model
 
@@ -66,7 +67,7 @@ DTYPES: dict[str, DType] = {
 }
 
 
-class RegisterSpec(StrictModel, frozen=True):
+class RegisterSpec(PlausibleRange, frozen=True):
     """One row of a register map: where a value lives and how to turn its words into units."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", title="Name", description="Channel name.")
@@ -95,12 +96,6 @@ class RegisterSpec(StrictModel, frozen=True):
         description="Overrides the map's word order for this register (big: first word most significant).",
     )
     unit: str = Field(default="", title="Unit", description="Engineering unit after scaling, e.g. W, %, V.")
-    min_value: float | None = Field(
-        default=None, title="Minimum", description="Lowest physically plausible value; lower is flagged."
-    )
-    max_value: float | None = Field(
-        default=None, title="Maximum", description="Highest physically plausible value; higher is flagged."
-    )
     description: str = Field(default="", title="Description", description="What the value measures.")
 
     @property
@@ -114,8 +109,6 @@ class RegisterSpec(StrictModel, frozen=True):
             raise ValueError(f"register {self.name!r} runs past address 65535; lower its address")
         if self.kind == "scale_factor" and self.dtype != "int16":
             raise ValueError(f"scale_factor register {self.name!r} must have dtype int16 (SunSpec sunssf)")
-        if self.min_value is not None and self.max_value is not None and self.min_value > self.max_value:
-            raise ValueError(f"register {self.name!r}: min_value is above max_value; swap them")
         return self
 
 
@@ -348,7 +341,7 @@ def decode_registers(
             decoded[name] = ChannelValue(math.nan, spec.unit, ChannelStatus.MISSING, reason, timestamp)
             continue
         value = _scaled(float(raw), spec, exponent)
-        decoded[name] = checked_value(value, spec.unit, spec.min_value, spec.max_value, timestamp)
+        decoded[name] = checked_value(value, spec.unit, spec, timestamp)
     return decoded
 
 

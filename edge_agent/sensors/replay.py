@@ -22,13 +22,14 @@ from pydantic import Field, model_validator
 from edge_agent.csvseries import read_csv_series
 from edge_agent.errors import ConfigError, FeatureError, missing_extra
 from edge_agent.features import ChannelSpec
+from edge_agent.ranges import PlausibleRange
 from edge_agent.sensors.base import MISSING, ChannelStatus, ChannelValue, Reading, checked_value
 from edge_agent.yamlconfig import StrictModel
 
 REPLAY_KEY = "replay"
 
 
-class ReplayChannelConfig(StrictModel, frozen=True):
+class ReplayChannelConfig(PlausibleRange, frozen=True):
     """One replayed channel: which column, its unit, scale and physical range."""
 
     name: str = Field(
@@ -39,12 +40,6 @@ class ReplayChannelConfig(StrictModel, frozen=True):
     column: str = Field(min_length=1, title="Column", description="Column of the file holding the values.")
     unit: str = Field(default="", title="Unit", description="Unit after scaling.")
     scale: float = Field(default=1.0, title="Scale", description="Multiplier, e.g. 1000 to turn kW into W.")
-    min_value: float | None = Field(
-        default=None, title="Minimum", description="Lowest physically plausible value; lower is flagged."
-    )
-    max_value: float | None = Field(
-        default=None, title="Maximum", description="Highest physically plausible value; higher is flagged."
-    )
 
 
 class ReplayConfig(StrictModel, frozen=True):
@@ -209,9 +204,7 @@ class ReplaySource:
                 continue
             sample_time = float(self._times[index])
             value = float(self._values[c.name][index])
-            channels[key] = checked_value(
-                value, c.unit, c.min_value, c.max_value, sample_time, "no value in the recording"
-            )
+            channels[key] = checked_value(value, c.unit, c, sample_time, "no value in the recording")
         return Reading(self.name, now, channels, {})
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from edge_agent.alerts import AlertLatch
 from edge_agent.features import ChannelSpec
 from edge_agent.health import AgentHealth
+from edge_agent.ranges import PlausibleRange
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.sensing import SensorSweeper
 from edge_agent.sensors.base import ChannelValue, Reading, checked_value
@@ -58,7 +59,8 @@ class ScriptedSource:
 
 
 def _gateway(errors: dict[str, str]) -> Reading:
-    frequency = checked_value(math.nan if errors else 50.0, "Hz", 45.0, 65.0, 0.0, "timeout")
+    plausible = PlausibleRange(min_value=45.0, max_value=65.0)
+    frequency = checked_value(math.nan if errors else 50.0, "Hz", plausible, 0.0, "timeout")
     return Reading("gateway", 0.0, {"gateway.frequency": frequency}, errors)
 
 
@@ -107,7 +109,8 @@ def test_each_sensor_concern_keeps_its_own_latch_across_sources(tmp_path: Path, 
 
 
 def test_an_out_of_range_value_is_reported_but_kept_from_the_model() -> None:
-    hot = ChannelValue(120.0, "C", checked_value(120.0, "C", None, 70.0, 0.0).status, "120 C is above 70", 0.0)
+    status = checked_value(120.0, "C", PlausibleRange(max_value=70.0), 0.0).status
+    hot = ChannelValue(120.0, "C", status, "120 C is above 70", 0.0)
     reporter = MemoryReporter()
     sweeper = SensorSweeper([ScriptedSource("box", [Reading("box", 0.0, {"box.t": hot})])], reporter, AgentHealth())  # type: ignore[list-item]
     sweep = sweeper.read()

@@ -41,11 +41,11 @@ class FailingSource:
 
     def read(self) -> Reading:
         if self.healthy:
-            value = checked_value(50.0, "Hz", 45.0, 65.0, 0.0)
+            value = checked_value(50.0, "Hz", self.channels()[0], 0.0)
             return Reading(self.name, 0.0, {"gateway.frequency": value})
         if self.how == "raises":
             raise ConnectionError("gateway unreachable")
-        missing = checked_value(math.nan, "Hz", 45.0, 65.0, 0.0, "timeout")
+        missing = checked_value(math.nan, "Hz", self.channels()[0], 0.0, "timeout")
         return Reading(self.name, 0.0, {"gateway.frequency": missing}, {"gateway": "no response in 0.3 s"})
 
     def close(self) -> None:
