@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
-from gridedge.broker import LocalMosquitto
+from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore, Received
 
@@ -89,15 +88,6 @@ def device_config(port: int, workdir: Path, device: str, replay_rate: float = 50
             "command_staging_dir": str(workdir / "staging"),
         }
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def bench_outbox_live(broker: LocalMosquitto, workdir: Path, count: int) -> dict[str, Any]:
@@ -398,7 +388,7 @@ def bench_outage(broker: LocalMosquitto, workdir: Path, outage_s: float, rate: f
             bar.update(task, completed=sent)
             time.sleep(max(0.0, (sent / rate) - (time.monotonic() - started)))
     drained = reporter.flush(120)
-    wait_for(lambda: len(store.messages(kind="alert")) >= sent, 60)
+    wait_until(lambda: len(store.messages(kind="alert")) >= sent, 60, poll_s=0.01)
     reporter.close()
     receiver.stop()
     rows = store.messages(kind="alert")

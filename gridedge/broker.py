@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -25,6 +26,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout_s`` has passed; its last answer, as a bool.
+
+    Messages cross a real broker asynchronously, so tests and benchmarks wait for an effect (a row
+    stored, a message collected) instead of sleeping a fixed time; the last check runs after the deadline
+    so that a slow machine still gets one more look.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return bool(predicate())
 
 
 class LocalMosquitto:

@@ -32,7 +32,7 @@ from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
 from edge_agent.watchdog import RestartPolicy
-from gridedge.broker import LocalMosquitto
+from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.cli import app
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore, Received
@@ -59,15 +59,6 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
     finally:
         client.disconnect()
         client.loop_stop()
-
-
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def test_poison_messages_are_dead_lettered_and_the_rest_keep_flowing(

@@ -5,8 +5,6 @@ flagged historical), and what the device no longer holds is marked unavailable, 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +17,13 @@ from edge_agent.reporting.authentication import CommandGuard, CommandsSection
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
-from gridedge.broker import LocalMosquitto
+from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.cli import app
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore
 
 pytestmark = pytest.mark.mqtt
 SITE, DEVICE = "replay-site", "ctrl-7"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def alerts(store: FleetStore) -> list[dict[str, Any]]:
@@ -66,7 +55,7 @@ def test_replay_gaps_fills_what_the_device_holds_and_marks_the_rest(tmp_path: Pa
             receiver = FleetReceiver(receiver_broker, store, group=None, session_expiry_s=0)
             receiver.start()
             # Subscribed once the device's retained status has arrived.
-            assert wait_until(lambda: receiver.stats.received >= 1)
+            assert wait_until(lambda: receiver.stats.received >= 1, 30)
             return receiver
 
         def publish(count: int) -> None:
@@ -79,17 +68,17 @@ def test_replay_gaps_fills_what_the_device_holds_and_marks_the_rest(tmp_path: Pa
         receiver = receiving()
         try:
             publish(2)
-            assert wait_until(lambda: len(alerts(store)) == 2)
+            assert wait_until(lambda: len(alerts(store)) == 2, 30)
             receiver.stop()
             publish(3)  # lost, and pushed out of the device's retention by what follows
             receiver = receiving()
             publish(12)
-            assert wait_until(lambda: len(alerts(store)) == 14)
+            assert wait_until(lambda: len(alerts(store)) == 14, 30)
             receiver.stop()
             publish(3)  # lost, still retained on the device
             receiver = receiving()
             publish(2)
-            assert wait_until(lambda: len(alerts(store)) == 16)
+            assert wait_until(lambda: len(alerts(store)) == 16, 30)
 
             second = alerts(store)[1]["seq"]
             pruned, retained = (second + 1, second + 3), (second + 16, second + 18)
@@ -105,7 +94,7 @@ def test_replay_gaps_fills_what_the_device_holds_and_marks_the_rest(tmp_path: Pa
             assert f"{SITE}/{DEVICE}: asked 6 missing" in replayed.output
             assert "replayed 3" in replayed.output
             assert f"unavailable 3 missing ({pruned[0]}-{pruned[1]})" in replayed.output
-            assert wait_until(lambda: store.gaps() == {})
+            assert wait_until(lambda: store.gaps() == {}, 30)
         finally:
             receiver.stop()
             reporter.close()

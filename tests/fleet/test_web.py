@@ -9,12 +9,11 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from edge_agent.messages import (
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
-from gridedge.broker import LocalMosquitto, free_port
+from gridedge.broker import LocalMosquitto, free_port, wait_until
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore
 
@@ -46,15 +45,6 @@ pytestmark = [
         reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
     ),
 ]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def reporter(port: int, tmp_path: Path, site: str, device: str) -> MqttReporter:
@@ -125,9 +115,10 @@ def live_fleet(broker: LocalMosquitto, tmp_path: Path) -> Iterator[tuple[Path, s
         devices[2].close()
         assert wait_until(
             lambda: {(row["device"], row["state"]) for row in store.devices() if row["site"] == site}
-            == {("inv-1", "online"), ("inv-2", "online"), ("meter-9", "stopped")}
+            == {("inv-1", "online"), ("inv-2", "online"), ("meter-9", "stopped")},
+            20,
         )
-        assert wait_until(lambda: len(store.messages(site=site, kind="summary")) == 36)
+        assert wait_until(lambda: len(store.messages(site=site, kind="summary")) == 36, 20)
         yield database, site
     finally:
         for device in devices[:2]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.reporting.config import MqttConfig
-from gridedge.broker import LocalMosquitto
+from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.store import FleetStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,12 +128,7 @@ class Collector:
             return [doc for _, doc, _ in self.messages if doc.get("kind") == kind]
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
+        return wait_until(predicate, timeout_s, poll_s=0.02)
 
     def close(self) -> None:
         self.client.disconnect()

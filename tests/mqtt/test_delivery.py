@@ -31,7 +31,7 @@ from edge_agent.messages import (
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig, backoff_delay
-from gridedge.broker import LocalMosquitto
+from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore
 
@@ -76,15 +76,6 @@ def start_receiver(port: int, store: FleetStore, group: str | None = "fleet") ->
     assert receiver.wait_connected(5)
     time.sleep(0.1)  # let the SUBACK land before devices publish
     return receiver
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def alert_rows(store: FleetStore, device: str) -> list[dict[str, Any]]:
@@ -166,7 +157,7 @@ def test_broker_outage_delivers_every_message_exactly_once_in_order(
         for index in range(50, 60):
             reporter.publish_alert(alert(index))
         assert reporter.flush(10)
-        assert wait_until(lambda: len(alert_rows(store, config.device)) >= 60)
+        assert wait_until(lambda: len(alert_rows(store, config.device)) >= 60, 15)
     finally:
         reporter.close()
         receiver.stop()
@@ -218,7 +209,7 @@ def test_sigkilled_publisher_loses_nothing_and_resumes_its_sequence(
     assert second.returncode == 0 and out.split()[-1] == "done"
     printed += [int(line) for line in out.split()[1:-1]]
     try:
-        assert wait_until(lambda: len(alert_rows(store, device)) >= len(printed))
+        assert wait_until(lambda: len(alert_rows(store, device)) >= len(printed), 15)
     finally:
         receiver.stop()
     rows = alert_rows(store, device)
