@@ -64,20 +64,17 @@ SCHEMA = [
         payload TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS fleet_dead_letters_time ON fleet_dead_letters (received_at)",
-    """CREATE TABLE IF NOT EXISTS fleet_seq_ranges (
+    *(
+        f"""CREATE TABLE IF NOT EXISTS {table} (
         site TEXT NOT NULL,
         device TEXT NOT NULL,
         first_seq BIGINT NOT NULL,
         last_seq BIGINT NOT NULL,
         PRIMARY KEY (site, device, first_seq)
-    )""",
-    """CREATE TABLE IF NOT EXISTS fleet_seq_unavailable (
-        site TEXT NOT NULL,
-        device TEXT NOT NULL,
-        first_seq BIGINT NOT NULL,
-        last_seq BIGINT NOT NULL,
-        PRIMARY KEY (site, device, first_seq)
-    )""",
+    )"""
+        # Received ranges and ranges the device says it no longer holds are the same shape of fact.
+        for table in ("fleet_seq_ranges", "fleet_seq_unavailable")
+    ),
     """CREATE TABLE IF NOT EXISTS fleet_devices (
         site TEXT NOT NULL,
         device TEXT NOT NULL,
