@@ -20,6 +20,8 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -187,6 +189,26 @@ def describe_file(path: Path) -> tuple[str, int]:
     return sha256_file(path), path.stat().st_size
 
 
+@contextmanager
+def staged_folder(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out_dir`` that replaces it when the block succeeds, and vanishes otherwise.
+
+    Building in a staging folder and renaming it into place means a crash or a refused input never leaves
+    a half-written bundle where the agent looks for one.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+        fsync_dir(out_dir.parent)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def write_bundle(out_dir: Path, manifest: Manifest, files: dict[str, Path], private_key: Ed25519PrivateKey) -> Path:
     """Write a signed bundle folder: copy ``files`` (name in bundle -> source path), manifest, signature.
 
@@ -200,9 +222,7 @@ def write_bundle(out_dir: Path, manifest: Manifest, files: dict[str, Path], priv
             f"manifest lists {sorted(listed)} but files given are {sorted(files)}; pass exactly the artefacts"
         )
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         for artefact in manifest.artefacts:
             target = staging / artefact.file
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -216,13 +236,6 @@ def write_bundle(out_dir: Path, manifest: Manifest, files: dict[str, Path], priv
         payload = manifest.to_bytes()
         atomic_write_bytes(staging / MANIFEST_NAME, payload)
         atomic_write_bytes(staging / SIGNATURE_NAME, private_key.sign(payload))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-        fsync_dir(out_dir.parent)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir
 
 
@@ -313,9 +326,7 @@ def unpack_archive(archive: Path | bytes, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     data = archive if isinstance(archive, bytes) else Path(archive).read_bytes()
     label = "archive" if isinstance(archive, bytes) else str(archive)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
                 members = tar.getmembers()
@@ -340,11 +351,4 @@ def unpack_archive(archive: Path | bytes, out_dir: Path) -> Path:
             if path.is_file():
                 with path.open("rb") as handle:
                     os.fsync(handle.fileno())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-        fsync_dir(out_dir.parent)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir
