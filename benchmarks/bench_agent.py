@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 import yaml
+from benchreport import markdown_table, publish
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -160,9 +160,18 @@ def main() -> None:
         "registers": 31,
         "targets": {"rss_mb": {"litert": 60, "onnxruntime": 90}, "first_inference_s": 2, "cpu_percent": 1},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "agent.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    header = ["runtime", "RSS MB", "peak RSS MB", "CPU % of a core", "first inference s"]
     rows = [
+        [
+            runtime,
+            f"{r['rss_mb']:.1f}",
+            f"{r['peak_rss_mb']:.1f}",
+            f"{r['cpu_percent_of_one_core']:.2f}",
+            r["first_inference_s"],
+        ]
+        for runtime, r in results.items()
+    ]
+    lines = [
         "# Agent footprint",
         "",
         f"`gridedge agent run` at a 1 s cadence reading 19 channels (31 registers) over Modbus TCP from the "
@@ -170,16 +179,9 @@ def main() -> None:
         f"average {meta['load_average_1m']:.2f}. Targets: RSS <= 60 MB (LiteRT) / 90 MB (ORT), first "
         "inference <= 2 s, CPU <= 1 % of one core.",
         "",
-        "| runtime | RSS MB | peak RSS MB | CPU % of a core | first inference s |",
-        "|---|---|---|---|---|",
+        *markdown_table(header, rows),
     ]
-    for runtime, r in results.items():
-        rows.append(
-            f"| {runtime} | {r['rss_mb']:.1f} | {r['peak_rss_mb']:.1f} | {r['cpu_percent_of_one_core']:.2f} | "
-            f"{r['first_inference_s']} |"
-        )
-    (RESULTS / "agent.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    publish("agent", {"meta": meta, "results": results}, lines)
 
 
 if __name__ == "__main__":

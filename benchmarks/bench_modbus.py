@@ -16,7 +16,6 @@ Results go to ``benchmarks/results/bench_modbus.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pymodbus
+from benchreport import markdown_table, publish
 
 from edge_agent.sensors.modbus import ModbusTcpConfig, ModbusTcpSource
 from edge_agent.sensors.registers import RegisterMap, load_register_map
@@ -36,7 +36,6 @@ from gridedge.sim.site import SITE_DEVICES
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTERS = REPO / "firmware_configs" / "registers"
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def _subset(register_map: RegisterMap, names: list[str]) -> RegisterMap:
@@ -149,25 +148,40 @@ def main() -> None:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_modbus.json").write_text(json.dumps(report, indent=2) + "\n")
+    header = [
+        "configuration",
+        "registers",
+        "requests",
+        "channels",
+        "p50 µs",
+        "p95 µs",
+        "max µs",
+        "CPU µs/read",
+        "CPU % at 1 s",
+    ]
+    rows = [
+        [
+            name,
+            r["registers"],
+            r["requests_per_read"],
+            r["channels"],
+            r["latency_us_p50"],
+            r["latency_us_p95"],
+            r["latency_us_max"],
+            r["cpu_us_per_read"],
+            r["cpu_share_at_1s_cadence_percent"],
+        ]
+        for name, r in results.items()
+    ]
     lines = [
         "# Modbus read benchmark",
         "",
         f"{report['transport']}; pymodbus {report['pymodbus']}, Python {report['python']}, {report['machine']}, "
         f"1-minute load average {report['load_average_1min']} at the end of the run.",
         "",
-        "| configuration | registers | requests | channels | p50 µs | p95 µs | max µs | CPU µs/read | CPU % at 1 s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(header, rows),
     ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['registers']} | {r['requests_per_read']} | {r['channels']} | {r['latency_us_p50']} | "
-            f"{r['latency_us_p95']} | {r['latency_us_max']} | {r['cpu_us_per_read']} | "
-            f"{r['cpu_share_at_1s_cadence_percent']} |"
-        )
-    (RESULTS / "bench_modbus.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish("bench_modbus", report, lines)
 
 
 if __name__ == "__main__":

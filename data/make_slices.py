@@ -12,16 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from gridedge.datafiles import UCI_LOAD_COLUMNS
+
 HERE = Path(__file__).resolve().parent
-UCI_COLUMNS = [
-    "Global_active_power",
-    "Global_reactive_power",
-    "Voltage",
-    "Global_intensity",
-    "Sub_metering_1",
-    "Sub_metering_2",
-    "Sub_metering_3",
-]
 UCI_START, UCI_END = "2007-01-01 00:00", "2008-12-31 23:45"
 # One year of the PV site, July to June in its local standard time (MST, UTC-07:00), expressed in UTC:
 # time-ordered splits then train on every season and test on late spring rather than snowy December.
@@ -42,7 +35,7 @@ def uci_load(source: Path) -> None:
     minutes = pd.read_parquet(source / "load" / "uci_household_power_1min.parquet")
     quarter = minutes.astype("float64").resample("15min").mean().loc[UCI_START:UCI_END]
     quarter.index = quarter.index.strftime("%Y-%m-%dT%H:%M:%S")
-    out = quarter[UCI_COLUMNS].rename_axis("timestamp").reset_index()
+    out = quarter[list(UCI_LOAD_COLUMNS)].rename_axis("timestamp").reset_index()
     _write(out, "w1_load_uci_15min.csv.gz")
 
 

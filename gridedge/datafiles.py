@@ -32,6 +32,16 @@ SHIPPED_SERIES: dict[str, tuple[str, int | None]] = {
     "w3_inv2173_stale": ("w3_inv2173_stale.csv", None),
     "w3_inv2173_interpolated": ("w3_inv2173_interpolated.csv", None),
 }
+# The columns of the UCI household load slice, in file order (data/make_slices.py writes them).
+UCI_LOAD_COLUMNS = (
+    "Global_active_power",
+    "Global_reactive_power",
+    "Voltage",
+    "Global_intensity",
+    "Sub_metering_1",
+    "Sub_metering_2",
+    "Sub_metering_3",
+)
 
 
 def series_path(name: str, data_dir: str | Path | None = None) -> Path:

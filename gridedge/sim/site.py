@@ -47,7 +47,7 @@ from edge_agent.sensors.registers import (
     raw_from_engineering,
     shipped_register_maps_dir,
 )
-from gridedge.datafiles import read_series
+from gridedge.datafiles import UCI_LOAD_COLUMNS, read_series
 
 if TYPE_CHECKING:
     from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -153,16 +153,7 @@ def _site_series(data_dir: Path | None) -> tuple[_Series, _Series]:
     pv_times, pv_columns = read_series("w2_pv_system50_15min", data_dir)
     load_times, load_columns = read_series("w1_load_uci_15min", data_dir)
     pv = _Series(pv_times, {k: pv_columns[k] for k in ("ac_power", "ghi", "temp_air")})
-    load_keys = (
-        "Global_active_power",
-        "Global_reactive_power",
-        "Voltage",
-        "Global_intensity",
-        "Sub_metering_1",
-        "Sub_metering_2",
-        "Sub_metering_3",
-    )
-    return pv, _Series(load_times, {k: load_columns[k] for k in load_keys})
+    return pv, _Series(load_times, {k: load_columns[k] for k in UCI_LOAD_COLUMNS})
 
 
 class SimulatedSite:
