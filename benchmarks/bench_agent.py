@@ -171,17 +171,13 @@ def main() -> None:
         ]
         for runtime, r in results.items()
     ]
-    lines = [
-        "# Agent footprint",
-        "",
+    intro = (
         f"`gridedge agent run` at a 1 s cadence reading 19 channels (31 registers) over Modbus TCP from the "
         f"simulated site; Python {meta['python']}, {meta['machine']}, {meta['cores']} cores, 1-minute load "
         f"average {meta['load_average_1m']:.2f}. Targets: RSS <= 60 MB (LiteRT) / 90 MB (ORT), first "
-        "inference <= 2 s, CPU <= 1 % of one core.",
-        "",
-        *markdown_table(header, rows),
-    ]
-    publish("agent", {"meta": meta, "results": results}, lines)
+        "inference <= 2 s, CPU <= 1 % of one core."
+    )
+    publish("agent", {"meta": meta, "results": results}, "Agent footprint", intro, markdown_table(header, rows))
 
 
 if __name__ == "__main__":

@@ -173,15 +173,11 @@ def main() -> None:
         ]
         for name, r in results.items()
     ]
-    lines = [
-        "# Modbus read benchmark",
-        "",
+    intro = (
         f"{report['transport']}; pymodbus {report['pymodbus']}, Python {report['python']}, {report['machine']}, "
-        f"1-minute load average {report['load_average_1min']} at the end of the run.",
-        "",
-        *markdown_table(header, rows),
-    ]
-    publish("bench_modbus", report, lines)
+        f"1-minute load average {report['load_average_1min']} at the end of the run."
+    )
+    publish("bench_modbus", report, "Modbus read benchmark", intro, markdown_table(header, rows))
 
 
 if __name__ == "__main__":

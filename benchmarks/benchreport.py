@@ -21,10 +21,11 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> l
     return lines
 
 
-def publish(stem: str, payload: Any, lines: Sequence[str]) -> None:
-    """Write the raw numbers and the markdown report under ``results/``, and print the report."""
+def publish(stem: str, payload: Any, title: str, intro: str, table: Sequence[str]) -> None:
+    """Write the raw numbers and the markdown report (title, what was measured where, table) under
+    ``results/``, and print the report."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    text = "\n".join(lines)
+    text = "\n".join([f"# {title}", "", intro, "", *table])
     (RESULTS / f"{stem}.md").write_text(text + "\n", encoding="utf-8")
     print(text)
