@@ -54,17 +54,24 @@ def issue(
     return certificate, key
 
 
-def test_mutual_tls_connects_and_publishes(tmp_path: Path, make_config: Callable[..., MqttConfig]) -> None:
+def mutual_tls_broker(tmp_path: Path, client: str) -> tuple[Path, LocalMosquitto]:
+    """A CA, a broker certificate and a ``client`` certificate in ``tmp_path/pki``, and a (not yet started)
+    broker that demands a client certificate signed by that CA."""
     pki = tmp_path / "pki"
     pki.mkdir()
     ca = issue(pki, "ca", None)
     issue(pki, "broker", ca, server=True)
-    issue(pki, "device", ca)
+    issue(pki, client, ca)
     broker = LocalMosquitto(
         tmp_path / "broker",
         extra_config=f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'broker.pem'}\nkeyfile {pki / 'broker.key'}\n"
         "require_certificate true",
     )
+    return pki, broker
+
+
+def test_mutual_tls_connects_and_publishes(tmp_path: Path, make_config: Callable[..., MqttConfig]) -> None:
+    pki, broker = mutual_tls_broker(tmp_path, "device")
     tls = {"ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "device.pem"), "key_file": str(pki / "device.key")}
     with broker:
         reporter = MqttReporter(make_config(broker.port, broker={"tls": tls}))
@@ -90,16 +97,7 @@ def test_fleet_listen_does_mutual_tls_and_fails_loudly_without_a_certificate(tmp
     import sys
 
     repo = Path(__file__).resolve().parents[2]
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca = issue(pki, "ca", None)
-    issue(pki, "broker", ca, server=True)
-    issue(pki, "fleet", ca)
-    broker = LocalMosquitto(
-        tmp_path / "broker",
-        extra_config=f"cafile {pki / 'ca.pem'}\ncertfile {pki / 'broker.pem'}\nkeyfile {pki / 'broker.key'}\n"
-        "require_certificate true",
-    )
+    pki, broker = mutual_tls_broker(tmp_path, "fleet")
 
     def listen(*tls: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
