@@ -5,15 +5,28 @@ from __future__ import annotations
 import math
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
-from edge_agent.sensors.base import ChannelStatus
+from edge_agent.sensors.base import ChannelStatus, Reading
 from edge_agent.sensors.modbus import ModbusTcpConfig, ModbusTcpSource
 from edge_agent.sensors.registers import ReadBlock
 from gridedge.sim.site import SimulatedSite, SiteServer
 
 pytestmark = pytest.mark.modbus
+
+
+@pytest.fixture
+def read_with_garbage(site: SimulatedSite, site_server: SiteServer, make_tcp_config) -> Callable[[str], Reading]:
+    """One read of the whole site while ``device`` answers every register with garbage."""
+
+    def read(device: str) -> Reading:
+        site.set_fault(device, "garbage")
+        with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
+            return source.read()
+
+    return read
 
 
 def _channels_of(reading, device: str) -> dict:
@@ -45,11 +58,9 @@ def test_a_device_that_stops_answering_times_out_and_the_others_are_still_read(
 
 
 def test_garbage_values_are_flagged_out_of_range_and_hidden_from_the_model(
-    site: SimulatedSite, site_server: SiteServer, make_tcp_config
+    read_with_garbage: Callable[[str], Reading],
 ) -> None:
-    site.set_fault("meter", "garbage")
-    with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
-        reading = source.read()
+    reading = read_with_garbage("meter")
     assert reading.device_errors == {}  # the device answered; what it said is nonsense
     meter = _channels_of(reading, "meter")
     # The current register (mA) decodes garbage as 32.767 A, a plausible household current: no range check
@@ -63,11 +74,9 @@ def test_garbage_values_are_flagged_out_of_range_and_hidden_from_the_model(
 
 
 def test_garbage_from_a_sunspec_inverter_makes_scaled_values_missing(
-    site: SimulatedSite, site_server: SiteServer, make_tcp_config
+    read_with_garbage: Callable[[str], Reading],
 ) -> None:
-    site.set_fault("inverter", "garbage")
-    with ModbusTcpSource(make_tcp_config(site_server.port)) as source:
-        reading = source.read()
+    reading = read_with_garbage("inverter")
     assert reading.channels["inverter.ac_power"].status is ChannelStatus.MISSING
     assert "not a plausible exponent" in reading.channels["inverter.ac_power"].detail
     assert reading.channels["inverter.ghi"].status is ChannelStatus.OUT_OF_RANGE
