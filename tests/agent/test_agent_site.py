@@ -36,6 +36,16 @@ def _run_cycles(agent: Agent, clock: Any, cycles: int) -> list[tuple[int, np.nda
     return forecasts
 
 
+def _warmed_up(config: Any, clock: Any, decisions: int) -> tuple[Agent, MemoryReporter, list[tuple[int, np.ndarray]]]:
+    """A started agent on a fresh MemoryReporter, run until its window is full and then for ``decisions``
+    more periods; returns it, its reporter and the forecasts of those cycles."""
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    return agent, reporter, _run_cycles(agent, clock, steps + decisions)
+
+
 def _reference(bundle_dir: Path, keys: Path, runtime: str, artefact: str, origins: list[int]) -> np.ndarray:
     """The same artefact, run outside the agent on the exact data windows of each origin."""
     bundle = read_bundle(bundle_dir, load_public_key(keys / "bundle-signing.pub"))
@@ -75,11 +85,7 @@ def test_agent_forecasts_match_the_exported_model_on_the_same_windows(
     artefact = next(a.file for a in manifest.artefacts if a.precision == precision)
     config = make_config(tmp_path, bundle, exported.keys, site_server.port, runtime)
     config = config.model_copy(update={"bundle": config.bundle.model_copy(update={"artefact": artefact})})
-    reporter = MemoryReporter()
-    agent = Agent(config, reporter)
-    agent.start()
-    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
-    forecasts = _run_cycles(agent, site[1], steps + 12)
+    agent, reporter, forecasts = _warmed_up(config, site[1], 12)
     agent.close()
 
     assert agent.supervisor.artefact is not None and agent.supervisor.artefact.precision == precision
@@ -111,11 +117,8 @@ def test_meter_faults_never_stop_the_loop(
 ) -> None:
     sim, clock = site
     config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
-    reporter = MemoryReporter()
-    agent = Agent(config, reporter)
-    agent.start()
-    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
-    assert len(_run_cycles(agent, clock, steps + 2)) == 2
+    agent, reporter, forecasts = _warmed_up(config, clock, 2)
+    assert len(forecasts) == 2
 
     sim.set_fault("meter", "hang")  # a short outage: the gap policy fills it, decisions continue
     _run_cycles(agent, clock, 2)
@@ -156,11 +159,7 @@ def test_corrupted_model_runs_the_baseline_degraded_and_keeps_deciding(
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     config = make_config(tmp_path, damaged, exported.keys, site_server.port, "litert")
-    reporter = MemoryReporter()
-    agent = Agent(config, reporter)
-    agent.start()
-    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
-    forecasts = _run_cycles(agent, site[1], steps + 3)
+    agent, reporter, forecasts = _warmed_up(config, site[1], 3)
     agent.close()
 
     assert agent.supervisor.degraded and "does not match the manifest" in (agent.supervisor.degraded_reason or "")
@@ -175,11 +174,7 @@ def test_a_model_failing_at_run_time_falls_back_then_recovers(
     tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
 ) -> None:
     config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
-    reporter = MemoryReporter()
-    agent = Agent(config, reporter)
-    agent.start()
-    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
-    _run_cycles(agent, site[1], steps + 1)
+    agent, reporter, _ = _warmed_up(config, site[1], 1)
     healthy = agent.supervisor.runtime
     assert healthy is not None
 
@@ -233,10 +228,7 @@ def test_restart_after_a_power_cut_decides_at_once_from_the_saved_window(
     tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
 ) -> None:
     config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
-    first = Agent(config, MemoryReporter())
-    first.start()
-    steps = first.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
-    _run_cycles(first, site[1], steps + 1)
+    first, _, _ = _warmed_up(config, site[1], 1)
     for source in first.sources:  # no clean shutdown: the process just dies
         source.close()
 
