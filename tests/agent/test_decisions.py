@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.bundle import read_bundle
 from edge_agent.config import AnomalySection, ChannelLink
-from edge_agent.decisions import AnomalyJudge, DecisionStep
+from edge_agent.decisions import AnomalyJudge, Decision, DecisionStep
 from edge_agent.features import FeaturePipeline, FeatureSpec
 from edge_agent.health import AgentHealth
 from edge_agent.keys import load_public_key
@@ -40,6 +40,17 @@ def _step(tmp_path: Path, make_config: Any, exported: Any) -> tuple[DecisionStep
     return DecisionStep(models, AgentHealth(), judge, tmp_path / "window.npz", _meter_link), models, models.spec
 
 
+def _feed(step: DecisionStep, spec: FeatureSpec, rows: range, blank: range = range(0)) -> list[Decision]:
+    """Feed W1 ``rows`` to ``step`` as the meter reports them (doubled), with every channel missing at the
+    positions in ``blank`` (counted from the first row); returns the decisions taken."""
+    times, columns = read_series("w1_load_uci_15min")
+    decisions = []
+    for k, i in enumerate(rows):
+        sweep = {f"meter.{c}": math.nan if k in blank else 2.0 * float(columns[c][i]) for c in spec.past_channel_names}
+        decisions += step.add(float(times[i]), sweep)
+    return decisions
+
+
 def test_forecasts_equal_the_exported_model_on_the_same_window_and_survive_a_restart(
     tmp_path: Path, make_config: Any, exported: Any
 ) -> None:
@@ -48,10 +59,7 @@ def test_forecasts_equal_the_exported_model_on_the_same_window_and_survive_a_res
     times, columns = read_series("w1_load_uci_15min")
     values = np.stack([columns[c] for c in spec.past_channel_names], axis=1)
     start = 3000
-    decisions = []
-    for i in range(start, start + spec.input_steps + 3):
-        sweep = {f"meter.{c}": 2.0 * float(columns[c][i]) for c in spec.past_channel_names}
-        decisions += step.add(float(times[i]), sweep)
+    decisions = _feed(step, spec, range(start, start + spec.input_steps + 3))
     assert len(decisions) == 3 and health.inferences == 3 and not health.skipped_inferences
     assert all(d.prediction.source == "model" and d.verdict is None for d in decisions)
 
@@ -75,13 +83,8 @@ def test_a_window_with_a_long_gap_is_decided_by_the_baseline_and_counted(
 ) -> None:
     step, models, spec = _step(tmp_path, make_config, exported)
     health = step.health
-    times, columns = read_series("w1_load_uci_15min")
     gap = range(20, 20 + spec.gap_policy.max_gap_steps + 2)
-    decisions = []
-    for k, i in enumerate(range(1000, 1000 + spec.input_steps + 1)):
-        sweep = {f"meter.{c}": math.nan if k in gap else 2.0 * float(columns[c][i]) for c in spec.past_channel_names}
-        decisions += step.add(float(times[i]), sweep)
-    (decision,) = decisions
+    (decision,) = _feed(step, spec, range(1000, 1000 + spec.input_steps + 1), blank=gap)
     assert decision.prediction.source == "baseline" and "exceeds the fill limit" in (decision.skipped or "")
     assert health.skipped_inferences == 1 and health.last_skip_reason == decision.skipped
     assert all(v is not None and math.isfinite(v) for v in step.latest_forecasts[0].values)
