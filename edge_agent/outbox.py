@@ -120,7 +120,7 @@ class Outbox:
         lost = self._damage(path)
         try:
             self._db = self._open(path, synchronous)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # SQLite quotes damaged schema bytes raw
             quarantine(path, f"the outbox cannot be read: {exc}", SQLITE_COMPANIONS)
             self._db = self._open(path, synchronous)
             lost = True

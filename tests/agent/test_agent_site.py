@@ -16,8 +16,10 @@ from edge_agent.agent import Agent
 from edge_agent.bundle import read_bundle
 from edge_agent.features import FeaturePipeline
 from edge_agent.keys import load_public_key
+from edge_agent.outbox import Outbox
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
+from edge_agent.state_files import take_quarantined
 from gridedge.datafiles import read_series
 from gridedge.sim.site import SimulatedSite, SiteServer
 
@@ -304,4 +306,26 @@ def test_a_site_without_sample_periods_is_alerted_once(
     stalled = [a for a in reporter.of_kind("alert") if a.code == "decisions-stalled"]  # type: ignore[attr-defined]
     assert len(stalled) == 1
     assert agent.stall.reason() is not None
+    agent.close()
+
+
+def test_damaged_state_files_at_start_are_quarantined_and_alerted_once(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    """Issue 12 item 7: a 0-byte window.npz stopped the agent with only "Aborted."; a cut outbox looped."""
+    config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
+    take_quarantined()
+    config.state_dir.mkdir(parents=True)
+    (config.state_dir / "window.npz").write_bytes(b"")
+    outbox_path = config.state_dir / "outbox.sqlite3"
+    outbox_path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    Outbox(outbox_path, 100_000).close()  # what the MQTT reporter opens before the agent starts
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    _run_cycles(agent, site[1], 2)
+    alerts = [a for a in reporter.of_kind("alert") if a.code == "state-file-quarantined"]  # type: ignore[attr-defined]
+    assert sorted(Path(a.message.split(" was damaged")[0]).name for a in alerts) == ["outbox.sqlite3", "window.npz"]
+    kept = sorted(p.name.split(".corrupt-")[0] for p in config.state_dir.iterdir() if ".corrupt-" in p.name)
+    assert kept == ["outbox.sqlite3", "window.npz"]
     agent.close()
