@@ -95,7 +95,7 @@ class Agent:
         self.reports = PeriodicReports(reporter, self.models, self.health, interval, telemetry)
         self.announcer = ModelAnnouncer(reporter, self.models, self.core.reasons)
         self.scheduler = LoopScheduler(config.loop, self.health)
-        self.stall = DecisionStallWatch(reporter, self._stall_limit())
+        self.stall = DecisionStallWatch(reporter, self._stall_limit(), self.core.reasons)
         self.core.live.subscribe(self._take_settings)
 
     def _take_settings(self, config: AgentConfig) -> None:
@@ -112,11 +112,6 @@ class Agent:
             return configured
         spec = self.models.spec
         return STALL_PERIODS * (spec.sample_period_s if spec else DEFAULT_SUMMARY_INTERVAL_S)
-
-    def health_reasons(self) -> list[str]:
-        """Why the site is degraded besides its model (for the status the reporter publishes)."""
-        stalled = self.stall.reason()
-        return [stalled] if stalled else []
 
     @property
     def config(self) -> AgentConfig:

@@ -1,4 +1,4 @@
-"""A site that stopped receiving sample periods is not "online": one alert, and a reason for the status.
+"""A site that stopped receiving sample periods is not "online": one alert, and a ``decisions`` health reason.
 
 Every way the window can starve (a clock that labels every sweep with a rejected time, a sensor that
 never answers, a model that cannot decide) ends in the same symptom: no sample period closes. Watching
@@ -11,19 +11,28 @@ import time
 from collections.abc import Callable
 
 from edge_agent.alerts import AlertLatch
+from edge_agent.health import HealthReasons
 from edge_agent.reporting.base import Reporter
 
-STALL_KEY = "decisions"
+STALL_KEY = "decisions"  # the alert key and the health concern
 
 
 class DecisionStallWatch:
     """Raises ``decisions-stalled`` once when no sample period closed for ``limit_s``, clears on progress.
 
-    :meth:`reason` is what a degraded status carries while stalled (None otherwise).
+    While stalled, :meth:`reason` is set as the ``decisions`` concern of ``reasons``, so the device's
+    status turns "degraded" with it.
     """
 
-    def __init__(self, reporter: Reporter, limit_s: float, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        reporter: Reporter,
+        limit_s: float,
+        reasons: HealthReasons | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit_s = limit_s
+        self.reasons = reasons or HealthReasons()
         self._monotonic = monotonic
         self._last_progress = monotonic()
         self._reason: str | None = None
@@ -34,6 +43,7 @@ class DecisionStallWatch:
         self._last_progress = self._monotonic()
         if self._reason is not None:
             self._reason = None
+            self.reasons.clear(STALL_KEY)
             self.latch.clear_once(STALL_KEY, "sample periods close again; decisions resume")
 
     def check(self, context: str) -> None:
@@ -44,6 +54,7 @@ class DecisionStallWatch:
         self._reason = f"no sample period for {silent:.0f} s (limit {self.limit_s:g} s)" + (
             f"; {context}" if context else ""
         )
+        self.reasons.set(STALL_KEY, self._reason)
         self.latch.raise_once(STALL_KEY, f"the site makes no decisions: {self._reason}")
 
     def reason(self) -> str | None:
