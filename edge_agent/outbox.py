@@ -141,12 +141,16 @@ class Outbox:
     def _open(self, path: Path, synchronous: str) -> sqlite3.Connection:
         # One connection shared by the caller and the MQTT network thread, serialised by our lock.
         # Autocommit mode: a plain append is a single-statement transaction.
+        existed = path.exists() and path.stat().st_size > 0
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             with self._lock:
                 problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
                 if problems != ["ok"]:
                     raise sqlite3.DatabaseError("; ".join(str(p) for p in problems[:3]))
+                # SQLite takes a file cut inside its 100-byte header for an empty database.
+                if existed and db.execute("SELECT 1 FROM sqlite_master WHERE name='counters'").fetchone() is None:
+                    raise sqlite3.DatabaseError("the file holds no outbox tables (cut short?)")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={synchronous}")
                 db.executescript(_SCHEMA)

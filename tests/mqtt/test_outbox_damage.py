@@ -96,3 +96,13 @@ def test_a_new_device_starts_at_zero_without_a_quarantine(tmp_path: Path) -> Non
     take_quarantined()
     assert Outbox(tmp_path / "outbox.sqlite3", 1_000).reserve_seq() == 0
     assert take_quarantined() == []
+
+
+def test_an_outbox_cut_inside_its_header_is_not_taken_for_a_new_one(tmp_path: Path) -> None:
+    """Found by the fault suite: SQLite opens a file of a few bytes as an empty database."""
+    path = tmp_path / "outbox.sqlite3"
+    next_seq = _filled_outbox(path)
+    take_quarantined()
+    os.truncate(path, 7)
+    assert Outbox(path, 1_000_000).reserve_seq() >= next_seq
+    assert [n.original for n in take_quarantined()] == [path]
