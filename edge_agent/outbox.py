@@ -93,6 +93,24 @@ _INSERT = (
 # SQLite's side files of a WAL database: they belong to the damaged file and must not meet a fresh one.
 SQLITE_COMPANIONS = ("-wal", "-shm")
 
+def _refuse_cut_file(path: Path) -> None:
+    """Raise when the file is shorter than the page count its SQLite header records.
+
+    SQLite reads a database cut at a page boundary without complaint (quick_check included): the rows
+    of the lost pages, the sequence counter among them, would silently be older ones.
+    """
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100:
+        return  # too short to be a database: the schema check refuses it
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65_536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The recorded page count is valid only while the change counter matches its "valid for" copy.
+    if header[24:28] == header[92:96] and path.stat().st_size < pages * page_size:
+        raise sqlite3.DatabaseError(f"the file is cut short: {path.stat().st_size} bytes of {pages * page_size}")
+
+
 PayloadFactory = Callable[[int], tuple[str, bytes]]
 """Builds (message_id, payload bytes) for a given sequence number, inside the outbox transaction."""
 
@@ -127,6 +145,10 @@ class Outbox:
         if lost:
             # Whatever the lost outbox numbered is gone with it: continue above every number handed out.
             self._next_seq = max(self._next_seq, self.sequence_mark.ceiling)
+        else:
+            # A flipped byte in a page SQLite cannot notice (it keeps no checksums) may set the counter
+            # back; it can never go below the number that last moved the mark.
+            self._next_seq = max(self._next_seq, self.sequence_mark.floor)
 
     def _damage(self, path: Path) -> bool:
         """Quarantine an outbox that is empty or gone while the sequence mark says one existed."""
@@ -142,6 +164,8 @@ class Outbox:
         # One connection shared by the caller and the MQTT network thread, serialised by our lock.
         # Autocommit mode: a plain append is a single-statement transaction.
         existed = path.exists() and path.stat().st_size > 0
+        if existed:
+            _refuse_cut_file(path)
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             with self._lock:

@@ -90,6 +90,11 @@ class SequenceMark:
             return 0
         return ceiling
 
+    @property
+    def floor(self) -> int:
+        """A next sequence number that is surely unused: the mark moved when ``floor - 1`` was handed out."""
+        return max(0, self.ceiling - SEQUENCE_BLOCK + 1)
+
     def cover(self, seq: int) -> None:
         """Make sure the mark is above ``seq`` before ``seq`` is used (one write per block)."""
         with self._lock:

@@ -9,6 +9,7 @@ lost one handed out, and one quarantine notice waits for the agent's alert.
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.outbox import Outbox
-from edge_agent.state_files import CORRUPT_MARK, take_quarantined
+from edge_agent.state_files import CORRUPT_MARK, SEQUENCE_BLOCK, take_quarantined
 
 QUEUED = 179
 
@@ -106,3 +107,28 @@ def test_an_outbox_cut_inside_its_header_is_not_taken_for_a_new_one(tmp_path: Pa
     os.truncate(path, 7)
     assert Outbox(path, 1_000_000).reserve_seq() >= next_seq
     assert [n.original for n in take_quarantined()] == [path]
+
+
+def test_an_outbox_cut_by_a_few_bytes_is_not_read_as_an_older_one(tmp_path: Path) -> None:
+    """Found by the soak run: a cut last page opened cleanly, with the sequence counter one step back."""
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, 1_000_000)
+    outbox.append("summary", "t", lambda seq: (uuid.uuid4().hex, b"{}"))
+    next_seq = outbox.reserve_seq() + 1
+    outbox.close()
+    take_quarantined()
+    os.truncate(path, path.stat().st_size - 3)
+    assert Outbox(path, 1_000_000).reserve_seq() >= next_seq
+    assert [n.original for n in take_quarantined()] == [path]
+
+
+def test_a_counter_set_back_inside_the_file_never_goes_below_the_sequence_mark(tmp_path: Path) -> None:
+    """A flipped byte SQLite cannot see may set the recorded counter back; the mark bounds it."""
+    path = tmp_path / "outbox.sqlite3"
+    outbox = Outbox(path, 10_000)
+    for _ in range(SEQUENCE_BLOCK + 10):
+        outbox.reserve_seq()
+    outbox.close()
+    with sqlite3.connect(path) as damage:  # the counter set back, in a file SQLite finds healthy
+        damage.execute("UPDATE counters SET value=0 WHERE name='next_seq'")
+    assert Outbox(path, 10_000).reserve_seq() >= SEQUENCE_BLOCK + 1
