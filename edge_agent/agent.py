@@ -4,6 +4,7 @@
 
 * :class:`~edge_agent.sensing.SensorSweeper` reads every source, with one alert latch per sensor concern;
 * :class:`~edge_agent.site_clock.SiteClock` labels each sweep with the site's time;
+* :class:`~edge_agent.stall.DecisionStallWatch` alerts once when no sample period closes any more;
 * :class:`~edge_agent.decisions.DecisionStep` keeps the window and decides on it (forecast, or anomaly
   verdict with hysteresis through :class:`~edge_agent.decisions.AnomalyJudge`);
 * :class:`~edge_agent.summary.PeriodicReports` sends summaries (aggregates, latency, drift) and telemetry;
@@ -27,7 +28,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.decisions import AnomalyJudge, AnomalyVerdict, DecisionStep
 from edge_agent.health import AgentHealth, HealthReasons
 from edge_agent.live_config import LiveConfig
-from edge_agent.messages import Forecast, ModelInfo
+from edge_agent.messages import AlertContent, Forecast, ModelInfo
 from edge_agent.model_manager import ModelAnnouncer, ModelManager
 from edge_agent.reporting.base import Reporter
 from edge_agent.scheduler import LoopScheduler
@@ -35,10 +36,15 @@ from edge_agent.sensing import SensorSweeper
 from edge_agent.sensors.base import SensorSource
 from edge_agent.sensors.registry import build_source
 from edge_agent.site_clock import SiteClock
+from edge_agent.stall import DecisionStallWatch
+from edge_agent.state_files import take_quarantined
 from edge_agent.summary import DEFAULT_SUMMARY_INTERVAL_S, PeriodicReports
 from edge_agent.supervisor import ModelSupervisor, Prediction
 from edge_agent.systemd import notify
 from edge_agent.window import WindowBuffer
+
+# Without a configured limit, a site is stalled after this many sample periods of its model without one.
+STALL_PERIODS = 3
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class Agent:
         self.reports = PeriodicReports(reporter, self.models, self.health, interval, telemetry)
         self.announcer = ModelAnnouncer(reporter, self.models, self.core.reasons)
         self.scheduler = LoopScheduler(config.loop, self.health)
+        self.stall = DecisionStallWatch(reporter, self._stall_limit(), self.core.reasons)
         self.core.live.subscribe(self._take_settings)
 
     def _take_settings(self, config: AgentConfig) -> None:
@@ -98,6 +105,13 @@ class Agent:
         self.judge.settings = config.anomaly
         self.site_clock.settings = config.clock
         self.decisions.channel_link = config.channel_link
+
+    def _stall_limit(self) -> float:
+        configured = self.config.loop.stall_after_s
+        if configured is not None:
+            return configured
+        spec = self.models.spec
+        return STALL_PERIODS * (spec.sample_period_s if spec else DEFAULT_SUMMARY_INTERVAL_S)
 
     @property
     def config(self) -> AgentConfig:
@@ -137,6 +151,7 @@ class Agent:
             self.announcer.announce()
         notify("READY=1")
         self.decide_now()
+        self._announce_quarantines()
 
     def decide_now(self) -> Prediction | None:
         """Decide on the current window right away (after a restart with a restored window)."""
@@ -154,14 +169,35 @@ class Agent:
             self.health.cycles += 1
             sweep = self.sensors.read()
             timestamp = self.site_clock.time_of(sweep)
+            if self.site_clock.take_step():
+                self.decisions.restart_periods(timestamp)
+            closed_before = self.decisions.periods_closed
             decisions = self.decisions.add(timestamp, sweep.values)
+            self._watch_progress(closed_before)
             for decision in decisions:
                 self.reports.add_decision(decision)
             self.announcer.announce()
+            self._announce_quarantines()
             self.reports.add_sweep(timestamp, sweep)
             if self.reports.due:
                 self.reports.publish(self.latest_forecasts)
             return [decision.prediction for decision in decisions]
+
+    def _announce_quarantines(self) -> None:
+        """One alert per damaged state file that was set aside (outbox, window, sequence mark)."""
+        for notice in take_quarantined():
+            kept = f"kept as {notice.kept_as.name}" if notice.kept_as else "nothing was left to keep"
+            message = f"{notice.original} was damaged ({notice.reason}); {kept}, a fresh one is in use"
+            alert = AlertContent(severity="critical", code="state-file-quarantined", message=message)
+            self.reporter.publish_alert(alert)
+
+    def _watch_progress(self, closed_before: int) -> None:
+        if self.decisions.periods_closed != closed_before:
+            self.stall.progress()
+            return
+        self.stall.limit_s = self._stall_limit()
+        rejected = self.site_clock.rejected
+        self.stall.check(f"{rejected} site clock reading(s) refused as implausible" if rejected else "")
 
     def publish_summary(self) -> None:
         """Send the summary of the period now ending and start a new period."""

@@ -61,6 +61,15 @@ class ClockSection(StrictModel):
         "unreadable (a garbled register must not throw the window into another year).",
     )
 
+    confirm_readings: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        title="Readings to re-acquire",
+        description="Consecutive site clock readings that agree with each other but not with the time in use "
+        "and that replace it (a garbage first reading must not anchor the clock for good).",
+    )
+
     @model_validator(mode="after")
     def _sensor_needs_channel(self) -> ClockSection:
         if self.source == "sensor" and not self.channel:
@@ -88,6 +97,13 @@ class LoopSection(StrictModel):
     )
     max_cycles: int | None = Field(
         default=None, ge=1, title="Stop after", description="Stop after this many cycles (tests, demos)."
+    )
+    stall_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        title="Stalled after (s)",
+        description="A site whose window received no sample period for this long is degraded, with one alert; "
+        "by default three sample periods of the model in use.",
     )
 
 

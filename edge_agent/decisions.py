@@ -143,6 +143,19 @@ class DecisionStep:
         self.latest_prediction: Prediction | None = None
         self.latest_forecasts: list[Forecast] = []
         self.latest_anomaly: AnomalyVerdict | None = None
+        self.periods_closed = 0
+
+    def restart_periods(self, timestamp: float) -> None:
+        """The site clock stepped to ``timestamp``: drop the open period, and the window when it lies ahead
+        of the new time (it was labelled by a clock now known to be wrong)."""
+        spec = self.spec
+        if spec is None or self.aggregator is None or self.buffer is None:
+            return
+        self.aggregator = SampleAggregator(spec.past_channel_names, spec.sample_period_s)
+        newest = self.buffer.newest_start
+        if newest is not None and newest > timestamp:
+            logger.warning("site clock stepped back before the window's newest sample: the window starts again")
+            self.buffer = WindowBuffer(spec.past_channel_names, spec.input_steps, spec.sample_period_s)
 
     def follow_model(self) -> None:
         """Rebuild the window when the model in use needs another one (first start, an update, a rollback),
@@ -162,6 +175,7 @@ class DecisionStep:
         assert self.aggregator is not None and self.buffer is not None
         model_values = {channel: self._model_value(channel, values) for channel in self.aggregator.channels}
         closed = self.aggregator.add(timestamp, model_values)
+        self.periods_closed += len(closed)
         decisions = []
         for sample in closed:
             self.buffer.append(sample)

@@ -106,15 +106,44 @@ class ModelManager:
         return self.supervisor.bundle.manifest.input if self.supervisor.bundle else None
 
     def start(self) -> None:
-        """Load the bundle a model update installed (it survives a restart), else the provisioned one."""
-        installed = self.store.current()
-        if installed is not None:
-            self.supervisor.bundle_dir = installed
-        self.load()
+        """Load the bundle a model update installed (it survives a restart), else the provisioned one.
+
+        A damaged installed bundle must not keep the device from starting: the last good one runs
+        instead (``previous``, then the provisioned ``bundle.path``), with one ``bundle-fallback`` alert.
+        A bundle whose manifest verifies but whose model does not is kept only when nothing better loads
+        (it still runs the baseline of its verified pipeline).
+        """
+        candidates = [p for p in (self.store.current(), self.store.previous()) if p is not None]
+        candidates.append(self.bundle_settings.path)
+        refused: list[str] = []
+        runnable: Path | None = None
+        for path in dict.fromkeys(candidates):
+            self.supervisor.bundle_dir = path
+            self.supervisor.load()
+            if self.supervisor.bundle is not None and not self.supervisor.degraded:
+                break
+            refused.append(f"{path}: {self.supervisor.degraded_reason}")
+            if runnable is None and self.supervisor.bundle is not None:
+                runnable = path
+        else:
+            if runnable is None:
+                raise ConfigError(
+                    f"cannot run without a verified bundle: {'; '.join(refused)}. Copy a bundle signed with the "
+                    "fleet key into bundle.path (see `gridedge agent doctor`)"
+                )
+            self.supervisor.bundle_dir = runnable
+            self.supervisor.load()
+        if refused and self.supervisor.bundle_dir != candidates[0]:
+            message = f"installed bundle not usable ({'; '.join(refused)}); running {self.supervisor.bundle_dir}"
+            self.notify(AlertContent(severity="critical", code="bundle-fallback", message=message))
+        self._check_loaded()
 
     def load(self) -> None:
         """Verify and self-test the bundle at ``supervisor.bundle_dir``; refuse to run without one."""
         self.supervisor.load()
+        self._check_loaded()
+
+    def _check_loaded(self) -> None:
         if self.supervisor.bundle is None:
             raise ConfigError(
                 f"cannot run without a verified bundle: {self.supervisor.degraded_reason}. Copy a bundle "

@@ -8,6 +8,10 @@ The outbox is bounded by payload bytes. When an append would exceed the cap, the
 dropped first, then the oldest summaries, and alerts only last; every drop is counted per kind and the
 counts are persistent (they travel in the next summary).
 
+A damaged outbox (cut short, garbage in its pages: ``PRAGMA quick_check`` at open) is quarantined and
+replaced by an empty one, and so is an empty file where an outbox had been; the sequence then resumes
+above the high-water mark kept beside it (:class:`~edge_agent.state_files.SequenceMark`), never at 0.
+
 Acknowledged rows are not thrown away at once: they move to a ``delivered`` table kept for a retention
 window (at most ``retain_messages`` rows, none older than ``retain_age_s``), so that the fleet can ask
 for messages the broker acknowledged and then lost (the ``replay`` command). Retained rows never count
@@ -28,6 +32,7 @@ from typing import Literal
 from edge_agent.errors import OutboxError
 from edge_agent.fsutil import is_disk_full
 from edge_agent.messages import DROP_PRIORITY, DroppedCounts, OutboxStats
+from edge_agent.state_files import SequenceMark, quarantine
 
 OutboxKind = Literal["summary", "alert", "telemetry"]
 
@@ -85,6 +90,27 @@ _INSERT = (
     "INSERT INTO outbox (seq, message_id, kind, priority, topic, payload, size) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
+# SQLite's side files of a WAL database: they belong to the damaged file and must not meet a fresh one.
+SQLITE_COMPANIONS = ("-wal", "-shm")
+
+def _refuse_cut_file(path: Path) -> None:
+    """Raise when the file is shorter than the page count its SQLite header records.
+
+    SQLite reads a database cut at a page boundary without complaint (quick_check included): the rows
+    of the lost pages, the sequence counter among them, would silently be older ones.
+    """
+    with path.open("rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100:
+        return  # too short to be a database: the schema check refuses it
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65_536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The recorded page count is valid only while the change counter matches its "valid for" copy.
+    if header[24:28] == header[92:96] and path.stat().st_size < pages * page_size:
+        raise sqlite3.DatabaseError(f"the file is cut short: {path.stat().st_size} bytes of {pages * page_size}")
+
+
 PayloadFactory = Callable[[int], tuple[str, bytes]]
 """Builds (message_id, payload bytes) for a given sequence number, inside the outbox transaction."""
 
@@ -106,21 +132,63 @@ class Outbox:
         self.retain_age_s = retain_age_s
         self._age_pruned_at = 0.0
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.sequence_mark = SequenceMark(path.with_name(f"{path.stem}-sequence.json"))
+        self._lock = threading.Lock()
+        self._bytes = self._next_seq = self._retained = 0  # read from the database by _open
+        lost = self._damage(path)
+        try:
+            self._db = self._open(path, synchronous)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # SQLite quotes damaged schema bytes raw
+            quarantine(path, f"the outbox cannot be read: {exc}", SQLITE_COMPANIONS)
+            self._db = self._open(path, synchronous)
+            lost = True
+        if lost:
+            # Whatever the lost outbox numbered is gone with it: continue above every number handed out.
+            self._next_seq = max(self._next_seq, self.sequence_mark.ceiling)
+        else:
+            # A flipped byte in a page SQLite cannot notice (it keeps no checksums) may set the counter
+            # back; it can never go below the number that last moved the mark.
+            self._next_seq = max(self._next_seq, self.sequence_mark.floor)
+
+    def _damage(self, path: Path) -> bool:
+        """Quarantine an outbox that is empty or gone while the sequence mark says one existed."""
+        if self.sequence_mark.ceiling == 0 and not path.exists():
+            return False  # a new device
+        if path.exists() and path.stat().st_size > 0:
+            return False
+        what = "empty (0 bytes)" if path.exists() else "missing"
+        quarantine(path, f"the outbox is {what}; its queued messages are lost", SQLITE_COMPANIONS)
+        return True
+
+    def _open(self, path: Path, synchronous: str) -> sqlite3.Connection:
         # One connection shared by the caller and the MQTT network thread, serialised by our lock.
         # Autocommit mode: a plain append is a single-statement transaction.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_SCHEMA)
-            self._bytes = int(self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
-            # The next sequence number is above every number stored in a row or recorded in the
-            # counter; the counter is brought up to date whenever rows leave the outbox.
-            stored = self._db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM outbox").fetchone()[0]
-            recorded = self._db.execute("SELECT value FROM counters WHERE name='next_seq'").fetchone()[0]
-            self._next_seq = max(int(stored), int(recorded))
-            self._retained = int(self._db.execute("SELECT COUNT(*) FROM delivered").fetchone()[0])
+        existed = path.exists() and path.stat().st_size > 0
+        if existed:
+            _refuse_cut_file(path)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            with self._lock:
+                problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+                if problems != ["ok"]:
+                    raise sqlite3.DatabaseError("; ".join(str(p) for p in problems[:3]))
+                # SQLite takes a file cut inside its 100-byte header for an empty database.
+                if existed and db.execute("SELECT 1 FROM sqlite_master WHERE name='counters'").fetchone() is None:
+                    raise sqlite3.DatabaseError("the file holds no outbox tables (cut short?)")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                db.executescript(_SCHEMA)
+                self._bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0])
+                # The next sequence number is above every number stored in a row or recorded in the
+                # counter; the counter is brought up to date whenever rows leave the outbox.
+                stored = db.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM outbox").fetchone()[0]
+                recorded = db.execute("SELECT value FROM counters WHERE name='next_seq'").fetchone()[0]
+                self._next_seq = max(int(stored), int(recorded))
+                self._retained = int(db.execute("SELECT COUNT(*) FROM delivered").fetchone()[0])
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -141,6 +209,7 @@ class Outbox:
         """Take the next sequence number for a message that is not stored (status, will, reply)."""
         with self._lock:
             seq = self._next_seq
+            self.sequence_mark.cover(seq)
             self._next_seq += 1
             try:
                 self._record_next_seq()
@@ -155,6 +224,7 @@ class Outbox:
         """Number, store and commit a message; evict by the overflow policy when the cap is reached."""
         with self._lock:
             seq = self._next_seq
+            self.sequence_mark.cover(seq)
             message_id, payload = make_payload(seq)
             size = len(payload)
             if size > self.max_bytes:

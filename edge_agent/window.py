@@ -10,7 +10,6 @@ regular grid: a period without readings becomes a row of NaN that the gap policy
 from __future__ import annotations
 
 import io
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from numpy.typing import NDArray
 
 from edge_agent.arrays import FloatArray
 from edge_agent.fsutil import atomic_write_bytes
+from edge_agent.state_files import quarantine
 
 
 @dataclass(frozen=True)
@@ -131,21 +131,30 @@ class WindowBuffer:
         atomic_write_bytes(path, buffer.getvalue())
 
     def restore(self, path: Path) -> bool:
-        """Load a window saved by :meth:`save` if it was kept for the same channels, length and period."""
+        """Load a window saved by :meth:`save` if it was kept for the same channels, length and period.
+
+        A damaged file (cut short, garbage, impossible contents) is quarantined and the window starts
+        empty: a power cut on a bad card must cost the saved samples, not the agent.
+        """
+        if not path.exists():
+            return False
         try:
             with np.load(path, allow_pickle=False) as saved:
-                same = (
-                    tuple(str(c) for c in saved["channels"]) == self.channels
-                    and int(saved["period_s"]) == self.period_s
-                    and saved["values"].shape == self._values.shape
-                )
-                if not same:
-                    return False
-                self._values = saved["values"].astype(np.float32)
-                self._starts = saved["starts"].astype(np.int64)
-                self._filled = int(saved["filled"])
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                channels = tuple(str(c) for c in saved["channels"])
+                period_s = int(saved["period_s"])
+                values = saved["values"].astype(np.float32)
+                starts = saved["starts"].astype(np.int64)
+                filled = int(saved["filled"])
+        except Exception as exc:  # a damaged zip raises anything: BadZipFile, NotImplementedError, RuntimeError ...
+            quarantine(path, f"the saved window cannot be read: {exc}")
             return False
+        if channels != self.channels or period_s != self.period_s or values.shape != self._values.shape:
+            return False  # another model's window: a model update will take it
+        problem = _window_problem(values, starts, filled, self.steps, self.period_s)
+        if problem:
+            quarantine(path, f"the saved window is inconsistent: {problem}")
+            return False
+        self._values, self._starts, self._filled = values, starts, filled
         self._newest = int(self._starts[-1]) if self._filled else None
         return True
 
@@ -153,3 +162,19 @@ class WindowBuffer:
         """Fill the buffer from history (e.g. the replayed days before the agent started)."""
         for start, row in zip(starts, values, strict=True):
             self.append(Sample(int(start), np.asarray(row, dtype=np.float32)))
+
+
+def _window_problem(
+    values: FloatArray, starts: NDArray[np.int64], filled: int, steps: int, period_s: int
+) -> str | None:
+    """What makes a saved window impossible (None when it is a window :meth:`WindowBuffer.save` could write)."""
+    if starts.shape != (steps,):
+        return f"{starts.shape} period starts for {steps} steps"
+    if not 0 <= filled <= steps:
+        return f"{filled} samples filled of {steps}"
+    kept = starts[steps - filled :]
+    if filled and np.any(np.diff(kept) != period_s):
+        return f"period starts not {period_s} s apart"
+    if np.isinf(values).any():
+        return "infinite values"
+    return None

@@ -81,12 +81,13 @@ class ModbusDeviceConfig(StrictModel, frozen=True):
         description="Extra attempts per block after a timeout or a broken connection.",
     )
     backoff_max_s: float = Field(
-        default=0.0,
+        default=30.0,
         ge=0,
         le=3600,
         title="Longest back-off (s)",
-        description="After the device stops answering, skip it for a jittered 1, 2, 4 … s up to this long, so a dead "
-        "device does not cost a timeout every cycle; 0 asks it every cycle.",
+        description="After the device stops answering, skip it for a jittered 1, 2, 4 … s up to this long and then "
+        "ask it once (no retries), so a dead or hung device does not cost a timeout every cycle; 0 asks it every "
+        "cycle.",
     )
 
 
@@ -223,7 +224,8 @@ class _Device:
     def _read_block(self, client: Any, block: ReadBlock, on_failure: Callable[[], None]) -> list[int] | _BlockFailure:
         exceptions = _pymodbus().exceptions
         unit = self.config.unit_id
-        attempts = self.config.retries + 1
+        # A device that stopped answering is probed once: its retries would only stretch the cycle.
+        attempts = 1 if self._failures else self.config.retries + 1
         reason = ""
         for _ in range(attempts):
             try:

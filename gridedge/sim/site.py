@@ -72,6 +72,11 @@ class Fault(StrEnum):
     NONE = "none"
     HANG = "hang"
     GARBAGE = "garbage"
+    BAD_CLOCK = "bad-clock"
+
+
+# What a meter's RTC answered before it settled (0x7FFF7FFF, in 2038): a clock a device must not anchor on.
+BAD_CLOCK_SECONDS = 2_147_450_879.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +203,7 @@ class SimulatedSite:
         return self.pv.t0 + self._elapsed
 
     def set_fault(self, device: str, fault: Fault | str) -> None:
-        """Switch a device into a fault (``hang``, ``garbage``) or back to ``none``."""
+        """Switch a device into a fault (``hang``, ``garbage``, ``bad-clock``) or back to ``none``."""
         if device not in self.faults:
             raise ConfigError(f"unknown device {device!r}; the site has {sorted(self.faults)}")
         self.faults[device] = Fault(fault)
@@ -269,6 +274,8 @@ class SimulatedSite:
         """The words a device serves now, keyed ``(function, address)``."""
         register_map = self.maps[device]
         values = self.values()[device]
+        if self.faults[device] is Fault.BAD_CLOCK and "clock" in values:
+            values = {**values, "clock": BAD_CLOCK_SECONDS}
         words: dict[tuple[str, int], int] = {}
         for spec in register_map.measurements():
             exponent = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from edge_agent.agent import Agent
 from edge_agent.bundle import read_bundle
 from edge_agent.features import FeaturePipeline
 from edge_agent.keys import load_public_key
+from edge_agent.outbox import Outbox
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
+from edge_agent.state_files import take_quarantined
 from gridedge.datafiles import read_series
 from gridedge.sim.site import SimulatedSite, SiteServer
 
@@ -241,3 +244,81 @@ def test_restart_after_a_power_cut_decides_at_once_from_the_saved_window(
     # The period open when the power went is lost; the gap policy fills it and decisions go on.
     assert len(_run_cycles(second, site[1], 3)) == 2
     second.close()
+
+
+def _agent_on_the_meter_clock(
+    tmp_path: Path, make_config: Any, exported: Any, port: int, reporter: MemoryReporter, **overrides: Any
+) -> Agent:
+    config = make_config(tmp_path, exported.keras, exported.keys, port, "litert", **overrides)
+    agent = Agent(config, reporter)
+    agent.start()
+    return agent
+
+
+def test_a_garbage_first_site_clock_reading_does_not_stop_the_decisions(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    """Issue 12 item 6: the meter's first clock answer is 2038; the agent re-acquires the real site time."""
+    sim, clock = site
+    meter_clock = {"source": "sensor", "channel": "meter.clock", "confirm_readings": 3}
+    agent = _agent_on_the_meter_clock(
+        tmp_path, make_config, exported, site_server.port, MemoryReporter(), clock=meter_clock
+    )
+    steps = agent.supervisor.pipeline.spec.input_steps  # type: ignore[union-attr]
+    sim.set_fault("meter", "bad-clock")
+    _run_cycles(agent, clock, 1)
+    sim.set_fault("meter", "none")
+    decided = _run_cycles(agent, clock, steps + 4)
+    assert agent.site_clock.rejected == 2
+    assert len(decided) >= 2, "the real site time was never re-acquired"
+    assert all(origin < 2_000_000_000 for origin, _ in decided)
+    agent.close()
+
+
+def test_a_site_without_sample_periods_is_alerted_once(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    """Issue 12 item 6: a meter whose clock stays garbage closes no period; the agent says so once."""
+    sim, clock = site
+    reporter = MemoryReporter()
+    agent = _agent_on_the_meter_clock(
+        tmp_path,
+        make_config,
+        exported,
+        site_server.port,
+        reporter,
+        clock={"source": "sensor", "channel": "meter.clock", "max_jump_s": 600},
+        loop={"cadence_s": 0.01, "retry_every": 2, "recover_after": 2, "stall_after_s": 0.2},
+    )
+    _run_cycles(agent, clock, 1)  # anchors on the real time
+    sim.set_fault("meter", "bad-clock")  # from now on each reading jumps to 2038 and is refused
+    for _ in range(30):
+        agent.cycle()
+        time.sleep(0.01)
+    stalled = [a for a in reporter.of_kind("alert") if a.code == "decisions-stalled"]  # type: ignore[attr-defined]
+    assert len(stalled) == 1
+    status = reporter.of_kind("status")[-1]
+    assert status.state == "degraded" and "decisions: no sample period" in (status.reason or "")  # type: ignore[attr-defined]
+    agent.close()
+
+
+def test_damaged_state_files_at_start_are_quarantined_and_alerted_once(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    """Issue 12 item 7: a 0-byte window.npz stopped the agent with only "Aborted."; a cut outbox looped."""
+    config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert")
+    take_quarantined()
+    config.state_dir.mkdir(parents=True)
+    (config.state_dir / "window.npz").write_bytes(b"")
+    outbox_path = config.state_dir / "outbox.sqlite3"
+    outbox_path.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    Outbox(outbox_path, 100_000).close()  # what the MQTT reporter opens before the agent starts
+    reporter = MemoryReporter()
+    agent = Agent(config, reporter)
+    agent.start()
+    _run_cycles(agent, site[1], 2)
+    alerts = [a for a in reporter.of_kind("alert") if a.code == "state-file-quarantined"]  # type: ignore[attr-defined]
+    assert sorted(Path(a.message.split(" was damaged")[0]).name for a in alerts) == ["outbox.sqlite3", "window.npz"]
+    kept = sorted(p.name.split(".corrupt-")[0] for p in config.state_dir.iterdir() if ".corrupt-" in p.name)
+    assert kept == ["outbox.sqlite3", "window.npz"]
+    agent.close()

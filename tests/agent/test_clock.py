@@ -55,3 +55,46 @@ def test_a_reloaded_clock_setting_applies_from_the_next_sweep() -> None:
 def test_sensor_clock_needs_its_channel() -> None:
     with pytest.raises(ValueError, match=r"clock\.source 'sensor' needs clock\.channel"):
         ClockSection(source="sensor")
+
+
+GARBAGE_2038 = 2_147_450_879.0  # 0x7FFF7FFF: a meter's first clock word pair before its RTC settled
+
+
+def test_a_garbage_first_clock_reading_does_not_anchor_the_site_clock(make_clock: Any) -> None:
+    """Issue 12 item 6: a year-2038 first reading made every real reading after it "implausible"."""
+    monotonic = make_clock(100.0)
+    settings = ClockSection(source="sensor", channel="plc.utc", confirm_readings=3)
+    clock = SiteClock(settings, lambda: 1_500_000_000.0, monotonic)
+    assert clock.time_of(_sweep(GARBAGE_2038)) == GARBAGE_2038
+    real = 1_170_000_000.0  # the site's real time (2007: the simulated household), far from the device clock
+    for step in range(2):
+        monotonic.now += 1
+        assert clock.time_of(_sweep(real + step)) == GARBAGE_2038 + step + 1  # not yet confirmed: carried
+    assert not clock.take_step()
+    monotonic.now += 1
+    assert clock.time_of(_sweep(real + 2)) == real + 2  # three consistent readings: re-acquired
+    assert clock.take_step() and not clock.take_step()
+    monotonic.now += 1
+    assert clock.time_of(_sweep(real + 3)) == real + 3
+    assert clock.rejected == 2
+
+
+def test_a_reading_that_agrees_with_the_device_clock_replaces_a_lock_that_does_not(make_clock: Any) -> None:
+    monotonic = make_clock(100.0)
+    clock = SiteClock(ClockSection(source="sensor", channel="plc.utc"), lambda: DEVICE_NOW, monotonic)
+    assert clock.time_of(_sweep(GARBAGE_2038)) == GARBAGE_2038
+    monotonic.now += 1
+    assert clock.time_of(_sweep(DEVICE_NOW + 1)) == DEVICE_NOW + 1  # the system clock is a reference
+    assert clock.take_step()
+
+
+def test_one_outlier_does_not_move_a_confirmed_clock(make_clock: Any) -> None:
+    monotonic = make_clock(100.0)
+    clock = SiteClock(
+        ClockSection(source="sensor", channel="plc.utc", confirm_readings=2), lambda: DEVICE_NOW, monotonic
+    )
+    clock.time_of(_sweep(1_600_000_000.0))
+    for garbage in (GARBAGE_2038, 1_000.0, GARBAGE_2038 - 5e8):  # inconsistent with each other
+        monotonic.now += 1
+        assert clock.time_of(_sweep(garbage)) == 1_600_000_000.0 + monotonic.now - 100.0
+    assert not clock.take_step()

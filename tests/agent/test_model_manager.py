@@ -100,3 +100,37 @@ def test_no_verified_bundle_is_a_config_error(tmp_path: Path, make_config: Any, 
     models = _manager(tmp_path, make_config, exported, tmp_path / "missing")
     with pytest.raises(ConfigError, match="cannot run without a verified bundle"):
         models.start()
+
+
+def _garbage_manifest_copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    (target / "manifest.json").write_bytes(b"\x00\xffnot json")
+    return target
+
+
+@pytest.mark.parametrize("with_previous", [False, True])
+def test_a_damaged_current_bundle_falls_back_to_the_last_good_one(
+    tmp_path: Path, make_config: Any, exported: Any, with_previous: bool
+) -> None:
+    """Issue 12 item 7: a damaged ``bundles/current`` made the agent refuse to start."""
+    models = _manager(tmp_path, make_config, exported)
+    store_root = models.store.root
+    store_root.mkdir(parents=True)
+    damaged = _garbage_manifest_copy(exported.keras, store_root / "w1-keras-9.9.9-damaged")
+    previous = shutil.copytree(exported.keras, store_root / "w1-keras-1.0.0-good") if with_previous else None
+    models.store.activate(damaged, previous)
+
+    models.start()
+    assert models.supervisor.bundle is not None and not models.supervisor.degraded
+    assert models.supervisor.bundle_dir == (previous.resolve() if previous else exported.keras)
+    (notice,) = models.take_notices()
+    assert notice.code == "bundle-fallback" and "w1-keras-9.9.9-damaged" in notice.message
+
+
+def test_without_any_usable_bundle_the_start_is_refused_naming_each(
+    tmp_path: Path, make_config: Any, exported: Any
+) -> None:
+    provisioned = _garbage_manifest_copy(exported.keras, tmp_path / "provisioned")
+    models = _manager(tmp_path, make_config, exported, provisioned)
+    with pytest.raises(ConfigError, match="cannot run without a verified bundle"):
+        models.start()

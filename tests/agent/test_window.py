@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from edge_agent.state_files import take_quarantined
 from edge_agent.window import Sample, SampleAggregator, WindowBuffer
 
 
@@ -68,3 +71,44 @@ def test_window_survives_a_restart_and_refuses_another_model_shape(tmp_path: Pat
     assert not WindowBuffer(["p", "q"], steps=4, period_s=60).restore(tmp_path / "window.npz")
     (tmp_path / "torn.npz").write_bytes(b"PK\x03\x04 half a file")
     assert not WindowBuffer(["p", "q"], steps=3, period_s=60).restore(tmp_path / "torn.npz")
+
+
+def _saved_window(path: Path) -> WindowBuffer:
+    buffer = WindowBuffer(("a", "b"), 4, 60)
+    for start in range(0, 300, 60):
+        buffer.append(Sample(start, np.array([start, 1.0], dtype=np.float32)))
+    buffer.save(path)
+    return buffer
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: b"",  # the issue's case: cut to 0 bytes -> exit 1 with only "Aborted."
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: b"\x93NUMPY garbage" + raw[14:],
+        lambda raw: raw[:40] + bytes(64) + raw[104:],
+    ],
+    ids=["empty", "cut-in-half", "garbage-header", "garbage-inside"],
+)
+def test_a_damaged_saved_window_is_quarantined_and_the_window_starts_empty(
+    tmp_path: Path, damage: Callable[[bytes], bytes]
+) -> None:
+    """Issue 12 item 7: a damaged window.npz must not stop the agent; it is kept for inspection."""
+    path = tmp_path / "window.npz"
+    _saved_window(path)
+    path.write_bytes(damage(path.read_bytes()))
+    take_quarantined()
+    fresh = WindowBuffer(("a", "b"), 4, 60)
+    assert fresh.restore(path) is False
+    assert len(fresh) == 0
+    assert not path.exists()
+    assert [n.original for n in take_quarantined()] == [path]
+
+
+def test_a_missing_or_foreign_window_is_not_quarantined(tmp_path: Path) -> None:
+    take_quarantined()
+    assert WindowBuffer(("a", "b"), 4, 60).restore(tmp_path / "window.npz") is False
+    _saved_window(tmp_path / "window.npz")
+    assert WindowBuffer(("a", "c"), 4, 60).restore(tmp_path / "window.npz") is False  # another model's
+    assert take_quarantined() == [] and (tmp_path / "window.npz").exists()

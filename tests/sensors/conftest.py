@@ -55,7 +55,9 @@ def register_dir() -> Path:
 def make_tcp_config() -> Callable[..., ModbusTcpConfig]:
     """Build a Modbus TCP config reading the three simulated devices (plus extra devices by name)."""
 
-    def build(port: int, timeout_s: float = 0.3, retries: int = 1, **extra_devices: Any) -> ModbusTcpConfig:
+    def build(
+        port: int, timeout_s: float = 0.3, retries: int = 1, backoff_max_s: float | None = None, **extra_devices: Any
+    ) -> ModbusTcpConfig:
         devices: list[dict[str, Any]] = [
             {
                 "name": name,
@@ -63,6 +65,7 @@ def make_tcp_config() -> Callable[..., ModbusTcpConfig]:
                 "register_map": str(REGISTER_DIR / file),
                 "timeout_s": timeout_s,
                 "retries": retries,
+                **({} if backoff_max_s is None else {"backoff_max_s": backoff_max_s}),
             }
             for name, (unit_id, file) in SITE_DEVICES.items()
         ]

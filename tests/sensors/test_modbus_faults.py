@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -36,7 +37,8 @@ def _channels_of(reading, device: str) -> dict:
 def test_a_device_that_stops_answering_times_out_and_the_others_are_still_read(
     site: SimulatedSite, site_server: SiteServer, make_tcp_config
 ) -> None:
-    with ModbusTcpSource(make_tcp_config(site_server.port, timeout_s=0.2, retries=1)) as source:
+    config = make_tcp_config(site_server.port, timeout_s=0.2, retries=1, backoff_max_s=0.0)  # asked every read
+    with ModbusTcpSource(config) as source:
         assert source.read().device_errors == {}
         site.set_fault("battery", "hang")
         started = time.monotonic()
@@ -187,3 +189,68 @@ def test_a_dead_device_is_backed_off_so_it_does_not_cost_a_timeout_every_read(
         assert "not asked" in skipped.channels["bms.soc"].detail
         time.sleep(0.55)
         assert source.read().device_errors == {}
+
+
+@pytest.fixture
+def hung_port() -> Iterator[int]:
+    """A real TCP socket that accepts connections and never answers a byte (a hung meter)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def _cycles_in(source: ModbusTcpSource, duration: float, cadence: float, failing: set[str]) -> tuple[int, int]:
+    """Read on a cadence for ``duration`` s; every device outside ``failing`` must answer every time.
+
+    Returns the number of cycles and how many of them asked a failing device (and waited for it).
+    """
+    cycles = asked = 0
+    started = time.monotonic()
+    while time.monotonic() - started < duration:
+        tick = time.monotonic()
+        reading = source.read()
+        cycles += 1
+        assert set(reading.device_errors) == failing, reading.device_errors
+        assert reading.channels["meter.active_power"].status is ChannelStatus.OK
+        asked += sum("not asked" not in error for error in reading.device_errors.values())
+        time.sleep(max(0.0, cadence - (time.monotonic() - tick)))
+    return cycles, asked
+
+
+def test_a_hung_meter_is_backed_off_so_the_loop_keeps_its_cadence_and_reads_the_others(
+    site: SimulatedSite, site_server: SiteServer, make_tcp_config, register_dir, hung_port: int
+) -> None:
+    """Issue 12 item 9: a meter that accepts TCP and never answers slowed a 20 cycle/s loop to 1 cycle/s."""
+    hung = {
+        "unit_id": 1,
+        "register_map": str(register_dir / "load_meter.yaml"),
+        "port": hung_port,
+        "timeout_s": 0.2,
+        "retries": 1,
+    }
+    cadence, duration = 0.05, 5.0
+    with ModbusTcpSource(make_tcp_config(site_server.port, timeout_s=0.2, retries=1)) as source:
+        healthy, _ = _cycles_in(source, duration, cadence, set())
+    with ModbusTcpSource(make_tcp_config(site_server.port, timeout_s=0.2, retries=1, hung=hung)) as source:
+        with_hung, asked = _cycles_in(source, duration, cadence, {"hung"})
+    # Asked at once (two attempts), then probed once after each jittered back-off of 1-2, 2-4 s ...
+    assert asked <= 4, f"the hung meter was asked in {asked} of {with_hung} cycles"
+    # ... so the loop keeps most of its cadence (a loose bound: the machine running CI is shared).
+    assert with_hung >= 0.5 * healthy, f"{with_hung} cycles with a hung meter, {healthy} without, in {duration} s"
