@@ -263,16 +263,18 @@ class MqttReporter:
                 self._hold(kind, build)
                 return
             try:
-                row = self.outbox.append(kind, self._topic(kind), make_payload)
+                # Stored and sent under one lock: the pump's replay, reading the outbox meanwhile, must
+                # not find the new row before its live send owns it (it would go out as historical).
+                with self._lock:
+                    row = self.outbox.append(kind, self._topic(kind), make_payload)
+                    live = self._connected.is_set()
+                    if not (live and self._send_row_locked(row.row_id, row.topic, row.payload, replay=False)):
+                        self._backlog_version += 1
             except (OSError, sqlite3.OperationalError) as exc:
                 if not is_disk_full(exc):
                     raise
                 self._hold(kind, build)
                 self._disk_full(exc)
-                return
-        if not (self._connected.is_set() and self._send_row(row.row_id, row.topic, row.payload, replay=False)):
-            with self._lock:
-                self._backlog_version += 1
 
     def _hold(self, kind: OutboxKind, build: Callable[[int], Envelope]) -> None:
         if len(self._held) >= MAX_HELD_MESSAGES:
@@ -350,17 +352,20 @@ class MqttReporter:
 
     def _send_row(self, row_id: int, topic: str, payload: bytes, *, replay: bool) -> bool:
         with self._lock:
-            if row_id in self._inflight_rows:
-                return False
-            info = self._client.publish(topic, payload, qos=QOS)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                logger.warning("publish of outbox row %d failed (%s); it stays queued", row_id, info.rc)
-                return False
-            # NO_CONN: paho queued it; on_connect drops paho's queue and our replay resends the row.
-            self._inflight[info.mid] = (row_id, replay)
-            self._inflight_rows.add(row_id)
-            if replay:
-                self._replay_outstanding += 1
+            return self._send_row_locked(row_id, topic, payload, replay=replay)
+
+    def _send_row_locked(self, row_id: int, topic: str, payload: bytes, *, replay: bool) -> bool:
+        if row_id in self._inflight_rows:
+            return False
+        info = self._client.publish(topic, payload, qos=QOS)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            logger.warning("publish of outbox row %d failed (%s); it stays queued", row_id, info.rc)
+            return False
+        # NO_CONN: paho queued it; on_connect drops paho's queue and our replay resends the row.
+        self._inflight[info.mid] = (row_id, replay)
+        self._inflight_rows.add(row_id)
+        if replay:
+            self._replay_outstanding += 1
         return True
 
     def _publish_status_now(self, state: DeviceState, reason: str | None) -> mqtt.MQTTMessageInfo | None:
