@@ -27,6 +27,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,24 +156,16 @@ class NonceStore:
             self._db.close()
 
 
+@dataclass
 class CommandGuard:
     """Checks the signature, target, time and nonce of commands for one device."""
 
-    def __init__(
-        self,
-        public_key: Ed25519PublicKey | None,
-        site: str,
-        device: str,
-        nonces: NonceStore,
-        max_clock_skew_s: float = 300.0,
-        clock: Callable[[], float] = time.time,
-    ):
-        self.public_key = public_key
-        self.site = site
-        self.device = device
-        self.nonces = nonces
-        self.max_clock_skew_s = max_clock_skew_s
-        self.clock = clock
+    public_key: Ed25519PublicKey | None
+    site: str
+    device: str
+    nonces: NonceStore
+    max_clock_skew_s: float = 300.0
+    clock: Callable[[], float] = time.time
 
     @classmethod
     def from_config(cls, section: CommandsSection, site: str, device: str, state_dir: Path) -> CommandGuard:

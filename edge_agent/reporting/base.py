@@ -101,48 +101,63 @@ class RateLimiter:
         return False
 
 
-class MemoryReporter:
-    """A Reporter that keeps every message in a list: the agent's tests read what it would publish."""
+class SinkReporter:
+    """A Reporter that builds each message and hands it to :meth:`emit` at once: nothing is ever pending.
 
-    def __init__(self, site: str = "test-site", device: str = "test-device", telemetry_per_s: float = 1e9):
+    Subclasses say where a message goes (a list, the log); numbering, rate limits and the goodbye are here.
+    """
+
+    def __init__(self, site: str, device: str, telemetry_per_s: float) -> None:
         self._builder = MessageBuilder(site, device)
         self._seq = itertools.count()
-        self._lock = threading.Lock()
         self._telemetry = RateLimiter(telemetry_per_s)
-        self.messages: list[Envelope] = []
         self.state: DeviceState = "online"
         self.closed = False
 
-    def _record(self, message: Envelope) -> None:
-        with self._lock:
-            self.messages.append(message)
+    def emit(self, message: Envelope) -> None:
+        """Deliver one built message."""
+        raise NotImplementedError
 
     def publish_status(
         self, state: DeviceState, reason: str | None = None, model: ModelInfo | None = None
     ) -> None:
-        """Record a status message and remember the state."""
+        """Emit a status message and remember the state."""
         self.state = state
-        self._record(self._builder.status(next(self._seq), state, reason, model))
+        self.emit(self._builder.status(next(self._seq), state, reason, model))
 
     def publish_summary(self, content: SummaryContent) -> None:
-        """Record a summary (outbox depth 0: nothing is ever pending in memory)."""
-        self._record(self._builder.summary(next(self._seq), content, OutboxStats(depth=0, bytes=0)))
+        """Emit a summary (outbox depth 0: nothing is ever pending in memory)."""
+        self.emit(self._builder.summary(next(self._seq), content, OutboxStats(depth=0, bytes=0)))
 
     def publish_alert(self, content: AlertContent) -> None:
-        """Record an alert."""
-        self._record(self._builder.alert(next(self._seq), content))
+        """Emit an alert."""
+        self.emit(self._builder.alert(next(self._seq), content))
 
     def publish_telemetry(self, content: TelemetryContent) -> bool:
-        """Record telemetry unless rate-limited."""
+        """Emit telemetry unless rate-limited."""
         if not self._telemetry.take():
             return False
-        self._record(self._builder.telemetry(next(self._seq), content))
+        self.emit(self._builder.telemetry(next(self._seq), content))
         return True
 
     def close(self) -> None:
-        """Record the goodbye status."""
+        """Emit the goodbye status."""
         self.publish_status("stopped", "agent stopped")
         self.closed = True
+
+
+class MemoryReporter(SinkReporter):
+    """A Reporter that keeps every message in a list: the agent's tests read what it would publish."""
+
+    def __init__(self, site: str = "test-site", device: str = "test-device", telemetry_per_s: float = 1e9):
+        super().__init__(site, device, telemetry_per_s)
+        self._lock = threading.Lock()
+        self.messages: list[Envelope] = []
+
+    def emit(self, message: Envelope) -> None:
+        """Keep the message."""
+        with self._lock:
+            self.messages.append(message)
 
     def of_kind(self, kind: str) -> list[Envelope]:
         """The recorded messages of one kind (``status``, ``summary`` ...), in order."""

@@ -11,6 +11,7 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 SOAK = os.environ.get("GRIDEDGE_SOAK") == "1"
 # Each property asks settings.get_profile(FAULTS_PROFILE). No per-example deadline: on a shared CI
@@ -28,3 +29,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/faults/" in str(item.path):
             item.add_marker(pytest.mark.faults)
+
+
+def scalar_values(*, non_finite: bool, text_size: int) -> st.SearchStrategy[object]:
+    """Any JSON-ish scalar of any type, with huge integers; NaN and infinities when ``non_finite``."""
+    return st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=non_finite, allow_infinity=non_finite),
+        st.text(max_size=text_size),
+    )

@@ -21,18 +21,14 @@ from edge_agent.reporting.authentication import CommandGuard, CommandsSection
 from edge_agent.reporting.commands import COMMANDS, CommandProcessor, CommandReply
 from gridedge.fleet.commands import sign_request
 
+from .conftest import scalar_values
+
 FAULTS = settings.get_profile("gridedge-faults")
 SITE, DEVICE = "faults-site", "ctrl-1"
 KEYS = Path(tempfile.mkdtemp(prefix="faults-operator-"))
 OPERATOR_KEY, _ = new_keypair(KEYS, kind="operator")
 PRIVATE = load_private_key(OPERATOR_KEY)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=20),
-)
+scalars = scalar_values(non_finite=False, text_size=20)
 json_values = st.recursive(
     scalars,
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),

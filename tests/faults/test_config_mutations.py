@@ -20,6 +20,8 @@ from edge_agent.config import load_config
 from edge_agent.errors import ConfigError
 from gridedge.sites import site_values
 
+from .conftest import scalar_values
+
 FAULTS = settings.get_profile("gridedge-faults")
 
 
@@ -39,11 +41,7 @@ def _base() -> dict[str, Any]:
 
 BASE = _base()
 junk = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**70), 2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=30),
+    scalar_values(non_finite=True, text_size=30),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -26,6 +27,7 @@ from edge_agent.messages import (
 from edge_agent.reporting import Reporter
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.reporting.config import MqttConfig
+from edge_agent.reporting.log import LogReporter
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto
@@ -192,6 +194,19 @@ def test_memory_reporter_is_a_reporter_and_records_in_order() -> None:
     assert accepted.count(True) == 2 and reporter.closed
     assert [m.seq for m in reporter.messages] == list(range(len(reporter.messages)))
     assert [getattr(m, "state", None) for m in reporter.of_kind("status")] == ["degraded", "stopped"]
+
+
+def test_log_reporter_writes_each_message_as_one_valid_json_line(caplog: pytest.LogCaptureFixture) -> None:
+    reporter = LogReporter("s", "d", telemetry_per_s=1)
+    assert isinstance(reporter, Reporter)
+    with caplog.at_level(logging.INFO, logger="gridedge.report"):
+        reporter.publish_status("online")
+        reporter.publish_alert(AlertContent(severity="warning", code="x", message="y"))
+        reporter.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridedge.report"]
+    messages = [json.loads(line) for line in lines]
+    assert [m["seq"] for m in messages] == [0, 1, 2]
+    assert [m.get("state") for m in messages] == ["online", None, "stopped"] and reporter.state == "stopped"
 
 
 def test_credentials_come_from_the_named_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:

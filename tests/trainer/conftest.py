@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gridedge.provision import deep_merge
 from gridedge.trainer.config import TaskConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,16 +36,6 @@ TINY_MODEL = {"filters": 4, "hidden": 8, "decoder_channels": 2, "latent_channels
 TINY_TRAINING = {"epochs": 2, "batch_size": 64, "patience": 2}
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _shipped(name: str) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     return data
@@ -53,12 +43,12 @@ def _shipped(name: str) -> dict[str, Any]:
 
 def _tiny_dict(name: str, **overrides: Any) -> dict[str, Any]:
     """A tiny config whose data paths are absolute, so it can be written to any folder and still find them."""
-    data = _merge(_shipped(name), TINY[name])
+    data = deep_merge(_shipped(name), TINY[name])
     data["data"]["path"] = str(CONFIGS / data["data"]["path"])
     for item in data.get("anomaly", {}).get("labelled", []):
         item["path"] = str(CONFIGS / item["path"])
-    data = _merge(data, {"model": TINY_MODEL, "training": TINY_TRAINING})
-    return _merge(data, overrides)
+    data = deep_merge(data, {"model": TINY_MODEL, "training": TINY_TRAINING})
+    return deep_merge(data, overrides)
 
 
 @pytest.fixture
