@@ -18,6 +18,7 @@ from edge_agent.fsutil import atomic_write_bytes
 PRIVATE_KEY_NAME = "bundle-signing.key"
 PUBLIC_KEY_NAME = "bundle-signing.pub"
 KEY_KINDS = {"bundle": "bundle-signing", "operator": "operator"}
+OPERATOR_KEY_NAME = f"{KEY_KINDS['operator']}.pub"
 
 
 def new_keypair(out_dir: Path, overwrite: bool = False, kind: str = "bundle") -> tuple[Path, Path]:

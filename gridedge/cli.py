@@ -156,6 +156,12 @@ def provision_device(
     ca_key: Path | None = typer.Option(
         None, "--ca-key", help="Key of --ca: issue the device's MQTT client certificate, CN '<site>/<device>'."
     ),
+    operator_key: Path | None = typer.Option(
+        None,
+        "--operator-key",
+        help="The fleet's operator.pub: the device then accepts commands signed with its key (model updates, "
+        "rollouts); default: the site file's commands.operator_public_key, if any.",
+    ),
     example_site: bool = typer.Option(
         False,
         "--example-site",
@@ -167,7 +173,9 @@ def provision_device(
     """Build the folder that goes onto a device: config, verified bundle, key, register maps, service."""
     from gridedge.provision import DeviceExtras, provision
 
-    extras = DeviceExtras(wheelhouse=wheelhouse, gridedge_wheel=gridedge_wheel, ca_cert=ca_cert, ca_key=ca_key)
+    extras = DeviceExtras(
+        wheelhouse=wheelhouse, gridedge_wheel=gridedge_wheel, ca_cert=ca_cert, ca_key=ca_key, operator_key=operator_key
+    )
     config, artefact = provision(profile, site_values, bundle, public_key, out, extras)
     typer.echo(f"device folder for {config.site}/{config.device} written to {out}")
     typer.echo(f"the device will run {artefact}; next: copy it over and run `gridedge agent doctor` there")

@@ -35,7 +35,7 @@ from edge_agent.bundle import Bundle, read_bundle, unpack_archive
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.fsutil import atomic_write_text, fsync_dir
-from edge_agent.keys import PUBLIC_KEY_NAME, load_public_key
+from edge_agent.keys import OPERATOR_KEY_NAME, PUBLIC_KEY_NAME, load_public_key
 from edge_agent.runtimes.targets import choose_artefact, compatibility_target
 from edge_agent.sensors.registers import register_map_path
 from edge_agent.yamlconfig import StrictModel, load_yaml_model, read_yaml_mapping, validate_data
@@ -125,6 +125,24 @@ def _copy_register_maps(raw: dict[str, Any], values_dir: Path, out_dir: Path) ->
             device["register_map"] = f"registers/{origin.name}"
 
 
+def _copy_operator_key(raw: dict[str, Any], values_dir: Path, out_dir: Path, given: Path | None) -> None:
+    """Copy the operator key (``--operator-key``, else the site file's) into keys/ and point the config at it.
+
+    Without the copy the device folder names a file that exists only on the build machine, and the agent
+    would refuse every signed command on site.
+    """
+    commands = raw.setdefault("commands", {}) if given is not None else raw.get("commands")
+    if not isinstance(commands, dict):
+        return
+    named = given if given is not None else commands.get("operator_public_key")
+    if named is None:
+        return
+    origin = Path(named) if given is not None or Path(named).is_absolute() else values_dir / named
+    load_public_key(origin)  # refuses a missing file or a key of the wrong kind, naming the file
+    shutil.copyfile(origin, out_dir / "keys" / OPERATOR_KEY_NAME)
+    commands["operator_public_key"] = f"keys/{OPERATOR_KEY_NAME}"
+
+
 def _point_tls_at_device_identity(raw: dict[str, Any]) -> None:
     """Mutual TLS with the certificate ``--ca`` issues; a CA file the site names is kept."""
     broker = raw.setdefault("mqtt", {}).setdefault("broker", {})
@@ -167,6 +185,8 @@ class DeviceExtras:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     """The fleet CA that issues the device's MQTT client certificate."""
+    operator_key: Path | None = None
+    """The operator's public key that signed fleet commands (model updates, rollouts) must verify against."""
 
 
 def provision(
@@ -212,13 +232,14 @@ def _build_device_folder(
 ) -> str:
     """Fill ``out_dir`` with the device folder; returns the artefact the device will run."""
     _copy_register_maps(raw, site_values.resolve().parent, out_dir)
+    (out_dir / "keys").mkdir(exist_ok=True)
+    _copy_operator_key(raw, site_values.resolve().parent, out_dir, extras.operator_key)
     key = load_public_key(public_key)
     if Path(bundle_source).is_dir():
         shutil.copytree(bundle_source, out_dir / "bundle")
     else:
         unpack_archive(Path(bundle_source), out_dir / "bundle")
     bundle = read_bundle(out_dir / "bundle", key)
-    (out_dir / "keys").mkdir(exist_ok=True)
     shutil.copyfile(public_key, out_dir / "keys" / PUBLIC_KEY_NAME)
 
     config_path = out_dir / "config.yaml"

@@ -124,3 +124,32 @@ def test_a_site_file_copied_anywhere_still_provisions(
     with pytest.raises(ConfigError, match="register_map 'load_metre' is not a shipped register map"):
         provision("raspberry-pi-4", site, exported.keras, public_key, tmp_path / "second")
     assert not (tmp_path / "second").exists()
+
+
+def test_the_operator_key_travels_with_the_device_folder(tmp_path: Path, exported: Any) -> None:
+    site_dir = tmp_path / "site"
+    operator_private, operator_public = new_keypair(site_dir / "keys", kind="operator")
+    values = yaml.safe_load(site_file(EXAMPLE_SITE).read_text())
+    values["commands"] = {"operator_public_key": "keys/operator.pub"}  # relative to the site file
+    site = site_dir / "site.yaml"
+    site.write_text(yaml.safe_dump(values))
+    public_key = exported.keys / "bundle-signing.pub"
+
+    config, _ = provision("raspberry-pi-4", site, exported.keras, public_key, tmp_path / "device")
+    assert config.commands.operator_public_key == tmp_path / "device" / "keys" / "operator.pub"
+    assert config.commands.operator_public_key.read_bytes() == operator_public.read_bytes()
+
+    _, other_public = new_keypair(tmp_path / "other", kind="operator")
+    result = CliRunner().invoke(app, [
+        "provision", "--profile", "raspberry-pi-4", "--site", str(site), "--bundle", str(exported.keras),
+        "--public-key", str(public_key), "--out", str(tmp_path / "second"), "--operator-key", str(other_public),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "second" / "keys" / "operator.pub").read_bytes() == other_public.read_bytes()
+
+    result = CliRunner().invoke(app, [
+        "provision", "--profile", "raspberry-pi-4", "--site", str(site), "--bundle", str(exported.keras),
+        "--public-key", str(public_key), "--out", str(tmp_path / "third"), "--operator-key", str(operator_private),
+    ])  # fmt: skip
+    assert result.exit_code == 2 and "operator.key" in _plain(result.output)
+    assert not (tmp_path / "third").exists()
