@@ -27,6 +27,9 @@ from edge_agent.fsutil import atomic_write_text
 logger = logging.getLogger(__name__)
 CORRUPT_MARK = ".corrupt-"
 SEQUENCE_BLOCK = 1024
+KEEP_QUARANTINED = 3
+"""Copies kept per file: enough to see a pattern; a card that damages the outbox at every start must not
+fill the disk with copies of it."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ _pending: deque[Quarantined] = deque()
 def quarantine(path: Path, reason: str, companions: tuple[str, ...] = ()) -> Quarantined:
     """Rename ``path`` (and ``path`` + each companion suffix, e.g. SQLite's ``-wal``) out of the way.
 
-    The new name carries the UTC time, so repeated damage keeps every copy. Queues the notice for
-    :func:`take_quarantined`.
+    The new name carries the UTC time; repeated damage keeps the newest :data:`KEEP_QUARANTINED` copies
+    of each file. Queues the notice for :func:`take_quarantined`.
     """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     kept_as: Path | None = None
@@ -55,11 +58,21 @@ def quarantine(path: Path, reason: str, companions: tuple[str, ...] = ()) -> Qua
         companion = path.with_name(path.name + suffix)
         if companion.exists():
             companion.rename(companion.with_name(f"{companion.name}{CORRUPT_MARK}{stamp}"))
+    for name in (path.name, *(path.name + suffix for suffix in companions)):
+        _prune_copies(path.parent, name)
     notice = Quarantined(path, kept_as, reason)
     kept = f"kept as {kept_as.name}" if kept_as else "nothing left to keep"
     logger.error("state file %s is damaged (%s): %s, starting with a fresh one", path, reason, kept)
     _pending.append(notice)
     return notice
+
+
+def _prune_copies(folder: Path, name: str) -> None:
+    """Delete all but the newest :data:`KEEP_QUARANTINED` quarantined copies of ``name`` (stamps sort by time)."""
+    copies = sorted(folder.glob(f"{name}{CORRUPT_MARK}*"), key=lambda p: p.name)
+    for old in copies[:-KEEP_QUARANTINED]:
+        old.unlink(missing_ok=True)
+        logger.warning("deleted the old quarantined copy %s (keeping the newest %d)", old.name, KEEP_QUARANTINED)
 
 
 def take_quarantined() -> list[Quarantined]:

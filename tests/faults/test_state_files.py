@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.outbox import Outbox
-from edge_agent.state_files import CORRUPT_MARK, take_quarantined
+from edge_agent.state_files import CORRUPT_MARK, KEEP_QUARANTINED, quarantine, take_quarantined
 from edge_agent.window import Sample, WindowBuffer
 
 FAULTS = settings.get_profile("gridedge-faults")
@@ -99,3 +99,16 @@ def test_a_damaged_saved_window_restores_or_starts_empty_never_raises(how: tuple
         else:
             assert len(fresh) == 0
             assert not path.exists() and [n.original for n in take_quarantined()] == [path]
+
+
+def test_repeated_damage_keeps_only_the_newest_quarantined_copies(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    for attempt in range(KEEP_QUARANTINED + 3):
+        path.write_text(f"damaged {attempt}")
+        path.with_name(path.name + "-wal").write_text(f"wal {attempt}")
+        quarantine(path, "not a database", companions=("-wal",))
+    take_quarantined()
+    kept = sorted(tmp_path.glob(f"outbox.sqlite3{CORRUPT_MARK}*"))
+    wal_kept = sorted(tmp_path.glob(f"outbox.sqlite3-wal{CORRUPT_MARK}*"))
+    assert [p.read_text() for p in kept] == [f"damaged {k}" for k in range(3, KEEP_QUARANTINED + 3)]
+    assert [p.read_text() for p in wal_kept] == [f"wal {k}" for k in range(3, KEEP_QUARANTINED + 3)]
