@@ -27,6 +27,11 @@ from gridedge.fleet.views import rollout_devices_table, rollouts_table
 SITE = "farm-9"
 
 
+def _flat(output: str) -> str:
+    """Command-line output without rich's error box and line breaks."""
+    return " ".join(output.translate(str.maketrans("│╭╮╰╯─", "      ")).split())
+
+
 def _received(message: Envelope, at: float) -> Received:
     return Received(message, message.model_dump_json(), at)
 
@@ -132,3 +137,42 @@ def test_retention_forgets_old_messages_and_dead_letters_but_keeps_devices(store
     # Nothing newer than the cutoff goes, however often it runs.
     assert store.apply_retention(days=3, now=now + 60) == 0
     assert len(store.messages(device="dev-r")) == 1
+
+
+def test_deploy_command_line_records_a_group_and_refuses_no_targets(
+    tmp_path: Path, archive: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from edge_agent.keys import new_keypair
+    from gridedge.fleet.cli import app
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config-home"))
+    database = tmp_path / "fleet.sqlite3"
+    store = FleetStore(path=database)
+    for site, device in (("farm-1", "inv-1"), ("farm-1", "meter-1"), ("farm-2", "inv-1")):
+        store.ingest([_received(MessageBuilder(site, device).status(1, "online", None, None), time.time())])
+    store.close()
+    (tmp_path / "bundle.tar.gz").write_bytes(archive[0])
+    key, _ = new_keypair(tmp_path / "operator", kind="operator")
+    config = tmp_path / "fleet.yaml"
+    config.write_text("db: fleet.sqlite3\ngroups:\n  inverters: ['farm-*/inv-*']\n")
+    runner = CliRunner()
+    common = [str(tmp_path / "bundle.tar.gz"), "--key", str(key), "--config", str(config), "--no-wait"]
+
+    refused = runner.invoke(app, ["deploy", *common])
+    assert refused.exit_code == 2 and "--site, --device SITE/DEVICE or --group" in _flat(refused.output)
+    unknown = runner.invoke(app, ["deploy", *common, "--group", "pumps"])
+    assert unknown.exit_code == 2 and "no group 'pumps'" in _flat(unknown.output), unknown.output
+
+    recorded = runner.invoke(app, ["deploy", *common, "--group", "inverters", "--device", "farm-3/new-1"])
+    assert recorded.exit_code == 0, recorded.output
+    store = FleetStore(path=database, read_only=True)
+    try:
+        (rollout,) = RolloutStore(store).list_rollouts()
+    finally:
+        store.close()
+    assert [f"{d.site}/{d.device}" for d in rollout.devices] == ["farm-1/inv-1", "farm-2/inv-1", "farm-3/new-1"]
+    assert rollout.rollout_id in recorded.output and rollout.counts() == {"waiting": 3}
+    listing = runner.invoke(app, ["rollouts", "--config", str(config)], env={"COLUMNS": "80"})
+    assert listing.exit_code == 0 and "3 waiting" in listing.output, listing.output
