@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from edge_agent.keys import load_private_key, load_public_key, new_keypair
 from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.receiver import FleetReceiver
-from gridedge.fleet.rollouts import RolloutRunner, RolloutStore, Target, create_rollout
+from gridedge.fleet.rollouts import RolloutRunner, RolloutStore, Target, create_rollout, drive_in_background
 from gridedge.fleet.store import FleetStore
 from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
@@ -212,10 +213,16 @@ def test_staged_rollout_to_ten_agent_processes(tmp_path: Path, exported: Any) ->
 
             links = {i: (agents_dir / device_name(i) / "bundles" / "current").resolve() for i in range(AGENTS)}
             with RolloutRunner(BrokerConfig(port=broker.port), store, load_private_key(operator_key)) as runner:
-                # Idempotent: the same bundle again is recorded as current, and nothing is sent.
+                # Idempotent: the same bundle again is recorded as current, and nothing is sent. This one is
+                # driven as `fleet listen --rollout-key` drives every active rollout.
                 again = create_rollout(store, v2.read_bytes(), [Target(SITE, device_name(i)) for i in range(AGENTS)],
                                        canaries=3, max_failure_ratio=0.25)
-                (again,) = runner.run([again.rollout_id], timeout_s=300)
+                stop = threading.Event()
+                driver = drive_in_background(runner, stop)
+                assert wait_until(lambda: rollouts.get(again.rollout_id).settled, 300), rollouts.get(again.rollout_id)
+                stop.set()
+                driver.join(60)
+                again = rollouts.get(again.rollout_id)
                 assert again.state == "done" and again.counts() == {"current": 8, "refused": 2}, again
                 # A canary that fails its self-test halts the rollout: no other device changes model.
                 healthy = [Target(SITE, device_name(i)) for i in range(AGENTS) if i not in REFUSERS]
