@@ -44,6 +44,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -130,8 +131,6 @@ class Target:
     @classmethod
     def parse(cls, text: str) -> Target:
         """``SITE/DEVICE`` as typed on a command line."""
-        import re
-
         site, slash, device = text.partition("/")
         if not slash or not all(re.match(TOPIC_LEVEL_PATTERN, part) for part in (site, device)):
             raise FleetError(f"device {text!r} must be SITE/DEVICE (letters, digits, '_', '.', '-')")
