@@ -305,6 +305,28 @@ def parse_manifest(payload: bytes, source: str = MANIFEST_NAME) -> Manifest:
         raise BundleFormatError(format_validation_error(exc, f"manifest {source}", "re-export the bundle")) from exc
 
 
+def bundle_digest(root: Path) -> str:
+    """A bundle's identity: the sha256 of its signed manifest, which names every artefact's sha256.
+
+    The fleet computes the same digest from an archive (:func:`archive_digest`), so it can tell that a
+    device already runs the bundle it is about to send.
+    """
+    return hashlib.sha256((Path(root) / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def archive_digest(archive: bytes) -> tuple[Manifest, str]:
+    """The manifest (unverified) and :func:`bundle_digest` of a bundle archive held in memory."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+            member = tar.extractfile(MANIFEST_NAME)
+            payload = member.read() if member is not None else None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, KeyError) as exc:
+        raise BundleFormatError(f"not a readable bundle archive ({exc.__class__.__name__}: {exc})") from exc
+    if payload is None:
+        raise BundleFormatError(f"the archive holds no {MANIFEST_NAME}")
+    return parse_manifest(payload), hashlib.sha256(payload).hexdigest()
+
+
 def pack_archive(bundle_dir: Path, archive: Path) -> Path:
     """Pack a bundle folder into one ``.tar.gz`` file for transport (written atomically)."""
     bundle_dir = Path(bundle_dir)

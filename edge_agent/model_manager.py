@@ -11,13 +11,14 @@ import logging
 import threading
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.alerts import AlertLatch
 from edge_agent.baselines import persistence, seasonal_naive
-from edge_agent.bundle import Bundle, read_bundle
+from edge_agent.bundle import Bundle, bundle_digest, read_bundle
 from edge_agent.bundle_store import BundleStore
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BundleError, ConfigError
@@ -31,6 +32,9 @@ from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.supervisor import FallbackPredictor, ModelSupervisor
 from edge_agent.systemd import notify
 from edge_agent.versions import refuse_downgrade
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
 
 logger = logging.getLogger(__name__)
 SECONDS_PER_DAY = 86_400
@@ -99,6 +103,8 @@ class ModelManager:
         self._notices: deque[AlertContent] = deque()
         self._probation = 0
         self._fallback_bundle: Path | None = None
+        # The last update's fate, for the fleet's rollouts (status command): probation, passed, rolled-back.
+        self.last_update: dict[str, JsonValue] | None = None
 
     @property
     def spec(self) -> FeatureSpec | None:
@@ -171,9 +177,24 @@ class ModelManager:
         previous_path = self.supervisor.bundle_dir
         installed = self.store.install(staged, bundle)
         self.store.activate(installed, previous_path)
+        digest = bundle_digest(installed)
+        self.last_update = {"bundle_sha256": digest, "state": "probation", "reason": None}
         self.switch_bundle(installed, probation=PROBATION_INFERENCES, fallback_to=previous_path)
+        if self.last_update["state"] == "rolled-back":
+            message = f"{bundle.manifest.name} {bundle.manifest.version} installed and rolled back at once"
+            return UpdateOutcome(
+                active=_info(self.supervisor.bundle), previous=_info(bundle), message=message,
+                bundle_sha256=self.bundle_sha256(),
+            )
         message = f"now running {bundle.manifest.name} {bundle.manifest.version}; previous kept for rollback"
-        return UpdateOutcome(active=_info(bundle), previous=_info(before), message=message)
+        return UpdateOutcome(active=_info(bundle), previous=_info(before), message=message, bundle_sha256=digest)
+
+    def bundle_sha256(self) -> str | None:
+        """Identity of the bundle deciding now (:func:`~edge_agent.bundle.bundle_digest`), None if unreadable."""
+        try:
+            return bundle_digest(self.supervisor.bundle_dir)
+        except OSError:
+            return None
 
     def switch_bundle(self, path: Path, probation: int, fallback_to: Path | None) -> None:
         """Run the bundle at ``path`` from the next cycle; roll back to ``fallback_to`` if it degrades
@@ -197,8 +218,13 @@ class ModelManager:
         self.load()
         restored = self.supervisor.bundle
         message = f"rolled back to {_info(restored).name} {_info(restored).version} ({reason})"
+        if self.last_update is not None and self.last_update["state"] == "probation":
+            self.last_update = {**self.last_update, "state": "rolled-back", "reason": reason}
         self.notify(AlertContent(severity="warning", code="model-rollback", message=message))
-        return UpdateOutcome(active=_info(restored), previous=_info(failed) if failed else None, message=message)
+        return UpdateOutcome(
+            active=_info(restored), previous=_info(failed) if failed else None, message=message,
+            bundle_sha256=self.bundle_sha256(),
+        )
 
     def after_inference(self) -> bool:
         """Count one inference of a model on probation; True when it degraded and was rolled back."""
@@ -208,6 +234,15 @@ class ModelManager:
             self._end_probation_with_rollback()
             return True
         self._probation -= 1
+        if self._probation == 0 and self.last_update is not None and self.last_update["state"] == "probation":
+            self.last_update = {**self.last_update, "state": "passed"}
+            info = self.model_info()
+            self.notify(
+                AlertContent(
+                    severity="info", code="model-probation-passed",
+                    message=f"{info.name} {info.version} passed its probation of {PROBATION_INFERENCES} inferences",
+                )
+            )
         return False
 
     def _end_probation_with_rollback(self) -> None:

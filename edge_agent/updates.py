@@ -78,6 +78,8 @@ class AgentCommands:
             "reason": reason,
             "model": self.models.model_info().model_dump(),
             "bundle": str(supervisor.bundle_dir),
+            "bundle_sha256": self.models.bundle_sha256(),
+            "update": self.models.last_update,
             "cycles": health.cycles,
             "overruns": health.overruns,
             "inferences": health.inferences,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from gridedge.fleet.settings import CONFIG_ENV, DB_ENV, DEFAULT_DB, DSN_ENV, res
 
 if TYPE_CHECKING:
     from edge_agent.transport import BrokerConfig
+    from gridedge.fleet.rollouts import Rollout, RolloutRunner, Target
     from gridedge.fleet.store import FleetStore
 
 app = typer.Typer(
@@ -134,6 +136,10 @@ def listen(
         float | None,
         typer.Option(help="Drop stored messages older than this many days (default: the config file's, else keep)."),
     ] = None,
+    rollout_key: Annotated[
+        Path | None,
+        typer.Option(help="Operator key: also drive the active rollouts (devices get updates when they return)."),
+    ] = None,
     db: DbOption = None,
     dsn: DsnOption = None,
     config: ConfigOption = None,
@@ -141,7 +147,8 @@ def listen(
     """Subscribe to every device's reports and store them, deduplicated on message id.
 
     Exits 1 with the cause (refused certificate, unreachable broker, refused login) when it cannot
-    connect; messages it cannot store go to the dead letters (`gridedge fleet dead-letters`).
+    connect; messages it cannot store go to the dead letters (`gridedge fleet dead-letters`). With
+    --rollout-key, it also drives every active rollout (give it to one listener of a group).
     """
     from rich.console import Console
 
@@ -159,17 +166,42 @@ def listen(
     )
     console.print(f"[bold]{receiver.name}[/] listening on {host}:{port}, storing in {store.location}")
     started = time.monotonic()
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(store.close)
+        if rollout_key is not None:
+            _drive_rollouts(stack, broker, rollout_key, db, dsn, config)
         # Said once subscribed (the writer process starts first, ~1 s): scripts may wait for this line.
         receiver.run(duration, connect_timeout_s=connect_timeout, on_subscribed=lambda: console.print("subscribed"))
-    finally:
-        store.close()
     elapsed = time.monotonic() - started
     stats = receiver.stats
     console.print(
         f"received {stats.received}, stored {stats.stored}, duplicates {stats.duplicates}, "
         f"invalid {stats.invalid}, dead letters {stats.dead_letters} in {elapsed:.1f} s"
     )
+
+
+def _drive_rollouts(
+    stack: contextlib.ExitStack, broker: BrokerConfig, key: Path, db: Path | None, dsn: str | None,
+    config: Path | None,
+) -> None:
+    """Run a rollout runner beside the receiver, on its own store connection, until the stack closes."""
+    import threading
+
+    from edge_agent.keys import load_private_key
+    from gridedge.fleet.rollouts import RolloutRunner, drive_in_background
+
+    private_key = load_private_key(key)
+    store = open_store(db, dsn, config=config)
+    stack.callback(store.close)
+    runner = stack.enter_context(RolloutRunner(broker, store, private_key))
+    stop = threading.Event()
+    thread = drive_in_background(runner, stop)
+
+    def halt() -> None:
+        stop.set()
+        thread.join(60)
+
+    stack.callback(halt)
 
 
 @app.command()
@@ -366,6 +398,213 @@ def command(
     result = results[-1]
     typer.echo(json.dumps(result, indent=2))
     if result["outcome"] == "error":
+        raise typer.Exit(1)
+
+
+def _deploy_targets(
+    store: FleetStore, sites: list[str], devices: list[str], groups: list[str], config: Path | None
+) -> list[Target]:
+    """The devices named by --site (every device the store knows there), --device and --group."""
+    from fnmatch import fnmatchcase
+
+    from gridedge.fleet.rollouts import Target
+    from gridedge.fleet.settings import fleet_groups
+
+    known = [Target(row["site"], row["device"]) for row in store.devices()]
+    chosen = {target for target in known if target.site in sites}
+    for site in sites:
+        if not any(target.site == site for target in known):
+            raise typer.BadParameter(f"the fleet store knows no device of site {site!r}", param_hint="--site")
+    chosen.update(Target.parse(text) for text in devices)
+    defined = fleet_groups(config) if groups else {}
+    for group in groups:
+        if group not in defined:
+            raise typer.BadParameter(
+                f"no group {group!r} in the fleet config file (groups: {', '.join(sorted(defined)) or 'none'})",
+                param_hint="--group",
+            )
+        chosen.update(t for t in known if any(fnmatchcase(str(t), pattern) for pattern in defined[group]))
+    if not chosen:
+        raise typer.BadParameter("name the devices with --site, --device SITE/DEVICE or --group", param_hint="--site")
+    return sorted(chosen)
+
+
+def _bundle_archive(bundle: Path) -> bytes:
+    """The bytes of a bundle archive, packing a bundle folder in memory first."""
+    import tempfile
+
+    from edge_agent.bundle import pack_archive
+
+    if bundle.is_dir():
+        with tempfile.TemporaryDirectory() as folder:
+            return pack_archive(bundle, Path(folder) / "bundle.tar.gz").read_bytes()
+    if not bundle.is_file():
+        raise typer.BadParameter(f"{bundle} does not exist; give a bundle archive (.tar.gz) or folder",
+                                 param_hint="BUNDLE")
+    return bundle.read_bytes()
+
+
+def _drive(runner: RolloutRunner, rollout_id: str, timeout: float | None) -> Rollout:
+    """Run one rollout, printing a line whenever its progress changes; returns its last state."""
+    from gridedge.fleet.views import outcome_counts_label
+
+    shown = ""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        rollout = runner.run([rollout_id], timeout_s=runner.poll_s * 4)[0]
+        line = (
+            f"{rollout.state}, stage {rollout.stage + 1}/{rollout.stages}: {outcome_counts_label(rollout.counts())}"
+        )
+        if line != shown:
+            typer.echo(f"{time.strftime('%H:%M:%S')} {line}")
+            shown = line
+        if rollout.settled or (deadline is not None and time.monotonic() >= deadline):
+            return rollout
+
+
+@app.command()
+def deploy(
+    bundle: Annotated[Path, typer.Argument(help="Signed bundle archive (.tar.gz) or bundle folder.")],
+    key: OperatorKeyOption,
+    site: Annotated[list[str] | None, typer.Option("--site", help="Every known device of this site; repeat.")] = None,
+    device: Annotated[list[str] | None, typer.Option("--device", help="One device, SITE/DEVICE; repeat.")] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="A group of the fleet config file (groups:); repeat.")
+    ] = None,
+    canaries: Annotated[int, typer.Option(help="Devices updated first; the rest wait for their probation.")] = 1,
+    max_failure_ratio: Annotated[
+        float, typer.Option(help="Halt when more than this share of the started devices failed.")
+    ] = 0.2,
+    allow_downgrade: Annotated[
+        bool, typer.Option(help="Let devices install a lower version of the model they run (signed).")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Drive the rollout until it ends (or --timeout); else only record it.")
+    ] = True,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop waiting after this many seconds; the rollout stays active.")
+    ] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 1883,
+    protocol: ProtocolOption = "5",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    username_env: UsernameOption = None,
+    password_env: PasswordOption = None,
+    command_timeout: Annotated[float, typer.Option(help="Seconds to wait for each device reply.")] = 30.0,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Roll a signed model bundle out to devices in stages: canaries first, the rest once every canary
+    passed its probation; halts when too many fail. Every device's outcome is kept in the fleet store.
+
+    Devices offline now get the update when they come back, while a runner runs: this command with
+    --wait, or `gridedge fleet listen --rollout-key`. Exits 1 when the rollout halted."""
+    from rich.console import Console
+
+    from edge_agent.keys import load_private_key
+    from gridedge.fleet.rollouts import HALTED, RolloutRunner, create_rollout
+    from gridedge.fleet.views import rollout_devices_table
+
+    private_key = load_private_key(key)
+    archive = _bundle_archive(bundle)
+    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
+    store = open_store(db, dsn, config=config)
+    try:
+        targets = _deploy_targets(store, site or [], device or [], group or [], config)
+        rollout = create_rollout(
+            store, archive, targets, canaries=canaries, max_failure_ratio=max_failure_ratio,
+            allow_downgrade=allow_downgrade,
+        )
+        typer.echo(
+            f"rollout {rollout.rollout_id}: {rollout.bundle_name} {rollout.bundle_version} to {len(targets)} "
+            f"devices, {min(canaries, len(targets))} canaries first"
+        )
+        if not wait:
+            typer.echo("recorded; `gridedge fleet listen --rollout-key ...` or `fleet deploy --wait` drives it")
+            return
+        with RolloutRunner(broker, store, private_key, timeout_s=command_timeout) as runner:
+            rollout = _drive(runner, rollout.rollout_id, timeout)
+    finally:
+        store.close()
+    Console().print(rollout_devices_table(rollout, time.time()))
+    if rollout.reason:
+        typer.echo(f"{rollout.state}: {rollout.reason}")
+    if rollout.state == HALTED:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollouts(
+    rollout: Annotated[str | None, typer.Argument(help="Show this rollout's devices (id or unique prefix).")] = None,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List the rollouts (bundle, state, stage, devices per outcome), or one rollout device by device."""
+    from rich.console import Console
+
+    from gridedge.fleet.rollouts import RolloutStore
+    from gridedge.fleet.views import rollout_devices_table, rollouts_table
+
+    store = open_store(db, dsn, config=config, read_only=True)
+    try:
+        recorded = RolloutStore(store)
+        console = Console()
+        if rollout is None:
+            console.print(rollouts_table(recorded.list_rollouts(), time.time()))
+            return
+        shown = recorded.get(rollout)
+    finally:
+        store.close()
+    console.print(rollout_devices_table(shown, time.time()))
+    if shown.reason:
+        console.print(f"{shown.state}: {shown.reason}", markup=False)
+
+
+@app.command()
+def rollback(
+    rollout: Annotated[str, typer.Argument(help="The rollout to undo (id or unique prefix).")],
+    key: OperatorKeyOption,
+    wait: Annotated[bool, typer.Option(help="Send the rollbacks now (until done or --timeout).")] = True,
+    timeout: Annotated[float | None, typer.Option(help="Stop waiting after this many seconds.")] = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 1883,
+    protocol: ProtocolOption = "5",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    username_env: UsernameOption = None,
+    password_env: PasswordOption = None,
+    command_timeout: Annotated[float, typer.Option(help="Seconds to wait for each device reply.")] = 30.0,
+    db: DbOption = None,
+    dsn: DsnOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Undo a rollout: every device it installed gets a signed `rollback` (back to its previous bundle);
+    devices not yet sent are skipped. Offline devices are rolled back when they return."""
+    from rich.console import Console
+
+    from edge_agent.keys import load_private_key
+    from gridedge.fleet.rollouts import RolloutRunner, rollback_rollout
+    from gridedge.fleet.views import rollout_devices_table
+
+    private_key = load_private_key(key)
+    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
+    store = open_store(db, dsn, config=config)
+    try:
+        marked = rollback_rollout(store, rollout)
+        typer.echo(f"rolling back {marked.rollout_id}: {marked.counts().get('revert-waiting', 0)} devices to revert")
+        if not wait:
+            return
+        with RolloutRunner(broker, store, private_key, timeout_s=command_timeout) as runner:
+            marked = _drive(runner, marked.rollout_id, timeout)
+    finally:
+        store.close()
+    Console().print(rollout_devices_table(marked, time.time()))
+    if marked.counts().get("revert-failed"):
         raise typer.Exit(1)
 
 

@@ -18,6 +18,7 @@ import queue
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -83,6 +84,7 @@ class CommandClient:
         self.broker = broker
         self.timeout_s = timeout_s
         self._results: dict[str, queue.SimpleQueue[dict[str, Any]]] = {}
+        self._on_status: Callable[[str, str, bytes], None] | None = None
         self._topics: set[str] = set()
         self._subscribing: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
@@ -117,6 +119,11 @@ class CommandClient:
             event.set()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if self._on_status is not None and message.topic.endswith("/status"):
+            parts = message.topic.split("/")
+            if len(parts) == 5:
+                self._on_status(parts[2], parts[3], bytes(message.payload))
+            return
         try:
             document = json.loads(message.payload)
             request_id = str(document["request_id"])
@@ -127,8 +134,16 @@ class CommandClient:
         if waiting is not None:
             waiting.put(document)
 
+    def watch_status(self, callback: Callable[[str, str, bytes], None]) -> None:
+        """Call ``callback(site, device, payload)`` for every device's status: the retained one at once,
+        then each birth, will and state change (how a rollout sees a device come back)."""
+        self._on_status = callback
+        self._subscribe(device_topic("+", "+", "status"))
+
     def _listen(self, site: str, device: str) -> None:
-        topic = device_topic(site, device, "cmd/+/result")
+        self._subscribe(device_topic(site, device, "cmd/+/result"))
+
+    def _subscribe(self, topic: str) -> None:
         with self._lock:
             if topic in self._topics:
                 return

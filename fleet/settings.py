@@ -38,6 +38,11 @@ class FleetFileConfig(StrictModel):
     retention_days: float | None = Field(
         None, gt=0, description="Keep stored messages this many days; older ones are dropped by the receiver."
     )
+    groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Named device groups for `fleet deploy --group`: SITE/DEVICE patterns (shell-style, "
+        "e.g. farm-*/inverter-*) matched against the devices the fleet store knows.",
+    )
 
     @model_validator(mode="after")
     def _one_store(self) -> FleetFileConfig:
@@ -75,6 +80,15 @@ def _config_file(config: Path | None) -> tuple[Path | None, str]:
         return Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}"
     path = default_config_path()
     return (path, str(path)) if path.is_file() else (None, "")
+
+
+def fleet_groups(config: Path | None = None) -> dict[str, list[str]]:
+    """The ``groups:`` of the fleet config file (``--config``, ``$GRIDEDGE_FLEET_CONFIG`` or the default)."""
+    config_path, _ = _config_file(config)
+    if config_path is None:
+        return {}
+    hint = "pass an existing --config"
+    return load_yaml_model(config_path, FleetFileConfig, "fleet config", missing_hint=hint).groups
 
 
 def resolve_store(

@@ -25,7 +25,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -642,6 +642,22 @@ class FleetStore:
                 return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
             finally:
                 cursor.close()
+
+    def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows of one statement written with ``?`` placeholders (for modules with tables of their own)."""
+        return self._query(statement, params)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Callable[[str, tuple[Any, ...]], int]]:
+        """One transaction; yields ``execute(statement, params)`` taking ``?`` placeholders and returning
+        the row count (for modules with tables of their own, such as :mod:`gridedge.fleet.rollouts`)."""
+        with self._transaction() as cursor:
+
+            def execute(statement: str, params: tuple[Any, ...] = ()) -> int:
+                cursor.execute(self._sql(statement), params)
+                return int(cursor.rowcount)
+
+            yield execute
 
     def clear(self) -> None:
         """Delete every row (tests and benchmarks start from an empty PostgreSQL database this way)."""

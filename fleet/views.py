@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Literal
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
+    from gridedge.fleet.rollouts import Rollout
     from gridedge.fleet.store import FleetStore
 
 # Store columns holding epoch seconds; exports write them as ISO 8601 UTC.
@@ -143,3 +145,97 @@ def fleet_table(rows: list[FleetRow]) -> Table:
 
 
 TABLE_LEGEND = "seen: time since the last message; queued/lost: device outbox; gaps: seq numbers never received"
+
+
+OUTCOME_COLOURS = {
+    "updated": "green", "current": "green", "reverted": "cyan", "refused": "red", "rolled-back": "red",
+    "failed": "red", "revert-failed": "red", "probation": "yellow", "sending": "yellow", "waiting": "white",
+    "revert-waiting": "white", "skipped": "bright_black",
+}
+ROLLOUT_STATE_COLOURS = {
+    "running": "yellow", "done": "green", "halted": "red", "rolling-back": "yellow", "rolled-back": "cyan"
+}
+
+
+def outcome_counts_label(counts: dict[str, int]) -> str:
+    """``3 updated, 1 refused`` in a fixed order (successes, failures, then what is still open)."""
+    order = ("updated", "current", "refused", "rolled-back", "failed", "probation", "sending", "waiting",
+             "skipped", "revert-waiting", "reverting", "reverted", "revert-failed")
+    return ", ".join(f"{counts[name]} {name}" for name in order if counts.get(name))
+
+
+def rollouts_table(rollouts: list[Rollout], now: float) -> Table:
+    """Every rollout in one table that fits 80 columns (bundle over version, counts per outcome folded)."""
+    table = Table(title=f"rollouts ({len(rollouts)})", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1))
+    table.add_column("rollout\ncreated", overflow="fold", min_width=16)
+    table.add_column("bundle\nversion", overflow="fold", min_width=8)
+    table.add_column("state\nstage", no_wrap=True)
+    table.add_column("devices", overflow="fold", min_width=16)
+    for rollout in rollouts:
+        colour = ROLLOUT_STATE_COLOURS.get(rollout.state, "white")
+        table.add_row(
+            f"{rollout.rollout_id}\n[dim]{age_label(now - rollout.created_at)} ago[/]",
+            f"{rollout.bundle_name}\n{rollout.bundle_version}",
+            f"[{colour}]{rollout.state}[/]\n{rollout.stage + 1}/{rollout.stages}",
+            outcome_counts_label(rollout.counts()) or "-",
+        )
+    return table
+
+
+def rollout_devices_table(rollout: Rollout, now: float) -> Table:
+    """One rollout's devices: stage (canary or rest), outcome, the device's reason, age; fits 80 columns."""
+    table = Table(
+        title=f"rollout {rollout.rollout_id}: {rollout.bundle_name} {rollout.bundle_version}, {rollout.state}",
+        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1),
+    )
+    table.add_column("device\nsite", overflow="fold", min_width=12)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("when", no_wrap=True, justify="right")
+    table.add_column("reason", overflow="fold", ratio=1)
+    for row in rollout.devices:
+        colour = OUTCOME_COLOURS.get(row.outcome, "white")
+        table.add_row(
+            f"{row.device}\n[dim]{row.site}[/]",
+            "canary" if row.stage == 0 and rollout.stages > 1 else "rest" if row.stage else "all",
+            f"[{colour}]{row.outcome}[/]",
+            age_label(now - row.updated_at),
+            Text(row.reason or ""),  # the device's words: brackets in them are not markup
+        )
+    return table
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    """How far one stage of a rollout got: devices that succeeded, failed, and are still open."""
+
+    name: str
+    total: int
+    succeeded: int
+    failed: int
+
+    @property
+    def open(self) -> int:
+        return self.total - self.succeeded - self.failed
+
+    def percent(self, part: int) -> float:
+        return 100.0 * part / self.total if self.total else 0.0
+
+
+def stage_progress(rollout: Rollout) -> list[StageProgress]:
+    """One entry per stage (canaries, rest); reverted devices count as done, revert failures as failed."""
+    done = {"updated", "current", "reverted"}
+    bad = {"refused", "rolled-back", "failed", "revert-failed"}
+    stages = []
+    for stage in range(rollout.stages):
+        counts = rollout.counts(stage)
+        name = "all" if rollout.stages == 1 else ("canaries" if stage == 0 else "rest")
+        stages.append(
+            StageProgress(
+                name=name,
+                total=sum(counts.values()),
+                succeeded=sum(n for outcome, n in counts.items() if outcome in done),
+                failed=sum(n for outcome, n in counts.items() if outcome in bad),
+            )
+        )
+    return stages

@@ -1,7 +1,8 @@
 """``gridedge fleet serve``: the fleet as read-only, server-rendered web pages (Starlette + Jinja2).
 
-Two pages: ``/`` (the fleet table) and ``/device/{site}/{device}`` (forecast vs measured as an inline
-SVG drawn here, alerts, model history). Nothing on them changes the store, which is opened read-only.
+Three pages: ``/`` (the fleet table and the rollouts), ``/device/{site}/{device}`` (forecast vs measured
+as an inline SVG drawn here, alerts, model history) and ``/rollout/{id}`` (progress per stage, the outcome
+of every device with its reason). Nothing on them changes the store, which is opened read-only.
 Authentication belongs in front of it (a reverse proxy, docs/fleet.md); ``auth_token`` is the cheap
 built-in alternative: every request must carry it as ``Authorization: Bearer <token>`` or as the password
 of HTTP Basic (so a browser asks for it once).
@@ -18,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.errors import missing_extra
-from gridedge.fleet.views import STATE_COLOURS, age_label, fleet_rows, iso_utc
+from edge_agent.errors import FleetError, missing_extra
+from gridedge.fleet.rollouts import RolloutStore
+from gridedge.fleet.views import STATE_COLOURS, age_label, fleet_rows, iso_utc, stage_progress
 
 try:
     from jinja2 import Environment, PackageLoader, select_autoescape
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 
 RECENT_SUMMARIES = 96
 RECENT_ALERTS = 20
+RECENT_ROLLOUTS = 20
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 720, 260, 40
 
 
@@ -178,7 +181,10 @@ class _TokenGate:
 def create_app(store: FleetStore, *, auth_token: str | None = None, stale_after_s: float = 900.0) -> Any:
     """The ASGI application over ``store`` (which it only reads)."""
     templates = Environment(loader=PackageLoader("gridedge.fleet", "templates"), autoescape=select_autoescape())
-    templates.globals.update(age_label=age_label, iso_utc=iso_utc, colours=STATE_COLOURS)
+    templates.globals.update(
+        age_label=age_label, iso_utc=iso_utc, colours=STATE_COLOURS, stage_progress=stage_progress
+    )
+    rollouts = RolloutStore(store)
 
     def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status_code)
@@ -186,8 +192,17 @@ def create_app(store: FleetStore, *, auth_token: str | None = None, stale_after_
     async def fleet_page(request: Request) -> HTMLResponse:
         rows = fleet_rows(store, time.time(), stale_after_s)
         return render(
-            "fleet.html", rows=rows, dead_letters=store.dead_letter_count(), generated=iso_utc(time.time(), "seconds")
+            "fleet.html", rows=rows, dead_letters=store.dead_letter_count(), generated=iso_utc(time.time(), "seconds"),
+            rollouts=rollouts.list_rollouts()[:RECENT_ROLLOUTS], now=time.time(),
         )
+
+    async def rollout_page(request: Request) -> HTMLResponse:
+        rollout_id = request.path_params["rollout_id"]
+        try:
+            rollout = rollouts.get(rollout_id)
+        except FleetError:
+            return render("missing.html", status_code=404, what=f"rollout {rollout_id}")
+        return render("rollout.html", rollout=rollout, now=time.time(), generated=iso_utc(time.time(), "seconds"))
 
     async def device_page(request: Request) -> HTMLResponse:
         site, device = request.path_params["site"], request.path_params["device"]
@@ -196,7 +211,7 @@ def create_app(store: FleetStore, *, auth_token: str | None = None, stale_after_
             None,
         )
         if row is None:
-            return render("missing.html", status_code=404, site=site, device=device)
+            return render("missing.html", status_code=404, what=f"device {site}/{device}")
         summaries = store.recent_messages(site, device, "summary", RECENT_SUMMARIES)
         series, target, unit = forecast_series(summaries)
         statuses = store.recent_messages(site, device, "status", RECENT_SUMMARIES)
@@ -211,6 +226,10 @@ def create_app(store: FleetStore, *, auth_token: str | None = None, stale_after_
         )
 
     app = Starlette(
-        routes=[Route("/", fleet_page), Route("/device/{site}/{device}", device_page)],
+        routes=[
+            Route("/", fleet_page),
+            Route("/device/{site}/{device}", device_page),
+            Route("/rollout/{rollout_id}", rollout_page),
+        ],
     )
     return _TokenGate(app, auth_token) if auth_token else app

@@ -64,6 +64,9 @@ class UpdateOutcome(StrictModel):
     active: ModelInfo = Field(..., description="The model running now.")
     previous: ModelInfo | None = Field(None, description="The model kept for rollback, if any.")
     message: str = Field("", description="Human-readable account of what happened.")
+    bundle_sha256: str | None = Field(
+        None, description="sha256 of the active bundle's signed manifest: its identity for fleet rollouts."
+    )
 
 
 @runtime_checkable

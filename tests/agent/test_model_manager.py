@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.bundle import pack_archive
+from edge_agent.bundle import bundle_digest, pack_archive
 from edge_agent.errors import BundleError, ConfigError, GridedgeError
 from edge_agent.model_manager import PROBATION_INFERENCES, ModelAnnouncer, ModelManager
 from edge_agent.reporting.base import MemoryReporter
@@ -83,8 +83,13 @@ def test_install_keeps_the_previous_bundle_and_a_degrading_swap_rolls_back(
     outcome = models.install(staged, models.verify(staged))
     assert models.store.current() == models.supervisor.bundle_dir and models.store.previous() == original
     assert outcome.active.name == "w1-keras" and outcome.previous is not None
+    assert models.last_update == {"bundle_sha256": outcome.bundle_sha256, "state": "probation", "reason": None}
     for _ in range(PROBATION_INFERENCES + 1):
         assert not models.after_inference()
+    # The fleet learns the outcome from the status command and from one alert.
+    assert models.last_update["state"] == "passed"
+    assert outcome.bundle_sha256 == bundle_digest(models.supervisor.bundle_dir) == models.bundle_sha256()
+    assert [notice.code for notice in models.take_notices()] == ["model-probation-passed"]
 
     damaged = _damaged_copy(exported.keras, tmp_path / "bad")
     running = models.supervisor.bundle_dir

@@ -16,9 +16,11 @@ import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edge_agent.bundle import pack_archive, write_bundle
 from edge_agent.messages import (
     AlertContent,
     ChannelAggregate,
@@ -32,6 +34,7 @@ from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto, free_port, wait_until
 from gridedge.fleet.receiver import FleetReceiver
+from gridedge.fleet.rollouts import RolloutStore, Target, create_rollout
 from gridedge.fleet.store import FleetStore
 
 # The browser binary itself, not Debian's /usr/bin/chromium wrapper: the wrapper refuses to start when
@@ -95,9 +98,21 @@ def png_size(path: Path) -> tuple[int, int, int]:
     return width, height, len(set(pixels[: width * 4 * 200]))
 
 
+def record_rollout(store: FleetStore, site: str, archive: bytes) -> None:
+    """A rollout over the three devices as a runner records it: the canary updated, one device refused."""
+    rollout = create_rollout(store, archive, [Target(site, d) for d in ("inv-1", "inv-2", "meter-9")], canaries=1)
+    rollouts = RolloutStore(store)
+    rollouts.set_outcome(rollout.rollout_id, Target(site, "inv-1"), "updated")
+    rollouts.set_state(rollout.rollout_id, "running", 1)
+    rollouts.set_outcome(rollout.rollout_id, Target(site, "inv-2"), "refused", "manifest signature does not verify")
+
+
 @pytest.fixture
-def live_fleet(broker: LocalMosquitto, tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A fleet store fed over MQTT by three devices: two running (one with alerts), one stopped cleanly."""
+def live_fleet(
+    broker: LocalMosquitto, tmp_path: Path, manifest: Any, model_file: Path, signing_key: Any
+) -> Iterator[tuple[Path, str]]:
+    """A fleet store fed over MQTT by three devices: two running (one with alerts), one stopped cleanly;
+    and a rollout to them, half way."""
     site = f"farm-{uuid.uuid4().hex[:6]}"
     database = tmp_path / "fleet.sqlite3"
     store = FleetStore(path=database)
@@ -119,6 +134,8 @@ def live_fleet(broker: LocalMosquitto, tmp_path: Path) -> Iterator[tuple[Path, s
             20,
         )
         assert wait_until(lambda: len(store.messages(site=site, kind="summary")) == 36, 20)
+        bundle = write_bundle(tmp_path / "bundle", manifest, {"model_int8.tflite": model_file}, signing_key)
+        record_rollout(store, site, pack_archive(bundle, tmp_path / "bundle.tar.gz").read_bytes())
         yield database, site
     finally:
         for device in devices[:2]:
@@ -199,8 +216,27 @@ def test_fleet_pages_in_a_headless_browser(serve: tuple[str, str, str], browser:
     assert inv1[2] == "online" and inv1[3] == "w1-load 1.2.0 (tflite)" and inv1[4].endswith("ago")
     assert inv1[5] == "1" and inv1[6] == "0.40"  # alerts, drift
     assert rows[f"{site}/meter-9"][2] == "stopped"
+    (rollout_row,) = browser.find_elements(By.CSS_SELECTOR, "#rollouts tbody tr")
+    cells = [cell.text for cell in rollout_row.find_elements(By.TAG_NAME, "td")]
+    assert cells[1] == "w1-load 1.0.0" and cells[2] == "running", cells
+    assert cells[3].splitlines() == ["canaries: 1/1 done", "rest: 0/2 done, 1 failed, 1 open"], cells
     fleet_shot = tmp_path / "fleet-page.png"
     assert browser.save_screenshot(str(fleet_shot))
+
+    rollout_row.find_element(By.TAG_NAME, "a").click()
+    assert wait_until(lambda: "/rollout/" in browser.current_url, 10)
+    outcomes = {
+        row.get_attribute("data-device"): [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        for row in browser.find_elements(By.CSS_SELECTOR, "#rollout-devices tbody tr")
+    }
+    assert outcomes[f"{site}/inv-1"][2:4] == ["canaries", "updated"]
+    assert outcomes[f"{site}/inv-2"][2:5] == ["rest", "refused", "manifest signature does not verify"]
+    assert outcomes[f"{site}/meter-9"][3] == "waiting"
+    bars = browser.find_elements(By.CSS_SELECTOR, "#stages .bar .ok")
+    assert [bar.size["width"] > 0 for bar in bars] == [True, False]  # the canary stage's bar is filled
+    rollout_shot = tmp_path / "rollout-page.png"
+    assert browser.save_screenshot(str(rollout_shot))
+    browser.back()
 
     browser.find_element(By.LINK_TEXT, "inv-1").click()
     assert wait_until(lambda: browser.current_url.endswith(f"/device/{site}/inv-1"), 10)
@@ -216,7 +252,7 @@ def test_fleet_pages_in_a_headless_browser(serve: tuple[str, str, str], browser:
     device_shot = tmp_path / "device-page.png"
     assert browser.save_screenshot(str(device_shot))
 
-    for shot in (fleet_shot, device_shot):
+    for shot in (fleet_shot, rollout_shot, device_shot):
         width, height, distinct = png_size(shot)
         assert (width, height) == (1400, 1000) or width >= 800, (width, height)
         assert shot.stat().st_size > 20_000 and distinct > 10, f"{shot} looks blank"
