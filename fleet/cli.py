@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
@@ -82,6 +85,46 @@ def broker_config(
         BrokerConfig,
         "broker options",
     )
+
+
+BROKER_PARAMETERS = tuple(
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, annotation, default in (
+        ("host", HostOption, "127.0.0.1"),
+        ("port", PortOption, 1883),
+        ("protocol", ProtocolOption, "5"),
+        ("tls_ca", TlsCaOption, None),
+        ("tls_cert", TlsCertOption, None),
+        ("tls_key", TlsKeyOption, None),
+        ("username_env", UsernameOption, None),
+        ("password_env", PasswordOption, None),
+    )
+)
+
+
+def with_broker_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a fleet command the broker options and call it with one validated ``broker`` (its first parameter).
+
+    Every command that talks to the broker offers the same options, spelled once here.
+    """
+    own = inspect.signature(command)
+    hints = get_type_hints(command, include_extras=True, localns={"BrokerConfig": object})
+    shown = [p.replace(annotation=hints[p.name]) for p in own.parameters.values() if p.name != "broker"]
+
+    @functools.wraps(command)
+    def run(**options: Any) -> None:
+        chosen = {p.name: options.pop(p.name) for p in BROKER_PARAMETERS}
+        broker = broker_config(
+            chosen["host"], chosen["port"], chosen["protocol"],
+            (chosen["tls_ca"], chosen["tls_cert"], chosen["tls_key"]),
+            chosen["username_env"], chosen["password_env"],
+        )  # fmt: skip
+        command(broker, **options)
+
+    signature = own.replace(parameters=[*shown, *BROKER_PARAMETERS])
+    run.__signature__ = signature  # type: ignore[attr-defined]  # what typer reads the options from
+    run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return run
 
 
 def open_store(
@@ -346,7 +389,9 @@ def serve(
 
 
 @app.command()
+@with_broker_options
 def command(
+    broker: BrokerConfig,
     target: Annotated[str, typer.Argument(help="SITE/DEVICE the command is for.")],
     name: Annotated[str, typer.Argument(help="Command: ping, status, rollback, reload-config, replay ...")],
     key: OperatorKeyOption,
@@ -356,14 +401,6 @@ def command(
     archive: Annotated[
         Path | None, typer.Option(help="For model-update: the signed bundle archive (.tar.gz) to send.")
     ] = None,
-    host: HostOption = "127.0.0.1",
-    port: PortOption = 1883,
-    protocol: ProtocolOption = "5",
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    username_env: UsernameOption = None,
-    password_env: PasswordOption = None,
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Sign a command with the operator key, send it to one device and print its result.
@@ -392,7 +429,6 @@ def command(
         ]
     else:
         requests = [sign_command(private_key, site, device, name, args)]
-    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
     with CommandClient(broker, timeout_s=timeout) as client:
         results = [client.send(site, device, name, request) for request in requests]
     result = results[-1]
@@ -463,7 +499,9 @@ def _drive(runner: RolloutRunner, rollout_id: str, timeout: float | None) -> Rol
 
 
 @app.command()
+@with_broker_options
 def deploy(
+    broker: BrokerConfig,
     bundle: Annotated[Path, typer.Argument(help="Signed bundle archive (.tar.gz) or bundle folder.")],
     key: OperatorKeyOption,
     site: Annotated[list[str] | None, typer.Option("--site", help="Every known device of this site; repeat.")] = None,
@@ -484,14 +522,6 @@ def deploy(
     timeout: Annotated[
         float | None, typer.Option(help="Stop waiting after this many seconds; the rollout stays active.")
     ] = None,
-    host: HostOption = "127.0.0.1",
-    port: PortOption = 1883,
-    protocol: ProtocolOption = "5",
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    username_env: UsernameOption = None,
-    password_env: PasswordOption = None,
     command_timeout: Annotated[float, typer.Option(help="Seconds to wait for each device reply.")] = 30.0,
     db: DbOption = None,
     dsn: DsnOption = None,
@@ -510,7 +540,6 @@ def deploy(
 
     private_key = load_private_key(key)
     archive = _bundle_archive(bundle)
-    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
     store = open_store(db, dsn, config=config)
     try:
         targets = _deploy_targets(store, site or [], device or [], group or [], config)
@@ -565,19 +594,13 @@ def rollouts(
 
 
 @app.command()
+@with_broker_options
 def rollback(
+    broker: BrokerConfig,
     rollout: Annotated[str, typer.Argument(help="The rollout to undo (id or unique prefix).")],
     key: OperatorKeyOption,
     wait: Annotated[bool, typer.Option(help="Send the rollbacks now (until done or --timeout).")] = True,
     timeout: Annotated[float | None, typer.Option(help="Stop waiting after this many seconds.")] = None,
-    host: HostOption = "127.0.0.1",
-    port: PortOption = 1883,
-    protocol: ProtocolOption = "5",
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    username_env: UsernameOption = None,
-    password_env: PasswordOption = None,
     command_timeout: Annotated[float, typer.Option(help="Seconds to wait for each device reply.")] = 30.0,
     db: DbOption = None,
     dsn: DsnOption = None,
@@ -592,7 +615,6 @@ def rollback(
     from gridedge.fleet.views import rollout_devices_table
 
     private_key = load_private_key(key)
-    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
     store = open_store(db, dsn, config=config)
     try:
         marked = rollback_rollout(store, rollout)
@@ -609,18 +631,12 @@ def rollback(
 
 
 @app.command("replay-gaps")
+@with_broker_options
 def replay_gaps(
+    broker: BrokerConfig,
     key: OperatorKeyOption,
     site: Annotated[str | None, typer.Option(help="Only devices of this site.")] = None,
     device: Annotated[str | None, typer.Option(help="Only this device (with --site).")] = None,
-    host: HostOption = "127.0.0.1",
-    port: PortOption = 1883,
-    protocol: ProtocolOption = "5",
-    tls_ca: TlsCaOption = None,
-    tls_cert: TlsCertOption = None,
-    tls_key: TlsKeyOption = None,
-    username_env: UsernameOption = None,
-    password_env: PasswordOption = None,
     timeout: TimeoutOption = 30.0,
     db: DbOption = None,
     dsn: DsnOption = None,
@@ -633,7 +649,6 @@ def replay_gaps(
     from gridedge.fleet.commands import replay_gaps as replay
 
     private_key = load_private_key(key)
-    broker = broker_config(host, port, protocol, (tls_ca, tls_cert, tls_key), username_env, password_env)
     store = open_store(db, dsn, config=config)
     try:
         with CommandClient(broker, timeout_s=timeout) as client:
