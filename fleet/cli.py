@@ -16,6 +16,8 @@ import typer
 from gridedge.fleet.settings import CONFIG_ENV, DB_ENV, DEFAULT_DB, DSN_ENV, resolve_store
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from edge_agent.transport import BrokerConfig
     from gridedge.fleet.rollouts import Rollout, RolloutRunner, Target
     from gridedge.fleet.store import FleetStore
@@ -498,6 +500,26 @@ def _drive(runner: RolloutRunner, rollout_id: str, timeout: float | None) -> Rol
             return rollout
 
 
+def _drive_and_show(
+    broker: BrokerConfig,
+    store: FleetStore,
+    private_key: Ed25519PrivateKey,
+    rollout_id: str,
+    timeouts: tuple[float | None, float],
+) -> Rollout:
+    """Drive one rollout (``timeouts``: the whole run, each device reply), then print it device by device."""
+    from rich.console import Console
+
+    from gridedge.fleet.rollouts import RolloutRunner
+    from gridedge.fleet.views import rollout_devices_table
+
+    timeout, command_timeout = timeouts
+    with RolloutRunner(broker, store, private_key, timeout_s=command_timeout) as runner:
+        rollout = _drive(runner, rollout_id, timeout)
+    Console().print(rollout_devices_table(rollout, time.time()))
+    return rollout
+
+
 @app.command()
 @with_broker_options
 def deploy(
@@ -532,16 +554,12 @@ def deploy(
 
     Devices offline now get the update when they come back, while a runner runs: this command with
     --wait, or `gridedge fleet listen --rollout-key`. Exits 1 when the rollout halted."""
-    from rich.console import Console
-
     from edge_agent.keys import load_private_key
-    from gridedge.fleet.rollouts import HALTED, RolloutRunner, create_rollout
-    from gridedge.fleet.views import rollout_devices_table
+    from gridedge.fleet.rollouts import HALTED, create_rollout
 
     private_key = load_private_key(key)
     archive = _bundle_archive(bundle)
-    store = open_store(db, dsn, config=config)
-    try:
+    with contextlib.closing(open_store(db, dsn, config=config)) as store:
         targets = _deploy_targets(store, site or [], device or [], group or [], config)
         rollout = create_rollout(
             store, archive, targets, canaries=canaries, max_failure_ratio=max_failure_ratio,
@@ -554,11 +572,7 @@ def deploy(
         if not wait:
             typer.echo("recorded; `gridedge fleet listen --rollout-key ...` or `fleet deploy --wait` drives it")
             return
-        with RolloutRunner(broker, store, private_key, timeout_s=command_timeout) as runner:
-            rollout = _drive(runner, rollout.rollout_id, timeout)
-    finally:
-        store.close()
-    Console().print(rollout_devices_table(rollout, time.time()))
+        rollout = _drive_and_show(broker, store, private_key, rollout.rollout_id, (timeout, command_timeout))
     if rollout.reason:
         typer.echo(f"{rollout.state}: {rollout.reason}")
     if rollout.state == HALTED:
@@ -608,24 +622,17 @@ def rollback(
 ) -> None:
     """Undo a rollout: every device it installed gets a signed `rollback` (back to its previous bundle);
     devices not yet sent are skipped. Offline devices are rolled back when they return."""
-    from rich.console import Console
 
     from edge_agent.keys import load_private_key
-    from gridedge.fleet.rollouts import RolloutRunner, rollback_rollout
-    from gridedge.fleet.views import rollout_devices_table
+    from gridedge.fleet.rollouts import rollback_rollout
 
     private_key = load_private_key(key)
-    store = open_store(db, dsn, config=config)
-    try:
+    with contextlib.closing(open_store(db, dsn, config=config)) as store:
         marked = rollback_rollout(store, rollout)
         typer.echo(f"rolling back {marked.rollout_id}: {marked.counts().get('revert-waiting', 0)} devices to revert")
         if not wait:
             return
-        with RolloutRunner(broker, store, private_key, timeout_s=command_timeout) as runner:
-            marked = _drive(runner, marked.rollout_id, timeout)
-    finally:
-        store.close()
-    Console().print(rollout_devices_table(marked, time.time()))
+        marked = _drive_and_show(broker, store, private_key, marked.rollout_id, (timeout, command_timeout))
     if marked.counts().get("revert-failed"):
         raise typer.Exit(1)
 
