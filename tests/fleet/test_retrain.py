@@ -1,0 +1,144 @@
+"""Closing the loop: telemetry over a real Mosquitto into the fleet store, drift, `fleet retrain` on Dask.
+
+Six simulated sites on the shipped load and PV series (shifted and scaled so they differ) report
+model-step telemetry and daily summaries through the device's MQTT reporter; a fleet receiver stores them.
+A first `fleet retrain --select all` gives every site its first model; the sites install them. Then a new
+load appears at one site; its drift crosses the plan's threshold, and `fleet retrain --select drift` on a
+two-worker local Dask cluster retrains that site only, and its challenger beats the running model on the
+same recent windows, run by the device's runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.bundle import read_bundle
+from edge_agent.keys import load_public_key, new_keypair
+from edge_agent.reporting.config import MqttConfig
+from edge_agent.reporting.mqtt import MqttReporter
+from edge_agent.transport import BrokerConfig
+from gridedge.broker import LocalMosquitto, wait_until
+from gridedge.fleet.receiver import FleetReceiver
+from gridedge.fleet.store import FleetStore
+from gridedge.sim.fleet import SiteDevice, fleet_plan_yaml, fleet_task_yaml, net_load, new_load, site_profiles
+
+pytestmark = pytest.mark.mqtt
+DAY = 96  # 15-min readings
+CHANGED = "site-b"
+THRESHOLD = 1.5
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local Dask cluster of two worker processes, shared by both retraining runs (imports paid once)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as running:
+        yield running.scheduler_address
+
+
+def reporter(port: int, folder: Path, site: str) -> MqttReporter:
+    config = MqttConfig.model_validate({
+        "site": site, "device": "meter",
+        "broker": {"port": port, "reconnect_min_s": 0.05},
+        "outbox": {"path": str(folder / f"{site}.sqlite3")},
+        "telemetry": {"enabled": True, "model_step": True, "max_per_s": 1e6},
+        "command_staging_dir": str(folder / "staging"),
+    })  # fmt: skip
+    started = MqttReporter(config)
+    started.start()
+    assert started.wait_connected(10)
+    return started
+
+
+def retrain(plan: Path, key: Path, out: Path, db: Path, scheduler: str, *select: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "gridedge.cli", "fleet", "retrain", str(plan), "--key", str(key),
+               "--out", str(out), "--db", str(db), "--scheduler", scheduler, *select]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "120"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report: dict[str, Any] = json.loads((out / "retrain_report.json").read_text())
+    report["stdout"] = result.stdout
+    return report
+
+
+def test_a_drifting_site_is_retrained_on_dask_and_its_challenger_beats_the_running_model(
+    tmp_path: Path, cluster: str
+) -> None:
+    profiles = site_profiles(6)
+    series = {p.site: net_load(p, 42) for p in profiles}
+    timestamps, values = series[CHANGED]
+    series[CHANGED] = (timestamps, values + new_load(timestamps, int(timestamps[28 * DAY]), 3.0))
+    private, public = new_keypair(tmp_path / "keys")
+    fleet_task_yaml(tmp_path / "task.yaml")
+    plan = fleet_plan_yaml(tmp_path / "plan.yaml", profiles, since="28d", drift_threshold=THRESHOLD)
+    db = tmp_path / "fleet.sqlite3"
+    store = FleetStore(path=db)
+    with LocalMosquitto(tmp_path / "mosquitto") as broker:
+        receiver = FleetReceiver(BrokerConfig(port=broker.port), store, group=None, name=f"r-{uuid.uuid4().hex[:6]}")
+        receiver.start()
+        assert receiver.wait_connected(10)
+        reporters = {p.site: reporter(broker.port, tmp_path, p.site) for p in profiles}
+        devices = {p.site: SiteDevice(p, reporters[p.site]) for p in profiles}
+        try:
+
+            def report_days(first: int, last: int) -> None:
+                for site, device in devices.items():
+                    device.report(series[site][0][first * DAY : last * DAY], series[site][1][first * DAY : last * DAY])
+                assert all(r.flush(60) for r in reporters.values())
+
+            def stored_through(day: int) -> bool:
+                newest = day * 24 - 2  # the last closed hour of the last full day
+                return all(
+                    any(row["steps"] >= newest for row in store.series_coverage() if row["site"] == p.site)
+                    for p in profiles
+                )
+
+            # Four weeks as they were: every site gets its first model.
+            report_days(0, 28)
+            assert wait_until(lambda: stored_through(28), 60)
+            first = retrain(plan, private, tmp_path / "first", db, cluster, "--select", "all")
+            assert [s["decision"] for s in first["sites"]] == ["ship"] * 6, first["stdout"]
+            deployed = json.loads((tmp_path / "first" / "deploy.json").read_text())["deployments"]
+            for entry in deployed:  # the rollout's end state: each site runs its verified bundle
+                devices[entry["site"]].install(read_bundle(Path(entry["bundle"]), load_public_key(public)))
+
+            # Two more weeks; from day 28 a new load runs at one site.
+            report_days(28, 42)
+
+            def drifted() -> dict[str, float | None]:
+                return {row["site"]: row["drift_max"] for row in store.devices()}
+
+            assert wait_until(lambda: stored_through(42) and all(drifted().values()), 60)
+        finally:
+            for running in reporters.values():
+                running.close()
+            receiver.stop()
+    drift = drifted()
+    assert drift[CHANGED] is not None and drift[CHANGED] > THRESHOLD, drift
+    assert all(value is not None and value < THRESHOLD for site, value in drift.items() if site != CHANGED), drift
+
+    second = retrain(plan, private, tmp_path / "second", db, cluster)  # --select drift is the default
+    assert [s["site"] for s in second["sites"]] == [CHANGED], second["stdout"]
+    assert {s["site"] for s in second["not_selected"]} == {p.site for p in profiles} - {CHANGED}
+    row = second["sites"][0]
+    assert row["champion"] == "net-load-site-b@1.0.0" and row["challenger"] == "net-load-site-b@1.1.0"
+    assert row["windows"] > 10 and row["new_mae"] < row["old_mae"], row
+    assert row["decision"] == "ship" and row["data"]["source"].endswith(f"#{CHANGED}/meter")
+    assert (tmp_path / "second" / "retrain_errors.png").stat().st_size > 0
+    handoff = json.loads((tmp_path / "second" / "deploy.json").read_text())["deployments"]
+    assert [(d["site"], d["model"], d["replaces"]) for d in handoff] == [(CHANGED, row["challenger"], row["champion"])]
+    registered = {(m["name"], m["version"]): m for m in store.models()}
+    assert (
+        registered[("net-load-site-b", "1.1.0")]["data_start"] > registered[("net-load-site-b", "1.0.0")]["data_start"]
+    )
+    store.close()
