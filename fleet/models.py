@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +57,23 @@ def running_models(store: FleetStore) -> list[dict[str, Any]]:
     return rows
 
 
-def short_source(source: str | None) -> str:
-    """``fleet:/x/fleet.sqlite3#site-c/meter`` -> ``fleet site-c/meter``; a file -> its name."""
+def short_source(source: str | None, site: str, device: str) -> str:
+    """``fleet (own)`` for the device's own series, ``fleet site-c/meter`` for another's, a file's name."""
     if not source:
         return "-"
     kind, _, where = source.partition(":")
     if kind == "fleet":
-        return f"fleet {where.rpartition('#')[2]}"
-    return f"{kind} {Path(where).name}"
+        origin = where.rpartition("#")[2]
+        return "fleet (own)" if origin == f"{site}/{device}" else f"fleet {origin}"
+    return Path(where).name
 
 
 def date_range(start: str | None, end: str | None) -> str:
-    """``2007-01-14..02-11`` from two ISO times (the year once)."""
+    """``2007-01-14 +28d``: the first day and the span, from two ISO times."""
     if not start or not end:
         return "-"
-    first, last = start[:10], end[:10]
-    return f"{first}..{last[5:] if last[:4] == first[:4] else last}"
+    first, last = datetime.fromisoformat(start), datetime.fromisoformat(end)
+    return f"{first:%Y-%m-%d} +{round((last - first).total_seconds() / 86_400)}d"
 
 
 def code_version(version: str | None, commit: str | None) -> str:
@@ -83,13 +85,19 @@ def code_version(version: str | None, commit: str | None) -> str:
     return f"{version}@{commit[:7]}{'+' if commit.endswith('+dirty') else ''}"
 
 
-def models_table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
-    """(device, model@version, trained on, data range, code) per device, for a table that fits 80 columns."""
+MODEL_COLUMNS = ("device", "model", "version", "trained on", "data (UTC)", "code")
+
+
+def models_table_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """``MODEL_COLUMNS`` per device, short enough for a table of 80 columns."""
     return [
         (
             f"{row['site']}/{row['device']}",
-            f"{row['model_name'] or '-'}@{row['model_version'] or '-'}",
-            short_source(row.get("data_source")) if row.get("location") else "unknown bundle",
+            row["model_name"] or "-",
+            row["model_version"] or "-",
+            short_source(row.get("data_source"), row["site"], row["device"])
+            if row.get("location")
+            else ("unregistered" if row["model_name"] else "-"),
             date_range(row.get("data_start"), row.get("data_end")),
             code_version(row.get("gridedge_version"), row.get("git_commit")),
         )

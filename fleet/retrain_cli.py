@@ -25,15 +25,17 @@ def models(db: DbOption = None, dsn: DsnOption = None, config: ConfigOption = No
     from rich.console import Console
     from rich.table import Table
 
-    from gridedge.fleet.models import models_table_rows, running_models
+    from gridedge.fleet.models import MODEL_COLUMNS, models_table_rows, running_models
 
     store = open_store(db, dsn, config=config, read_only=True)
     try:
         rows = models_table_rows(running_models(store))
     finally:
         store.close()
-    table = Table(title="models running in the fleet", title_justify="left", pad_edge=False, box=None)
-    for column in ("device", "model", "trained on", "data (UTC)", "code"):
+    table = Table(
+        title="models running in the fleet", title_justify="left", pad_edge=False, box=None, collapse_padding=True
+    )
+    for column in MODEL_COLUMNS:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*row)

@@ -105,8 +105,15 @@ class SiteDevice:
         self.model: Bundle | None = None
 
     def install(self, bundle: Bundle) -> None:
-        """Run ``bundle`` from now on: summaries name it and measure drift against its training statistics."""
+        """Run ``bundle`` from now on and say so (status, as the agent's announcer does); summaries name it
+        and measure drift against its training statistics."""
         self.model = bundle
+        self.reporter.publish_status("online", model=self._info())
+
+    def _info(self) -> ModelInfo | None:
+        if self.model is None:
+            return None
+        return ModelInfo(name=self.model.manifest.name, version=self.model.manifest.version, runtime="onnx")
 
     def report(self, timestamps: NDArray[np.int64], values: NDArray[np.float32]) -> int:
         """Feed readings in time order; returns the model steps published. A summary closes each day."""
@@ -123,19 +130,16 @@ class SiteDevice:
         return published
 
     def _summary(self, start_s: int, end_s: int, samples: list[NDArray[np.float32]]) -> None:
-        model = self.model
         drift = {}
-        info = None
-        if model is not None:
-            spec = model.manifest.input
+        if self.model is not None:
+            spec = self.model.manifest.input
             assert spec.normalisation is not None
             drift = channel_drift(spec.past_channel_names, spec.normalisation, samples)
-            info = ModelInfo(name=model.manifest.name, version=model.manifest.version, runtime="onnx")
         self.reporter.publish_summary(
             SummaryContent(
                 window_start=datetime.fromtimestamp(start_s, UTC),
                 window_end=datetime.fromtimestamp(end_s, UTC),
-                model=info,
+                model=self._info(),
                 drift=drift,
             )
         )

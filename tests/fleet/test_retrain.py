@@ -14,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,24 @@ import pytest
 
 from edge_agent.bundle import read_bundle
 from edge_agent.keys import load_public_key, new_keypair
+from edge_agent.messages import ChannelDrift, SummaryContent
+from edge_agent.reporting.base import MemoryReporter
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.receiver import FleetReceiver
-from gridedge.fleet.store import FleetStore
-from gridedge.sim.fleet import SiteDevice, fleet_plan_yaml, fleet_task_yaml, net_load, new_load, site_profiles
+from gridedge.fleet.store import FleetStore, Received
+from gridedge.sim.fleet import (
+    CHANNEL,
+    SiteDevice,
+    SiteProfile,
+    fleet_plan_yaml,
+    fleet_task_yaml,
+    net_load,
+    new_load,
+    site_profiles,
+)
 
 pytestmark = pytest.mark.mqtt
 DAY = 96  # 15-min readings
@@ -61,11 +74,13 @@ def reporter(port: int, folder: Path, site: str) -> MqttReporter:
     return started
 
 
-def retrain(plan: Path, key: Path, out: Path, db: Path, scheduler: str, *select: str) -> dict[str, Any]:
+def retrain(
+    plan: Path, key: Path, out: Path, db: Path, scheduler: str, *select: str, expect_exit: int = 0
+) -> dict[str, Any]:
     command = [sys.executable, "-m", "gridedge.cli", "fleet", "retrain", str(plan), "--key", str(key),
                "--out", str(out), "--db", str(db), "--scheduler", scheduler, *select]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "120"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == expect_exit, result.stdout[-3000:] + result.stderr[-3000:]
     report: dict[str, Any] = json.loads((out / "retrain_report.json").read_text())
     report["stdout"] = result.stdout
     return report
@@ -127,9 +142,18 @@ def test_a_drifting_site_is_retrained_on_dask_and_its_challenger_beats_the_runni
     assert drift[CHANGED] is not None and drift[CHANGED] > THRESHOLD, drift
     assert all(value is not None and value < THRESHOLD for site, value in drift.items() if site != CHANGED), drift
 
-    second = retrain(plan, private, tmp_path / "second", db, cluster)  # --select drift is the default
-    assert [s["site"] for s in second["sites"]] == [CHANGED], second["stdout"]
+    # A seventh site reports drift but never sent model-step telemetry: its job fails, the others go on.
+    broken = MemoryReporter("site-g", "meter")
+    broken.publish_summary(SummaryContent(window_start=datetime.now(UTC), window_end=datetime.now(UTC),
+                                          drift={CHANNEL: ChannelDrift(z_mean=4.0)}))  # fmt: skip
+    store.ingest([Received(m, m.model_dump_json(), time.time()) for m in broken.messages])
+    fleet_plan_yaml(plan, [*profiles, SiteProfile("site-g", "meter", "north", 0, 1.0, 0.0)], since="28d",
+                    drift_threshold=THRESHOLD)  # fmt: skip
+
+    second = retrain(plan, private, tmp_path / "second", db, cluster, expect_exit=1)  # --select drift: default
+    assert [s["site"] for s in second["sites"]] == [CHANGED, "site-g"], second["stdout"]
     assert {s["site"] for s in second["not_selected"]} == {p.site for p in profiles} - {CHANGED}
+    assert second["sites"][1]["decision"] == "failed" and "no model-step telemetry" in second["sites"][1]["reason"]
     row = second["sites"][0]
     assert row["champion"] == "net-load-site-b@1.0.0" and row["challenger"] == "net-load-site-b@1.1.0"
     assert row["windows"] > 10 and row["new_mae"] < row["old_mae"], row
@@ -138,7 +162,16 @@ def test_a_drifting_site_is_retrained_on_dask_and_its_challenger_beats_the_runni
     handoff = json.loads((tmp_path / "second" / "deploy.json").read_text())["deployments"]
     assert [(d["site"], d["model"], d["replaces"]) for d in handoff] == [(CHANGED, row["challenger"], row["champion"])]
     registered = {(m["name"], m["version"]): m for m in store.models()}
-    assert (
-        registered[("net-load-site-b", "1.1.0")]["data_start"] > registered[("net-load-site-b", "1.0.0")]["data_start"]
-    )
+    newer, older = registered[("net-load-site-b", "1.1.0")], registered[("net-load-site-b", "1.0.0")]
+    assert newer["data_start"] > older["data_start"] and newer["data_sha256"] != older["data_sha256"]
     store.close()
+    lineage = read_bundle(Path(row["bundle"]), load_public_key(public)).manifest.provenance.lineage
+    assert lineage is not None and lineage.data.source == row["data"]["source"]
+    assert lineage.config_sha256 == newer["config_sha256"] and lineage.gridedge_version
+    shown = subprocess.run(
+        [sys.executable, "-m", "gridedge.cli", "fleet", "models", "--db", str(db)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    site_b = next(line.split() for line in shown.splitlines() if line.startswith(f"{CHANGED}/meter"))
+    assert site_b[1:7] == ["net-load-site-b", "1.0.0", "fleet", "(own)", "2006-12-31", "+28d"], shown
