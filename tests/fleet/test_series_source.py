@@ -65,19 +65,24 @@ def test_series_retention_forgets_only_old_rows(store: FleetStore) -> None:
     assert store.series("site-b", "meter") == []
 
 
-def test_train_data_reads_a_device_series_with_the_same_checks_as_a_file(tmp_path: Path) -> None:
-    store = FleetStore(path=tmp_path / "fleet.sqlite3")
+def test_train_data_reads_a_device_series_with_the_same_checks_as_a_file(
+    tmp_path: Path, store: FleetStore, store_location: dict[str, Any]
+) -> None:
     # Five hours of readings lost on day 20: the check reports the gap as it would in a file.
     report_site(store, 2, 30, drop_steps=slice(20 * 96 + 8, 20 * 96 + 28))
-    store.close()
-    config = fleet_config(tmp_path, "fleet.sqlite3", "site-c")
-    assert config.data.fleet is not None and Path(config.data.fleet.db) == tmp_path / "fleet.sqlite3"
+    db = "fleet.sqlite3" if "path" in store_location else store_location["dsn"]
+    config = fleet_config(tmp_path, db, "site-c")
+    assert config.data.fleet is not None
     report, prepared = datacheck.check(config)
-    assert report["file"] == f"fleet:{tmp_path / 'fleet.sqlite3'}#site-c/meter"
+    if "path" in store_location:  # a relative SQLite path is the config file's neighbour
+        assert Path(config.data.fleet.db) == store_location["path"]
+        assert report["file"] == f"fleet:{store_location['path']}#site-c/meter"
+    else:  # a DSN is never written into reports or lineage
+        assert report["file"] == "fleet:postgresql#site-c/meter"
     assert report["step_s"] == 3600 and report["rows_read"] == 28 * 24 + 1
     assert report["gaps"]["1-6 h"] == 1 and report["missing_values"][CHANNEL] == 5
     assert report["problems"] == [] and len(prepared.test) > 0
-    shorter, _ = datacheck.check(fleet_config(tmp_path, "fleet.sqlite3", "site-c", since="20d"))
+    shorter, _ = datacheck.check(fleet_config(tmp_path, db, "site-c", since="20d"))
     assert shorter["rows_read"] == 20 * 24 + 1 and shorter["span_utc"][1] == report["span_utc"][1]
 
 
