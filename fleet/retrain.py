@@ -84,7 +84,7 @@ class SiteJob:
     site: str
     device: str
     task_path: str
-    framework: str
+    framework: Literal["keras", "torch"]
     since: str
     store: dict[str, str]  # {"path": ...} or {"dsn": ...}
     key_path: str
@@ -227,7 +227,7 @@ def _run_site(job: SiteJob, outcome: SiteOutcome) -> None:
 
     out = Path(job.out_dir)
     task = _pinned_task(job)
-    report = train(task, job.framework, out / "run", plots=False, progress=lambda _line: None)  # type: ignore[arg-type]
+    report = train(task, job.framework, out / "run", plots=False, progress=lambda _line: None)
     outcome.data = report["lineage"]["data"]
     key = load_private_key(Path(job.key_path))
     options = ExportOptions(name=job.name, version=job.version, targets=job.export_targets, latency_runs=20)
