@@ -3,7 +3,9 @@
 A retraining plan (YAML) names the sites, each site's task config (a default and per-site overrides) and
 the rules. A run:
 
-1. selects sites from the fleet store: all, a group, or those whose reported drift crossed a threshold;
+1. selects sites from the fleet store: all, a group, those whose reported drift crossed a threshold, or
+   those whose reported forecasts, scored against the telemetry that followed, are worse than the running
+   bundle's test error by a factor;
 2. runs one job per site on Dask distributed (:mod:`gridedge.fleet.engine`): the job pins the site's
    recent series (``data.fleet``, the last ``since`` of the device's own clock) to a fixed time range,
    trains the task config on it, exports and signs the challenger, then runs the champion (the bundle
@@ -24,6 +26,7 @@ import shlex
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,13 +34,15 @@ import numpy as np
 import yaml
 from pydantic import Field
 
+from edge_agent.bundle import MANIFEST_NAME, parse_manifest
 from edge_agent.errors import ConfigError
 from edge_agent.versions import semver_key
 from edge_agent.yamlconfig import StrictModel, load_yaml_model
 from gridedge.fleet.store import FleetStore
 from gridedge.trainer.config import Duration
 
-Selection = Literal["all", "group", "drift"]
+Selection = Literal["all", "group", "drift", "error"]
+ERROR_SUMMARIES = 7  # newest summaries whose forecasts are scored against the telemetry that followed
 
 
 class PlanSite(StrictModel):
@@ -61,6 +66,13 @@ class RetrainPlan(StrictModel):
     )
     drift_threshold: float = Field(
         default=2.0, gt=0, title="Drift threshold", description="|z| of any input channel that selects a site."
+    )
+    error_ratio_threshold: float = Field(
+        default=1.5,
+        gt=0,
+        title="Error threshold",
+        description="Live forecast MAE (reported forecasts vs the telemetry that followed) over the running "
+        "bundle's test MAE at export that selects a site.",
     )
     min_improvement: float = Field(
         default=0.02, ge=0, lt=1, title="Minimum improvement", description="Relative error cut a challenger needs."
@@ -125,6 +137,40 @@ def next_version(version: str | None) -> str:
     return f"{major}.{minor + 1}.0"
 
 
+def live_error(store: FleetStore, site: str, device: str) -> tuple[float | None, int]:
+    """MAE of the forecasts in the device's newest summaries against the model-step telemetry that followed,
+    and how many forecast steps it is over (None, 0 when none can be scored yet)."""
+    actuals: dict[str, dict[float, float]] = {}
+    errors = []
+    for row in store.recent_messages(site, device, "summary", ERROR_SUMMARIES):
+        for forecast in json.loads(row["payload"]).get("forecasts", []):
+            target = forecast["target"]
+            if target not in actuals:
+                series = store.series(site, device, channels=[target])
+                actuals[target] = {r["start_s"]: r["value"] for r in series if r["value"] is not None}
+            origin = datetime.fromisoformat(forecast["origin"]).timestamp()
+            for k, value in enumerate(forecast["values"]):
+                actual = actuals[target].get(origin + k * forecast["step_s"])
+                if value is not None and actual is not None:
+                    errors.append(abs(value - actual))
+    return (float(np.mean(errors)), len(errors)) if errors else (None, 0)
+
+
+def error_ratio(store: FleetStore, row: dict[str, Any]) -> tuple[float | None, str]:
+    """The device's live error over its running bundle's test MAE at export, or None and why not."""
+    registered = store.model(row["model_name"], row["model_version"]) if row.get("model_name") else None
+    if registered is None:
+        return None, "its running model is not registered"
+    manifest = parse_manifest((Path(registered["location"]) / MANIFEST_NAME).read_bytes())
+    runtime = row.get("model_runtime")
+    at_export = next((a.metrics.get("mae") for a in manifest.artefacts if a.runtime == runtime), None)
+    at_export = at_export or manifest.metrics.get("float", {}).get("mae")
+    live, steps = live_error(store, row["site"], row["device"])
+    if live is None or not at_export:
+        return None, "no reported forecast can be scored yet"
+    return live / at_export, f"live MAE {live:.3f} over {steps} steps, {live / at_export:.2f}x its test MAE"
+
+
 def select_sites(
     plan: RetrainPlan, store: FleetStore, selection: Selection, group: str | None = None
 ) -> tuple[list[PlanSite], dict[str, str]]:
@@ -135,6 +181,12 @@ def select_sites(
         row = reports.get((entry.site, entry.device))
         if selection == "group" and entry.group != group:
             skipped[entry.site] = f"not in group {group}"
+        elif selection == "error":
+            ratio, why = error_ratio(store, row) if row else (None, "it never reported")
+            if ratio is None or ratio < plan.error_ratio_threshold:
+                skipped[entry.site] = f"{why} (threshold {plan.error_ratio_threshold}x)"
+            else:
+                chosen.append(entry)
         elif selection == "drift":
             drift = row["drift_max"] if row else None
             if drift is None or drift < plan.drift_threshold:
@@ -334,10 +386,11 @@ def deploy_manifest(outcomes: list[SiteOutcome]) -> dict[str, Any]:
     }
 
 
-def deploy_commands(outcomes: list[SiteOutcome]) -> list[str]:
+def deploy_commands(outcomes: list[SiteOutcome], operator_key: str = "OPERATOR_KEY") -> list[str]:
     """The staged-rollout command for each winner (one rollout per site: each site has its own model)."""
     return [
-        f"gridedge fleet deploy {shlex.quote(str(o.archive))} --site {o.site} --device {o.device}"
+        f"gridedge fleet deploy {shlex.quote(str(o.archive))} --key {shlex.quote(operator_key)} "
+        f"--device {o.site}/{o.device} --wait"
         for o in outcomes
         if o.decision == "ship"
     ]

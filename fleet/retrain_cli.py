@@ -18,6 +18,7 @@ class SelectChoice(StrEnum):
     all = "all"
     group = "group"
     drift = "drift"
+    error = "error"
 
 
 def models(db: DbOption = None, dsn: DsnOption = None, config: ConfigOption = None) -> None:
@@ -98,13 +99,16 @@ def retrain(
         "retrain"
     ),
     select: Annotated[
-        SelectChoice, typer.Option(help="Which sites: all, a --group, or drift over the plan's threshold.")
+        SelectChoice, typer.Option(help="Which sites: all, a --group, drift or live error over the plan's thresholds.")
     ] = SelectChoice.drift,
     group: Annotated[str | None, typer.Option(help="The group for --select group.")] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler address (tcp://host:8786); default a local cluster.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes of the local cluster.")] = 2,
+    operator_key: Annotated[
+        Path | None, typer.Option(help="Operator key named in the printed `gridedge fleet deploy` commands.")
+    ] = None,
     db: DbOption = None,
     dsn: DsnOption = None,
     config: ConfigOption = None,
@@ -162,7 +166,7 @@ def retrain(
              "seconds": time.monotonic() - started}  # fmt: skip
     paths = core.write_report(out, outcomes, skipped, extra)
     typer.echo(paths["markdown"].read_text())
-    for line in core.deploy_commands(outcomes):
+    for line in core.deploy_commands(outcomes, str(operator_key) if operator_key else "OPERATOR_KEY"):
         typer.echo(line)
     typer.echo(f"report: {paths['json']}; deploy manifest: {paths['deploy']}")
     if any(o.decision == "failed" for o in outcomes):

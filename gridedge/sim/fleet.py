@@ -6,7 +6,9 @@ So the sites differ in level, shape and solar share, and all run on one clock (t
 A :class:`SiteDevice` turns 15-min readings into model steps with the agent's
 :class:`~edge_agent.window.SampleAggregator`, publishes them as model-step telemetry and reports daily
 summaries whose drift is computed by the agent's :func:`~edge_agent.summary.channel_drift` against the
-model the site runs; everything goes through a real :class:`~edge_agent.reporting.mqtt.MqttReporter`.
+model the site runs and whose forecast is that model's artefact run on the device's
+:class:`~edge_agent.window.WindowBuffer`; everything goes through a real
+:class:`~edge_agent.reporting.mqtt.MqttReporter`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ import yaml
 from numpy.typing import NDArray
 
 from edge_agent.bundle import Bundle
-from edge_agent.messages import ModelInfo, SummaryContent
+from edge_agent.decisions import finite_or_none
+from edge_agent.features import FeaturePipeline
+from edge_agent.messages import Forecast, ModelInfo, SummaryContent
 from edge_agent.reporting.base import Reporter
+from edge_agent.runtimes.base import ModelRuntime
+from edge_agent.runtimes.ort import OnnxRuntimeConfig
+from edge_agent.runtimes.registry import load_model
 from edge_agent.summary import channel_drift, step_telemetry
-from edge_agent.window import SampleAggregator
+from edge_agent.window import SampleAggregator, WindowBuffer
 from gridedge.datafiles import read_series
 
 READING_S = 900
@@ -103,12 +110,36 @@ class SiteDevice:
         self.step_s = step_s
         self.aggregator = SampleAggregator((CHANNEL,), step_s)
         self.model: Bundle | None = None
+        self.runtime: ModelRuntime | None = None
+        self.window: WindowBuffer | None = None
 
     def install(self, bundle: Bundle) -> None:
-        """Run ``bundle`` from now on and say so (status, as the agent's announcer does); summaries name it
-        and measure drift against its training statistics."""
+        """Run ``bundle`` from now on and say so (status, as the agent's announcer does); summaries name it,
+        carry its forecast of the next horizon and measure drift against its training statistics."""
         self.model = bundle
+        _, self.runtime = load_model(bundle, None, OnnxRuntimeConfig())
+        spec = bundle.manifest.input
+        self.window = WindowBuffer(spec.past_channel_names, spec.input_steps, spec.sample_period_s)
         self.reporter.publish_status("online", model=self._info())
+
+    def _forecasts(self) -> list[Forecast]:
+        """The installed model's forecast from the newest full window, as the agent makes it."""
+        if self.model is None or self.runtime is None or self.window is None or not self.window.full:
+            return []
+        spec = self.model.manifest.input
+        raw, starts = self.window.window()
+        future_ts = (starts[-1] + spec.sample_period_s * np.arange(1, spec.horizon_steps + 1))[np.newaxis]
+        pipeline = FeaturePipeline(spec)
+        inputs = pipeline.build(raw, starts, None, future_ts)
+        if not inputs.valid[0]:
+            return []
+        decoded = pipeline.decode(self.runtime.run(inputs.as_feeds())[0])
+        output = self.model.manifest.output
+        return [
+            Forecast(target=name, unit=unit, origin=datetime.fromtimestamp(int(starts[-1]) + spec.sample_period_s, UTC),
+                     step_s=spec.sample_period_s, values=[finite_or_none(float(v)) for v in decoded[:, i]])
+            for i, (name, unit) in enumerate(zip(output.target_channels, output.target_units, strict=True))
+        ]  # fmt: skip
 
     def _info(self) -> ModelInfo | None:
         if self.model is None:
@@ -123,6 +154,8 @@ class SiteDevice:
         for ts, value in zip(timestamps, values, strict=True):
             for sample in self.aggregator.add(float(ts), {CHANNEL: float(value)}):
                 published += self.reporter.publish_telemetry(step_telemetry((CHANNEL,), self.step_s, sample))
+                if self.window is not None:
+                    self.window.append(sample)
                 day.append(sample.values)
                 if len(day) * self.step_s >= 86_400:
                     self._summary(day_start, int(sample.start) + self.step_s, day)
@@ -141,6 +174,7 @@ class SiteDevice:
                 window_end=datetime.fromtimestamp(end_s, UTC),
                 model=self._info(),
                 drift=drift,
+                forecasts=self._forecasts(),
             )
         )
 

@@ -31,6 +31,7 @@ from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto, wait_until
+from gridedge.fleet import retrain as core
 from gridedge.fleet.receiver import FleetReceiver
 from gridedge.fleet.store import FleetStore, Received
 from gridedge.sim.fleet import (
@@ -141,6 +142,13 @@ def test_a_drifting_site_is_retrained_on_dask_and_its_challenger_beats_the_runni
     drift = drifted()
     assert drift[CHANGED] is not None and drift[CHANGED] > THRESHOLD, drift
     assert all(value is not None and value < THRESHOLD for site, value in drift.items() if site != CHANGED), drift
+
+    # The forecasts the sites reported, scored against the telemetry that followed: the same site stands out.
+    plan_rules, _ = core.load_plan(plan)
+    ratios = {row["site"]: core.error_ratio(store, row) for row in store.devices()}
+    assert all(ratio is not None for ratio, _ in ratios.values()), ratios
+    by_error, _ = core.select_sites(plan_rules, store, "error")
+    assert [s.site for s in by_error] == [CHANGED], ratios
 
     # A seventh site reports drift but never sent model-step telemetry: its job fails, the others go on.
     broken = MemoryReporter("site-g", "meter")

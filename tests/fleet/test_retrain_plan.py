@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import ConfigError
-from edge_agent.messages import ChannelDrift, ModelInfo, SummaryContent
+from edge_agent.messages import ChannelDrift, Forecast, ModelInfo, SummaryContent
 from edge_agent.reporting.base import MemoryReporter
 from gridedge.fleet import retrain as core
 from gridedge.fleet.store import FleetStore, Received
-from gridedge.sim.fleet import fleet_plan_yaml, fleet_task_yaml, site_profiles
+from gridedge.sim.fleet import CHANNEL, SiteDevice, fleet_plan_yaml, fleet_task_yaml, net_load, site_profiles
 
 
 def report_drift(store: FleetStore, site: str, z: float | None, model: str | None = None) -> None:
@@ -65,7 +65,26 @@ def test_report_lists_every_site_and_deploys_only_winners(tmp_path: Path) -> Non
     assert "1 shipped, 1 kept, 1 failed" in text and "| site-c |" in text and "no / telemetry" in text
     assert "| site-d | | | | | | not selected | drift 0.10 below 2.0 |" in text
     assert paths["plot"].stat().st_size > 0
-    assert core.deploy_commands(outcomes) == [
-        "gridedge fleet deploy /x/site-a/bundle.tar.gz --site site-a --device meter"
+    assert core.deploy_commands(outcomes, "keys/operator.key") == [
+        "gridedge fleet deploy /x/site-a/bundle.tar.gz --key keys/operator.key --device site-a/meter --wait"
     ]
     assert core.next_version("2.7.1") == "2.8.0" and core.next_version(None) == "1.0.0"
+
+
+def test_live_error_scores_reported_forecasts_against_the_telemetry_that_followed(store: FleetStore) -> None:
+    profile = site_profiles(1)[0]
+    reporter = MemoryReporter(profile.site, profile.device)
+    timestamps, values = net_load(profile, 3)
+    SiteDevice(profile, reporter).report(timestamps, values)
+    steps = {m.sample_ts.timestamp(): m.values[CHANNEL] for m in reporter.of_kind("telemetry")}
+    origin = sorted(steps)[30]
+    # A forecast 0.5 kW above what came, and one step whose value the device did not know (not scored).
+    truth = [steps[origin + 3600 * k] for k in range(10)]
+    forecast = [v + 0.5 for v in truth]
+    now = datetime.now(UTC)
+    reporter.publish_summary(SummaryContent(window_start=now, window_end=now, forecasts=[
+        Forecast(target=CHANNEL, origin=datetime.fromtimestamp(origin, UTC), step_s=3600,
+                 values=[*forecast, None])]))  # fmt: skip
+    store.ingest([Received(m, m.model_dump_json(), time.time()) for m in reporter.messages])
+    assert core.live_error(store, profile.site, profile.device) == (pytest.approx(0.5, abs=1e-5), 10)
+    assert core.live_error(store, "site-z", "meter") == (None, 0)
