@@ -14,15 +14,15 @@ the rules. A run:
 3. decides per site: ship when the challenger's error is lower than the champion's by at least
    ``min_improvement`` (or the site runs no model yet), keep otherwise; a failed job is a row of the
    report, never the end of the run;
-4. registers the winners with their lineage, writes a deploy manifest for the staged rollout and a
-   report (markdown, JSON and a PNG of old vs new error per site).
+4. registers the winners with their lineage and records a staged rollout for each
+   (:func:`gridedge.fleet.rollouts.create_rollout`), writes ``deploy.json`` and a report (markdown, JSON
+   and a PNG of old vs new error per site).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import Field
 
 from edge_agent.bundle import MANIFEST_NAME, parse_manifest
@@ -127,6 +128,7 @@ class SiteOutcome:
     archive: str | None = None
     seconds: float = 0.0
     worker: str = ""
+    rollout: str | None = None  # the staged rollout recorded for a winner
 
 
 def next_version(version: str | None) -> str:
@@ -366,7 +368,8 @@ def bundle_errors(bundle: Any, prepared: Any, split: Any) -> np.ndarray:
 
 
 def deploy_manifest(outcomes: list[SiteOutcome]) -> dict[str, Any]:
-    """The winners for the staged rollout: per site the device, bundle, archive and what it replaces."""
+    """The winners handed to staged rollouts: per site the device, bundle, archive, what it replaces and
+    the rollout recorded for it."""
     return {
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "deployments": [
@@ -377,6 +380,7 @@ def deploy_manifest(outcomes: list[SiteOutcome]) -> dict[str, Any]:
                 "archive": o.archive,
                 "model": o.challenger,
                 "replaces": o.champion,
+                "rollout": o.rollout,
                 "old_mae": o.old_mae,
                 "new_mae": o.new_mae,
             }
@@ -386,14 +390,17 @@ def deploy_manifest(outcomes: list[SiteOutcome]) -> dict[str, Any]:
     }
 
 
-def deploy_commands(outcomes: list[SiteOutcome], operator_key: str = "OPERATOR_KEY") -> list[str]:
-    """The staged-rollout command for each winner (one rollout per site: each site has its own model)."""
-    return [
-        f"gridedge fleet deploy {shlex.quote(str(o.archive))} --key {shlex.quote(operator_key)} "
-        f"--device {o.site}/{o.device} --wait"
-        for o in outcomes
-        if o.decision == "ship"
-    ]
+def hand_off(store: FleetStore, outcomes: list[SiteOutcome], public_key: Ed25519PublicKey) -> None:
+    """Register each winner with its lineage and record its staged rollout (one per site: each site has
+    its own model); a runner sends it (`gridedge fleet listen --rollout-key`, or `fleet deploy --wait`)."""
+    from gridedge.fleet.models import register_bundle
+    from gridedge.fleet.rollouts import Target, create_rollout
+
+    for outcome in outcomes:
+        if outcome.decision == "ship" and outcome.bundle and outcome.archive:
+            register_bundle(store, Path(outcome.bundle), public_key)
+            archive = Path(outcome.archive).read_bytes()
+            outcome.rollout = create_rollout(store, archive, [Target(outcome.site, outcome.device)]).rollout_id
 
 
 def outcomes_json(outcomes: list[SiteOutcome], skipped: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
@@ -417,17 +424,17 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Selection: {report['selection']}; engine: {report['engine']}; {report['seconds']:.1f} s; "
         f"{report['shipped']} shipped, {report['kept']} kept, {report['failed']} failed.",
         "",
-        "| site | running | challenger | old MAE | new MAE | windows | decision | reason |",
-        "|---|---|---|---|---|---|---|---|",
+        "| site | running | challenger | old MAE | new MAE | windows | decision | reason | rollout |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["sites"]:
         reason = s["reason"].replace("|", "/")
         lines.append(
             f"| {s['site']} | {s['champion'] or '-'} | {s['challenger'] or '-'} | {_number(s['old_mae'])} | "
-            f"{_number(s['new_mae'])} | {s['windows']} | {s['decision']} | {reason} |"
+            f"{_number(s['new_mae'])} | {s['windows']} | {s['decision']} | {reason} | {s['rollout'] or '-'} |"
         )
     for s in report["not_selected"]:
-        lines.append(f"| {s['site']} | | | | | | not selected | {s['reason']} |")
+        lines.append(f"| {s['site']} | | | | | | not selected | {s['reason']} | |")
     return "\n".join(lines) + "\n"
 
 

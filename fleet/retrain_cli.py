@@ -106,9 +106,6 @@ def retrain(
         str | None, typer.Option(help="Dask scheduler address (tcp://host:8786); default a local cluster.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes of the local cluster.")] = 2,
-    operator_key: Annotated[
-        Path | None, typer.Option(help="Operator key named in the printed `gridedge fleet deploy` commands.")
-    ] = None,
     db: DbOption = None,
     dsn: DsnOption = None,
     config: ConfigOption = None,
@@ -123,7 +120,6 @@ def retrain(
     from edge_agent.errors import ConfigError
     from gridedge.fleet import retrain as core
     from gridedge.fleet.engine import run_jobs
-    from gridedge.fleet.models import register_bundle
 
     if select == SelectChoice.group and not group:
         raise ConfigError("--select group needs --group NAME")
@@ -154,20 +150,19 @@ def retrain(
         engine = info.describe()
     from edge_agent.keys import load_private_key
 
-    public = load_private_key(key).public_key()
     store = open_store(db, dsn, config=config)
     try:
-        for outcome in outcomes:
-            if outcome.decision == "ship" and outcome.bundle:
-                register_bundle(store, Path(outcome.bundle), public)
+        core.hand_off(store, outcomes, load_private_key(key).public_key())
     finally:
         store.close()
     extra = {"selection": select.value + (f" {group}" if group else ""), "engine": engine,
              "seconds": time.monotonic() - started}  # fmt: skip
     paths = core.write_report(out, outcomes, skipped, extra)
     typer.echo(paths["markdown"].read_text())
-    for line in core.deploy_commands(outcomes, str(operator_key) if operator_key else "OPERATOR_KEY"):
-        typer.echo(line)
+    rollouts = [f"{o.site}/{o.device}: {o.rollout}" for o in outcomes if o.rollout]
+    if rollouts:
+        sent_by = "sent by `gridedge fleet listen --rollout-key KEY`"
+        typer.echo(f"staged rollouts recorded ({sent_by}): {', '.join(rollouts)}")
     typer.echo(f"report: {paths['json']}; deploy manifest: {paths['deploy']}")
     if any(o.decision == "failed" for o in outcomes):
         raise typer.Exit(1)

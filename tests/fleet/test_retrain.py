@@ -2,10 +2,12 @@
 
 Six simulated sites on the shipped load and PV series (shifted and scaled so they differ) report
 model-step telemetry and daily summaries through the device's MQTT reporter; a fleet receiver stores them.
-A first `fleet retrain --select all` gives every site its first model; the sites install them. Then a new
-load appears at one site; its drift crosses the plan's threshold, and `fleet retrain --select drift` on a
-two-worker local Dask cluster retrains that site only, and its challenger beats the running model on the
-same recent windows, run by the device's runtime.
+A first `fleet retrain --select all` gives every site its first model and records a staged rollout per
+site; the simulated sites (not agents: they do not take model-update commands) install the bundles those
+rollouts carry. Then a new load appears at one site; its drift and its live forecast error cross the plan's
+thresholds, and `fleet retrain --select drift` on a two-worker local Dask cluster retrains that site only,
+its challenger beats the running model on the same recent windows, run by the device's runtime, and a
+staged rollout of it to that site is recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet import retrain as core
 from gridedge.fleet.receiver import FleetReceiver
+from gridedge.fleet.rollouts import RUNNING, RolloutStore
 from gridedge.fleet.store import FleetStore, Received
 from gridedge.sim.fleet import (
     CHANNEL,
@@ -125,7 +128,8 @@ def test_a_drifting_site_is_retrained_on_dask_and_its_challenger_beats_the_runni
             first = retrain(plan, private, tmp_path / "first", db, cluster, "--select", "all")
             assert [s["decision"] for s in first["sites"]] == ["ship"] * 6, first["stdout"]
             deployed = json.loads((tmp_path / "first" / "deploy.json").read_text())["deployments"]
-            for entry in deployed:  # the rollout's end state: each site runs its verified bundle
+            assert all(entry["rollout"] for entry in deployed)
+            for entry in deployed:  # what the recorded rollouts end in: each site runs its verified bundle
                 devices[entry["site"]].install(read_bundle(Path(entry["bundle"]), load_public_key(public)))
 
             # Two more weeks; from day 28 a new load runs at one site.
@@ -169,6 +173,9 @@ def test_a_drifting_site_is_retrained_on_dask_and_its_challenger_beats_the_runni
     assert (tmp_path / "second" / "retrain_errors.png").stat().st_size > 0
     handoff = json.loads((tmp_path / "second" / "deploy.json").read_text())["deployments"]
     assert [(d["site"], d["model"], d["replaces"]) for d in handoff] == [(CHANGED, row["challenger"], row["champion"])]
+    rollout = RolloutStore(store).get(row["rollout"])  # the staged rollout that will send it to the site
+    assert (rollout.bundle_name, rollout.bundle_version, rollout.state) == ("net-load-site-b", "1.1.0", RUNNING)
+    assert [(d.site, d.device) for d in rollout.devices] == [(CHANGED, "meter")]
     registered = {(m["name"], m["version"]): m for m in store.models()}
     newer, older = registered[("net-load-site-b", "1.1.0")], registered[("net-load-site-b", "1.0.0")]
     assert newer["data_start"] > older["data_start"] and newer["data_sha256"] != older["data_sha256"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,11 +64,10 @@ def test_report_lists_every_site_and_deploys_only_winners(tmp_path: Path) -> Non
                               {"selection": "drift", "engine": "test", "seconds": 1.0})  # fmt: skip
     text = paths["markdown"].read_text()
     assert "1 shipped, 1 kept, 1 failed" in text and "| site-c |" in text and "no / telemetry" in text
-    assert "| site-d | | | | | | not selected | drift 0.10 below 2.0 |" in text
+    assert "| site-d | | | | | | not selected | drift 0.10 below 2.0 | |" in text
     assert paths["plot"].stat().st_size > 0
-    assert core.deploy_commands(outcomes, "keys/operator.key") == [
-        "gridedge fleet deploy /x/site-a/bundle.tar.gz --key keys/operator.key --device site-a/meter --wait"
-    ]
+    deploy = json.loads(paths["deploy"].read_text())["deployments"]
+    assert [(d["site"], d["model"], d["replaces"]) for d in deploy] == [("site-a", "m-a@1.1.0", "m-a@1.0.0")]
     assert core.next_version("2.7.1") == "2.8.0" and core.next_version(None) == "1.0.0"
 
 
