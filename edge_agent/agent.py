@@ -92,7 +92,8 @@ class Agent:
         )
         interval = config.mqtt.summary_interval_s if config.mqtt else DEFAULT_SUMMARY_INTERVAL_S
         telemetry = bool(config.mqtt and config.mqtt.telemetry.enabled)
-        self.reports = PeriodicReports(reporter, self.models, self.health, interval, telemetry)
+        at_step = bool(config.mqtt and config.mqtt.telemetry.model_step)
+        self.reports = PeriodicReports(reporter, self.models, self.health, interval, telemetry, at_step)
         self.announcer = ModelAnnouncer(reporter, self.models, self.core.reasons)
         self.scheduler = LoopScheduler(config.loop, self.health)
         self.stall = DecisionStallWatch(reporter, self._stall_limit(), self.core.reasons)
@@ -176,6 +177,9 @@ class Agent:
             self._watch_progress(closed_before)
             for decision in decisions:
                 self.reports.add_decision(decision)
+            if self.decisions.aggregator is not None:
+                aggregator = self.decisions.aggregator
+                self.reports.add_steps(aggregator.channels, aggregator.period_s, self.decisions.last_closed)
             self.announcer.announce()
             self._announce_quarantines()
             self.reports.add_sweep(timestamp, sweep)

@@ -120,12 +120,31 @@ class TestVector(StrictModel, frozen=True):
     )
 
 
+class DataLineage(StrictModel, frozen=True):
+    """The data a model was trained on: where from, which time range, and a hash of its content."""
+
+    source: str = Field(description="file:<path> or fleet:<store>#<site>/<device>.")
+    start_utc: str | None = Field(None, description="First sample used (ISO, UTC).")
+    end_utc: str | None = Field(None, description="Last sample used (ISO, UTC).")
+    sha256: str = Field(description="Of the bytes read: the file, or the fleet store's rows.")
+
+
+class Lineage(StrictModel, frozen=True):
+    """Where a bundle came from: its data, its task config and the code that trained it."""
+
+    data: DataLineage
+    config_sha256: str = Field(description="Of the resolved task config (canonical JSON).")
+    gridedge_version: str
+    git_commit: str | None = Field(None, description="Commit of the checkout that trained it, when it was one.")
+
+
 class Provenance(StrictModel, frozen=True):
     data_fingerprint: str
     config: dict[str, Any]
     seed: int
     library_versions: dict[str, str]
     trained_utc: str | None = None
+    lineage: Lineage | None = None
 
 
 class Manifest(StrictModel, frozen=True):

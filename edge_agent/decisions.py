@@ -29,7 +29,7 @@ from edge_agent.messages import Forecast
 from edge_agent.model_manager import ModelManager
 from edge_agent.reporting.base import Reporter
 from edge_agent.supervisor import Prediction
-from edge_agent.window import SampleAggregator, WindowBuffer
+from edge_agent.window import Sample, SampleAggregator, WindowBuffer
 
 logger = logging.getLogger(__name__)
 # Rule fallback of anomaly models: spikes beyond this many sigmas, or a value frozen this many samples.
@@ -144,6 +144,7 @@ class DecisionStep:
         self.latest_forecasts: list[Forecast] = []
         self.latest_anomaly: AnomalyVerdict | None = None
         self.periods_closed = 0
+        self.last_closed: list[Sample] = []  # the model steps the latest sweep closed (step telemetry)
 
     def restart_periods(self, timestamp: float) -> None:
         """The site clock stepped to ``timestamp``: drop the open period, and the window when it lies ahead
@@ -176,6 +177,7 @@ class DecisionStep:
         model_values = {channel: self._model_value(channel, values) for channel in self.aggregator.channels}
         closed = self.aggregator.add(timestamp, model_values)
         self.periods_closed += len(closed)
+        self.last_closed = closed
         decisions = []
         for sample in closed:
             self.buffer.append(sample)

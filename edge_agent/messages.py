@@ -263,6 +263,14 @@ class TelemetryContent(_Message):
     values: dict[ChannelName, float | None] = Field(
         ..., max_length=MAX_CHANNELS, description="Value per channel; null when missing."
     )
+    step_s: int | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="Set for telemetry at the model's step: the values are the model inputs' means over "
+        "[sample_ts, sample_ts + step_s), in the model's channel names and units (the series the fleet "
+        "retrains from); null for one raw sensor sweep.",
+    )
 
 
 class TelemetryMessage(TelemetryContent, Envelope):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_agent.decisions import Decision, finite_or_none
+from edge_agent.features import NormalisationStats
 from edge_agent.health import AgentHealth, LatencyStats
 from edge_agent.messages import (
     AnomalyStats,
@@ -28,6 +30,7 @@ from edge_agent.messages import (
 from edge_agent.model_manager import ModelManager
 from edge_agent.reporting.base import Reporter
 from edge_agent.sensing import Sweep
+from edge_agent.window import Sample
 
 DEFAULT_SUMMARY_INTERVAL_S = 300.0
 
@@ -112,18 +115,27 @@ class PeriodicReports:
         health: AgentHealth,
         interval_s: float = DEFAULT_SUMMARY_INTERVAL_S,
         telemetry: bool = False,
+        step_telemetry: bool = False,
     ) -> None:
         self.reporter = reporter
         self.models = models
         self.health = health
         self.interval_s = interval_s
         self.telemetry = telemetry
+        self.step_telemetry = step_telemetry
         self.period = SummaryPeriod()
 
+    def add_steps(self, channels: Sequence[str], period_s: int, samples: Sequence[Sample]) -> None:
+        """Publish each closed model step as compact telemetry (when enabled): the fleet's training series."""
+        if not (self.telemetry and self.step_telemetry):
+            return
+        for sample in samples:
+            self.reporter.publish_telemetry(step_telemetry(channels, period_s, sample))
+
     def add_sweep(self, timestamp: float, sweep: Sweep) -> None:
-        """Aggregate a sweep into the period; publish it as telemetry when enabled."""
+        """Aggregate a sweep into the period; publish it as telemetry when raw telemetry is enabled."""
         self.period.add_sweep(sweep)
-        if self.telemetry:
+        if self.telemetry and not self.step_telemetry:
             self.reporter.publish_telemetry(
                 TelemetryContent(
                     sample_ts=datetime.fromtimestamp(timestamp, UTC),
@@ -176,20 +188,34 @@ class PeriodicReports:
         self.period = SummaryPeriod()
 
     def _drift(self) -> dict[str, ChannelDrift]:
-        """Mean shift (in training standard deviations) and spread ratio of each model input channel."""
         pipeline = self.models.supervisor.pipeline
         if not self.period.drift_samples or pipeline is None:
             return {}
-        samples = np.asarray(self.period.drift_samples, dtype=np.float64)
-        stats = pipeline.stats
-        drift = {}
-        for i, name in enumerate(pipeline.spec.past_channel_names):
-            column = samples[:, i][np.isfinite(samples[:, i])]
-            j = stats.channels.index(name)
-            if column.size == 0:
-                drift[name] = ChannelDrift()
-                continue
-            z_mean = (column.mean() - stats.mean[j]) / stats.std[j]
-            ratio = column.std() / stats.std[j] if column.size > 1 else None
-            drift[name] = ChannelDrift(z_mean=float(z_mean), std_ratio=None if ratio is None else float(ratio))
-        return drift
+        return channel_drift(pipeline.spec.past_channel_names, pipeline.stats, self.period.drift_samples)
+
+
+def step_telemetry(channels: Sequence[str], period_s: int, sample: Sample) -> TelemetryContent:
+    """One closed model step as telemetry: the channels' step means from the step's start."""
+    return TelemetryContent(
+        sample_ts=datetime.fromtimestamp(sample.start, UTC),
+        values={name: finite_or_none(float(v)) for name, v in zip(channels, sample.values, strict=True)},
+        step_s=period_s,
+    )
+
+
+def channel_drift(
+    channels: Sequence[str], stats: NormalisationStats, samples: Sequence[NDArray[np.float32]]
+) -> dict[str, ChannelDrift]:
+    """Mean shift (in training standard deviations) and spread ratio of each model input channel."""
+    values = np.asarray(samples, dtype=np.float64)
+    drift = {}
+    for i, name in enumerate(channels):
+        column = values[:, i][np.isfinite(values[:, i])]
+        j = stats.channels.index(name)
+        if column.size == 0:
+            drift[name] = ChannelDrift()
+            continue
+        z_mean = (column.mean() - stats.mean[j]) / stats.std[j]
+        ratio = column.std() / stats.std[j] if column.size > 1 else None
+        drift[name] = ChannelDrift(z_mean=float(z_mean), std_ratio=None if ratio is None else float(ratio))
+    return drift

@@ -109,6 +109,7 @@ def load_source(run_dir: Path) -> ExportSource:
         config=run.config.model_dump(mode="json"),
         seed=report.seed,
         library_versions=report.library_versions,
+        lineage=report.lineage,
     )
     return ExportSource(
         framework=run.framework,

@@ -691,3 +691,12 @@ def _gap_label(gaps: list[tuple[int, int]]) -> str:
     missing = sum(last - first + 1 for first, last in gaps)
     shown = ", ".join(str(first) if first == last else f"{first}-{last}" for first, last in gaps[:3])
     return f"{missing} missing ({shown}{', ...' if len(gaps) > 3 else ''})"
+
+
+def _lineage_and_retraining() -> None:
+    from gridedge.fleet.retrain_cli import register
+
+    register(app)
+
+
+_lineage_and_retraining()

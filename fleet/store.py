@@ -4,6 +4,9 @@ The same schema and SQL run on SQLite (default, a file) and PostgreSQL (given a 
 only the placeholder style and the connection differ. Device rows are updated with upserts whose
 conditions make them order-independent, so several receivers may share one database.
 
+``fleet_series`` keeps the telemetry devices send at their model's step (one row per step and channel),
+with its own retention: the series a site's model is retrained from (``data.fleet`` of a task config).
+
 Two more tables keep the fleet honest about what it did not store:
 
 * ``fleet_dead_letters``: a message that failed validation or could not be stored (topic, bounded raw
@@ -39,6 +42,48 @@ from edge_agent.messages import (
     Envelope,
     StatusMessage,
     SummaryMessage,
+    TelemetryMessage,
+)
+
+# Telemetry at the model's step (TelemetryMessage.step_s set), one row per step and channel: the series
+# `gridedge train` reads through ``data.fleet`` and `gridedge fleet retrain` retrains from. Kept apart
+# from the raw messages so that it can be indexed by time and kept longer (apply_series_retention).
+SERIES_TABLE = """CREATE TABLE IF NOT EXISTS fleet_series (
+        site TEXT NOT NULL,
+        device TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        start_s DOUBLE PRECISION NOT NULL,
+        step_s BIGINT NOT NULL,
+        value DOUBLE PRECISION,
+        received_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (site, device, channel, start_s)
+    )"""
+# Every bundle the fleet made or was given, with its lineage: `gridedge fleet models` joins it to the
+# model each device reports, to say where a running model came from; retraining finds champions here.
+LINEAGE_TABLE = """CREATE TABLE IF NOT EXISTS fleet_model_lineage (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        location TEXT NOT NULL,
+        manifest_sha256 TEXT NOT NULL,
+        framework TEXT,
+        data_source TEXT,
+        data_start TEXT,
+        data_end TEXT,
+        data_sha256 TEXT,
+        config_sha256 TEXT,
+        gridedge_version TEXT,
+        git_commit TEXT,
+        registered_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (name, version)
+    )"""
+LINEAGE_COLUMNS = (
+    "name", "version", "location", "manifest_sha256", "framework", "data_source", "data_start", "data_end",
+    "data_sha256", "config_sha256", "gridedge_version", "git_commit", "registered_at",
+)
+SERIES_COLUMNS = ("site", "device", "channel", "start_s", "step_s", "value", "received_at")
+_INSERT_SERIES = (
+    f"INSERT INTO fleet_series ({', '.join(SERIES_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in SERIES_COLUMNS)}) ON CONFLICT DO NOTHING"
 )
 
 SCHEMA = [
@@ -95,6 +140,8 @@ SCHEMA = [
         summary_seq BIGINT,
         PRIMARY KEY (site, device)
     )""",
+    SERIES_TABLE,
+    LINEAGE_TABLE,
 ]
 
 # PostgreSQL: the same columns, partitioned by the message time (see the module docstring).
@@ -211,6 +258,20 @@ def _ts_as_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if isinstance(row["ts"], datetime):
             row["ts"] = row["ts"].astimezone(UTC).isoformat()
+    return rows
+
+
+def series_rows(items: Iterable[Received]) -> list[tuple[Any, ...]]:
+    """fleet_series rows of the model-step telemetry among ``items`` (raw sweeps are not series)."""
+    rows = []
+    for item in items:
+        message = item.message
+        if isinstance(message, TelemetryMessage) and message.step_s is not None:
+            start = message.sample_ts.timestamp()
+            rows += [
+                (message.site, message.device, channel, start, message.step_s, value, item.received_at)
+                for channel, value in message.values.items()
+            ]
     return rows
 
 
@@ -435,6 +496,9 @@ class FleetStore:
             # After the upserts: on PostgreSQL the device row lock now serialises range merges.
             for key in sorted(seqs):
                 self._merge_seqs(cursor, key, seqs[key])
+            series = series_rows(fresh.values())
+            if series:
+                cursor.executemany(self._sql(_INSERT_SERIES), series)
         return len(fresh)
 
     def _ensure_partitions(self, days: set[datetime]) -> None:
@@ -484,6 +548,72 @@ class FleetStore:
         with self._transaction() as cursor:
             cursor.execute(self._sql("DELETE FROM fleet_dead_letters WHERE received_at < ?"), (cutoff,))
         return dropped
+
+    def apply_series_retention(self, days: float, now: float | None = None) -> int:
+        """Forget model-step telemetry received more than ``days`` ago; returns the rows removed."""
+        cutoff = (time.time() if now is None else now) - days * 86400
+        with self._transaction() as cursor:
+            cursor.execute(self._sql("DELETE FROM fleet_series WHERE received_at < ?"), (cutoff,))
+            return int(cursor.rowcount)
+
+    def series(
+        self, site: str, device: str, since_s: float | None = None, channels: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """One device's model-step telemetry as (channel, start_s, step_s, value) rows in time order.
+
+        ``since_s`` keeps the steps starting at most that many seconds before the device's newest one:
+        "recent" is measured on the device's own clock, so a site replaying history works the same.
+        """
+        params: list[Any] = [site, device]
+        where = "site = ? AND device = ?"
+        if channels:
+            where += f" AND channel IN ({', '.join('?' for _ in channels)})"
+            params += list(channels)
+        if since_s is not None:
+            newest = self._query(f"SELECT MAX(start_s) AS newest FROM fleet_series WHERE {where}", tuple(params))
+            if newest and newest[0]["newest"] is not None:
+                where += " AND start_s >= ?"
+                params.append(float(newest[0]["newest"]) - since_s)
+        return self._query(
+            f"SELECT channel, start_s, step_s, value FROM fleet_series WHERE {where} ORDER BY start_s, channel",
+            tuple(params),
+        )
+
+    def series_coverage(self) -> list[dict[str, Any]]:
+        """Per device: model-step rows kept, first and last step start, and the step."""
+        return self._query(
+            "SELECT site, device, COUNT(DISTINCT start_s) AS steps, MIN(start_s) AS first_s, "
+            "MAX(start_s) AS last_s, MAX(step_s) AS step_s FROM fleet_series GROUP BY site, device "
+            "ORDER BY site, device",
+            (),
+        )
+
+    def register_model(self, row: dict[str, Any]) -> None:
+        """Record a bundle and its lineage (``LINEAGE_COLUMNS``); registering a name@version again replaces it."""
+        values = tuple(row.get(column) for column in LINEAGE_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in LINEAGE_COLUMNS[2:])
+        with self._transaction() as cursor:
+            cursor.execute(
+                self._sql(
+                    f"INSERT INTO fleet_model_lineage ({', '.join(LINEAGE_COLUMNS)}) VALUES "
+                    f"({', '.join('?' for _ in LINEAGE_COLUMNS)}) ON CONFLICT (name, version) DO UPDATE SET {updates}"
+                ),
+                values,
+            )
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every registered bundle with its lineage, by name and registration time."""
+        return self._query(
+            f"SELECT {', '.join(LINEAGE_COLUMNS)} FROM fleet_model_lineage ORDER BY name, registered_at", ()
+        )
+
+    def model(self, name: str, version: str) -> dict[str, Any] | None:
+        """The registered bundle ``name`` at ``version``, if the fleet knows it."""
+        rows = self._query(
+            f"SELECT {', '.join(LINEAGE_COLUMNS)} FROM fleet_model_lineage WHERE name = ? AND version = ?",
+            (name, version),
+        )
+        return rows[0] if rows else None
 
     def _merge_seqs(self, cursor: Any, key: tuple[str, str], seqs: list[int]) -> None:
         incoming = merge_ranges((seq, seq) for seq in seqs)
@@ -663,7 +793,7 @@ class FleetStore:
         """Delete every row (tests and benchmarks start from an empty PostgreSQL database this way)."""
         with self._transaction() as cursor:
             for table in ("fleet_messages", "fleet_devices", "fleet_dead_letters", "fleet_seq_ranges",
-                          "fleet_seq_unavailable"):
+                          "fleet_seq_unavailable", "fleet_series", "fleet_model_lineage"):
                 cursor.execute(f"DELETE FROM {table}")
 
     def close(self) -> None:

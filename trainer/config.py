@@ -66,14 +66,15 @@ def duration_seconds(text: str) -> int:
     return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
-class FileSource(StrictModel):
-    """A time-series file and how to read its clock."""
+DATA_PATH_DESCRIPTION = (
+    "CSV, CSV.gz or Parquet file; a relative path is relative to the config file (a config given as a "
+    "mapping, without a file, resolves against gridedge's shipped configs/ folder)."
+)
 
-    path: str = Field(
-        title="Data file",
-        description="CSV, CSV.gz or Parquet file; a relative path is relative to the config file (a config "
-        "given as a mapping, without a file, resolves against gridedge's shipped configs/ folder).",
-    )
+
+class ClockSource(StrictModel):
+    """How to read the clock of a series (and which zone its local days are in)."""
+
     time_column: str | None = Field(
         default=None,
         title="Time column",
@@ -121,10 +122,6 @@ class FileSource(StrictModel):
             raise ConfigError(f"data.timezone: set it; utc_offset {self.utc_offset} is not a whole number of hours")
         return f"Etc/GMT{-hours:+d}" if hours else "UTC"
 
-    def resolved_path(self) -> Path:
-        """The file; :func:`parse_config` has made a config's relative path absolute already."""
-        return Path(self.path)
-
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
@@ -134,6 +131,44 @@ class FileSource(StrictModel):
             except (ZoneInfoNotFoundError, ValueError) as exc:
                 raise ValueError(f"unknown IANA time zone {value!r}, e.g. Europe/Paris or America/Denver") from exc
         return value
+
+
+class FileSource(ClockSource):
+    """A time-series file and how to read its clock."""
+
+    path: str = Field(title="Data file", description=DATA_PATH_DESCRIPTION)
+
+    def resolved_path(self) -> Path:
+        """The file; :func:`parse_config` has made a config's relative path absolute already."""
+        return Path(self.path)
+
+
+def is_dsn(db: str) -> bool:
+    """True when ``db`` names a PostgreSQL database (URL or key=value DSN) rather than a SQLite file."""
+    return db.startswith(("postgresql://", "postgres://")) or "=" in db
+
+
+class FleetSource(StrictModel):
+    """A device's telemetry at the model's step, as kept by the fleet store (``gridedge fleet listen``)."""
+
+    db: str = Field(
+        title="Fleet store",
+        description="SQLite file of the fleet store (relative to the config file) or a PostgreSQL DSN "
+        "(postgresql://... or key=value).",
+    )
+    site: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", title="Site")
+    device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", title="Device")
+    since: Duration | None = Field(
+        default="30d",
+        title="Recent span",
+        description="Use the steps at most this long before the device's newest one (its own clock); null = "
+        "everything the store keeps.",
+    )
+
+    def describe(self) -> str:
+        """Where the series comes from, without a DSN's credentials (kept in lineage and reports)."""
+        where = "postgresql" if is_dsn(self.db) else self.db
+        return f"fleet:{where}#{self.site}/{self.device}"
 
 
 class ColumnRules(PlausibleRange):
@@ -147,9 +182,17 @@ class ColumnRules(PlausibleRange):
     )
 
 
-class DataConfig(FileSource):
-    """The user's time series: file, clock, column meanings, cleaning and resampling."""
+class DataConfig(ClockSource):
+    """The user's time series (a file, or a device's series in the fleet store): clock, column meanings,
+    cleaning and resampling."""
 
+    path: str | None = Field(default=None, title="Data file", description=DATA_PATH_DESCRIPTION)
+    fleet: FleetSource | None = Field(
+        default=None,
+        title="Fleet series",
+        description="Instead of a file: a device's model-step telemetry from the fleet store; its columns are "
+        "the model's channel names, its timestamps UTC.",
+    )
     source: str | None = Field(default=None, title="Source", description="Where the data comes from (provenance).")
     licence: str | None = Field(default=None, title="Licence", description="Licence the data is used under.")
     columns: dict[str, ColumnRules] = Field(
@@ -192,6 +235,23 @@ class DataConfig(FileSource):
         title="Shortest upstream copy",
         description="Shortest run of exact copies of the previous day that counts as upstream filling.",
     )
+
+    def resolved_path(self) -> Path:
+        """The data file; :func:`parse_config` has made a config's relative path absolute already."""
+        if self.path is None:
+            raise ConfigError("data.path: this config reads data.fleet, not a file")
+        return Path(self.path)
+
+    def describe(self) -> str:
+        """The data source for provenance: the file, or the fleet store's site/device."""
+        return self.fleet.describe() if self.fleet is not None else f"file:{self.path}"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.fleet is None):
+            raise ValueError("give the data either as data.path (a file) or as data.fleet (the fleet store), "
+                             "exactly one of them")
+        return self
 
     @model_validator(mode="after")
     def _night_needs_location(self) -> DataConfig:
@@ -406,6 +466,11 @@ def parse_config(data: dict[str, Any], source: str = "task config", base_dir: Pa
     data = dict(data)
     if isinstance(data.get("data"), dict):
         data["data"] = _absolute_path(data["data"], folder)
+        fleet = data["data"].get("fleet")
+        if isinstance(fleet, dict) and isinstance(fleet.get("db"), str) and not is_dsn(fleet["db"]):
+            db = fleet["db"]
+            resolved = db if Path(db).is_absolute() else os.path.normpath(folder / db)
+            data["data"] = {**data["data"], "fleet": {**fleet, "db": resolved}}
     anomaly = data.get("anomaly")
     if isinstance(anomaly, dict) and isinstance(anomaly.get("labelled"), list):
         labelled = [_absolute_path(item, folder) if isinstance(item, dict) else item for item in anomaly["labelled"]]

@@ -17,6 +17,7 @@ The device keeps its numpy-only reader (:mod:`edge_agent.csvseries`); this modul
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -29,7 +30,7 @@ from numpy.typing import NDArray
 
 from edge_agent.errors import DataError
 from edge_agent.solar import cos_zenith
-from gridedge.trainer.config import DataConfig, FileSource, duration_seconds
+from gridedge.trainer.config import ClockSource, DataConfig, FileSource, duration_seconds, is_dsn
 
 OFFSET_SUFFIX = re.compile(r"(?:Z|[+-]\d\d:?\d\d)$")
 
@@ -49,6 +50,7 @@ class LoadLog:
     sentinels: dict[str, int] = field(default_factory=dict)
     out_of_range: dict[str, int] = field(default_factory=dict)
     night_filled: dict[str, int] = field(default_factory=dict)
+    content_sha256: str = ""  # of the bytes read: the file, or the fleet store's rows
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -77,7 +79,7 @@ def read_table(path: Path) -> pd.DataFrame:
     raise DataError(f"data.path: {path} is neither .csv, .csv.gz nor .parquet; convert it to one of those")
 
 
-def _time_column(table: pd.DataFrame, source: FileSource, path: Path) -> str:
+def _time_column(table: pd.DataFrame, source: ClockSource, path: Path) -> str:
     if source.time_column is not None:
         if source.time_column not in table.columns:
             raise DataError(
@@ -90,7 +92,7 @@ def _time_column(table: pd.DataFrame, source: FileSource, path: Path) -> str:
     raise DataError(f"data.time_column: name the time column of {path} (its columns: {list(table.columns)})")
 
 
-def to_utc(raw: pd.Series, source: FileSource, log: LoadLog) -> pd.Series:
+def to_utc(raw: pd.Series, source: ClockSource, log: LoadLog) -> pd.Series:
     """Timestamps to UTC (NaT where the declared policy drops a local time), counting DST artefacts."""
     if pd.api.types.is_datetime64_any_dtype(raw):
         parsed = pd.to_datetime(raw)
@@ -165,12 +167,13 @@ def _fill_night(frame: pd.DataFrame, config: DataConfig, log: LoadLog) -> None:
         frame.loc[hole, name] = 0.0
 
 
-def read_samples(source: FileSource, log: LoadLog | None = None) -> pd.DataFrame:
+def read_samples(source: FileSource | DataConfig, log: LoadLog | None = None) -> pd.DataFrame:
     """The file's samples in time order on a UTC index, as float64, duplicates (counted) dropped; not regularised."""
     path = source.resolved_path()
     table = read_table(path)
     log = log if log is not None else LoadLog(path=str(path))
     log.rows_read = len(table)
+    log.content_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     time_column = _time_column(table, source, path)
     utc = to_utc(table[time_column], source, log)
     frame = table.drop(columns=[time_column])
@@ -190,9 +193,51 @@ def read_samples(source: FileSource, log: LoadLog | None = None) -> pd.DataFrame
 
 
 def load(config: DataConfig) -> LoadedSeries:
-    """Read ``config.path`` onto a regular UTC grid, cleaned as the config declares (see the module doc)."""
+    """Read the data (``config.path``, or ``config.fleet``'s series in the fleet store) onto a regular UTC
+    grid, cleaned as the config declares (see the module doc)."""
+    if config.fleet is not None:
+        # Not cached: the store grows while a fleet runs.
+        log = LoadLog(path=config.fleet.describe())
+        return _cleaned(read_fleet_samples(config, log), config, log, config.fleet.describe())
     path = config.resolved_path()
     return _load_cached(path, path.stat().st_mtime_ns if path.is_file() else 0, config.model_dump_json())
+
+
+def read_fleet_samples(config: DataConfig, log: LoadLog) -> pd.DataFrame:
+    """A device's model-step telemetry from the fleet store as a frame (one column per channel, UTC index)."""
+    from gridedge.fleet.store import FleetStore
+
+    source = config.fleet
+    assert source is not None
+    store_arguments: dict[str, Any] = {"dsn": source.db} if is_dsn(source.db) else {"path": Path(source.db)}
+    if "path" in store_arguments and not store_arguments["path"].is_file():
+        raise DataError(
+            f"data.fleet.db: fleet store {source.db} not found; give the file `gridedge fleet listen` writes"
+        )
+    store = FleetStore(**store_arguments, read_only=True)
+    try:
+        rows = store.series(source.site, source.device, duration_seconds(source.since) if source.since else None)
+    finally:
+        store.close()
+    if not rows:
+        raise DataError(
+            f"data.fleet: the fleet store holds no model-step telemetry of {source.site}/{source.device}; enable "
+            "mqtt.telemetry.enabled and mqtt.telemetry.model_step on that device"
+        )
+    long = pd.DataFrame(rows)
+    frame = long.pivot_table(index="start_s", columns="channel", values="value", aggfunc="first", dropna=False)
+    frame = frame.reindex(sorted(long["start_s"].unique())).astype("float64")
+    frame.columns = [str(c) for c in frame.columns]
+    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.index.to_numpy(), unit="s", utc=True), name="timestamp_utc")
+    log.rows_read = len(frame)
+    digest = hashlib.sha256(frame.index.as_unit("s").asi8.tobytes())
+    digest.update(",".join(frame.columns).encode())
+    digest.update(np.ascontiguousarray(frame.to_numpy(np.float64)).tobytes())
+    log.content_sha256 = digest.hexdigest()
+    if len(frame) < 2:
+        raise DataError(f"data.fleet: {source.site}/{source.device} has fewer than two model steps in the store")
+    log.detected_step_s = int(np.median(np.diff(frame.index.as_unit("s").asi8)))
+    return frame
 
 
 @lru_cache(maxsize=8)
@@ -200,14 +245,18 @@ def _load_cached(path: Path, _mtime_ns: int, config_json: str) -> LoadedSeries:
     # Parsing a year of 15-minute rows costs seconds; tests and baselines reload the same file often.
     config = DataConfig.model_validate_json(config_json)
     log = LoadLog(path=str(path))
-    frame = read_samples(config, log)
+    return _cleaned(read_samples(config, log), config, log, path.name)
+
+
+def _cleaned(frame: pd.DataFrame, config: DataConfig, log: LoadLog, name: str) -> LoadedSeries:
+    """Sentinels, ranges, the regular grid, night filling and the start/end cut, for every source."""
     _clean_columns(frame, config, log)
     frame = _regular(frame, config, log)
     _fill_night(frame, config, log)
     start = pd.Timestamp(config.start, tz="UTC") if config.start else None
     end = pd.Timestamp(config.end, tz="UTC") if config.end else None
     frame = frame.loc[start:end]
-    frame.attrs = {"name": path.name, "source": config.source, "licence": config.licence}
+    frame.attrs = {"name": name, "source": config.source, "licence": config.licence}
     return LoadedSeries(frame, log)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge_agent.bundle import OutputSpec
+from edge_agent.bundle import Lineage, OutputSpec
 from edge_agent.errors import ConfigError
 from edge_agent.features import FeatureSpec
 from gridedge.trainer.backends import MODEL_FILES, Framework, backend
@@ -48,6 +48,7 @@ class RunReport(BaseModel):
     baselines: dict[str, Any] = Field(description="Baseline metrics by baseline name, then split.")
     data: dict[str, Any] = Field(description="Data provenance: the source and its sha256 fingerprint.")
     library_versions: dict[str, str]
+    lineage: Lineage | None = Field(default=None, description="Data, config hash and code version (newer runs).")
 
     @property
     def data_fingerprint(self) -> str:

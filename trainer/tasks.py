@@ -179,10 +179,10 @@ def _add_derived(frame: pd.DataFrame, config: TaskConfig) -> pd.DataFrame:
     return frame
 
 
-def _fingerprint(config: TaskConfig) -> str:
-    digest = hashlib.sha256()
-    sources = [config.data, *(config.anomaly.labelled if config.anomaly else [])]
-    for source in sources:
+def _fingerprint(config: TaskConfig, data_sha256: str) -> str:
+    """sha256 over the data read (file bytes, or the fleet store's rows), labelled files and the data section."""
+    digest = hashlib.sha256(bytes.fromhex(data_sha256))
+    for source in config.anomaly.labelled if config.anomaly else []:
         digest.update(source.resolved_path().read_bytes())
     digest.update(config.data.model_dump_json(exclude={"path"}).encode())
     return digest.hexdigest()
@@ -492,7 +492,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
         val=val,
         test=test,
         labelled=labelled,
-        data_fingerprint=_fingerprint(config),
+        data_fingerprint=_fingerprint(config, loaded.log.content_sha256),
         test_rolling=test_rolling,
         load_log=loaded.log,
         screens=screens,

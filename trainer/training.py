@@ -21,6 +21,7 @@ from gridedge.trainer import report as reporting
 from gridedge.trainer.backends import FRAMEWORKS, Feeds, Framework, backend
 from gridedge.trainer.baselines import forecast_baselines, rule_metrics
 from gridedge.trainer.config import TaskConfig
+from gridedge.trainer.lineage import lineage
 from gridedge.trainer.metrics import detection_metrics, forecast_metrics, hyperparameters, summarise_detection
 from gridedge.trainer.run_folder import RunFolder, RunReport
 from gridedge.trainer.tasks import PreparedTask, Split, prepare_task
@@ -219,6 +220,7 @@ def train(
         },
         "data": {
             "path": config.data.path,
+            "source_of_series": config.data.describe(),
             "source": config.data.source,
             "licence": config.data.licence,
             "fingerprint_sha256": prepared.data_fingerprint,
@@ -228,6 +230,12 @@ def train(
             "origins": {name: screen.explain() for name, screen in prepared.screens.items()},
         },
         "library_versions": _versions(chosen.library_packages),
+        "lineage": lineage(
+            config,
+            int(prepared.series.timestamps[0]),
+            int(prepared.series.timestamps[-1]),
+            prepared.load_log.content_sha256 if prepared.load_log else "",
+        ).model_dump(mode="json"),
     }
     if plots:
         report["plots"] = reporting.plot(prepared, plot_data, out)

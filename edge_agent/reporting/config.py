@@ -68,6 +68,12 @@ class TelemetryConfig(StrictModel):
     max_per_s: float = Field(
         1.0, gt=0, title="Telemetry rate cap", description="Telemetry messages per second at most."
     )
+    model_step: bool = Field(
+        False,
+        title="Telemetry at the model's step",
+        description="Instead of every raw sweep, publish one compact message per closed model step: the "
+        "model inputs' step means, the series `gridedge fleet retrain` trains from.",
+    )
 
 
 class MqttConfig(StrictModel):

@@ -322,3 +322,22 @@ def test_damaged_state_files_at_start_are_quarantined_and_alerted_once(
     kept = sorted(p.name.split(".corrupt-")[0] for p in config.state_dir.iterdir() if ".corrupt-" in p.name)
     assert kept == ["outbox.sqlite3", "window.npz"]
     agent.close()
+
+
+def test_model_step_telemetry_sends_each_closed_period_of_the_model_inputs(
+    tmp_path: Path, make_config: Any, exported: Any, site: tuple[SimulatedSite, Any], site_server: SiteServer
+) -> None:
+    mqtt = {"site": "test-site", "device": "ctrl-1", "telemetry": {"enabled": True, "model_step": True}}
+    config = make_config(tmp_path, exported.keras, exported.keys, site_server.port, "litert", mqtt=mqtt)
+    agent, reporter, _ = _warmed_up(config, site[1], 2)
+    spec = agent.supervisor.pipeline.spec  # type: ignore[union-attr]
+    steps = [m for m in reporter.of_kind("telemetry")]
+    # One message per closed period (not per sweep), in the model's channel names, on the period grid.
+    assert len(steps) == agent.decisions.periods_closed > spec.input_steps
+    assert all(m.step_s == PERIOD and int(m.sample_ts.timestamp()) % PERIOD == 0 for m in steps)
+    assert all(list(m.values) == list(spec.past_channel_names) for m in steps)
+    raw, starts = agent.buffer.window()  # type: ignore[union-attr]
+    newest = steps[-1]
+    assert int(newest.sample_ts.timestamp()) == int(starts[-1])
+    assert [newest.values[name] for name in spec.past_channel_names] == pytest.approx(raw[-1].tolist(), rel=1e-6)
+    agent.close()
