@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from edge_agent.bundle import check_quantile_levels
 from edge_agent.errors import ConfigError
 from edge_agent.features import GapPolicy, SiteLocation
 from edge_agent.ranges import PlausibleRange
@@ -343,6 +344,24 @@ class ModelConfig(StrictModel):
         default=4, gt=0, title="Latent channels", description="Autoencoder bottleneck channels per step."
     )
     dropout: float = Field(default=0.0, ge=0, lt=1, title="Dropout")
+    quantiles: list[float] = Field(
+        default_factory=list,
+        title="Quantile levels",
+        description="Forecast these quantiles as well, e.g. [0.1, 0.5, 0.9]: increasing, including 0.5 (the "
+        "point forecast). They are trained with the pinball loss (training.loss then does not apply) and "
+        "cannot cross. Empty = a point forecast.",
+    )
+    recalibrate_quantiles: bool = Field(
+        default=True,
+        title="Recalibrate quantiles",
+        description="Scale each level's distance from the median so that its coverage on the validation "
+        "split is nominal; the bundle carries the scales, the report shows test coverage before and after.",
+    )
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, value: list[float]) -> list[float]:
+        return list(check_quantile_levels(tuple(value)))
 
 
 class TrainingConfig(StrictModel):
@@ -447,6 +466,8 @@ class TaskConfig(StrictModel):
                 raise ValueError("task anomaly needs an `anomaly:` section with labelled series")
             if len(self.features.targets) != 1:
                 raise ValueError("task anomaly scores one target channel; list exactly one in features.targets")
+            if self.model.quantiles:
+                raise ValueError("model.quantiles are for forecasts; remove them from an anomaly task")
         elif duration_seconds(self.features.horizon) == 0 or self.model.architecture != "tcn_forecaster":
             raise ValueError(f"task {self.task} needs features.horizon > 0 and model.architecture: tcn_forecaster")
         return self
