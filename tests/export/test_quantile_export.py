@@ -3,6 +3,7 @@ frameworks: every level gated and recorded, int8 levels still ordered, the bundl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,17 @@ def test_quantile_gate_refuses_a_level_worse_than_its_rounding_explains(w1_prepa
     assert recorded["pinball_p10_degradation"] == pytest.approx(0.05)
     # Within the relative bound: accepted whatever the step.
     assert quantile_parity(_metrics(0.1015), reference, w1_prepared.spec, output, 0.02, 0.0) == []
+
+
+@pytest.mark.slow
+def test_export_report_lists_every_level_of_every_artefact(quantile_exports, tmp_path) -> None:
+    from gridedge.export.report import write_report
+
+    _, result = quantile_exports["keras"]
+    markdown = write_report(result, tmp_path / "report")["md"].read_text()
+    assert "| artefact | P10 pinball (change) | P10 coverage | P50 pinball" in markdown
+    for artefact in result.manifest.artefacts:
+        # The artefact's last row is in the quantile table: a pinball change for each of the three levels.
+        row = [line for line in markdown.splitlines() if line.startswith(f"| {artefact.file} |")][-1]
+        assert len(re.findall(r"\(([+-]\d+\.\d\d % \((better|worse|same)\))\)", row)) == 3, row
+    assert "| float model |" in markdown
