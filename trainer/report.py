@@ -79,14 +79,21 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quantile_versions(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The raw and the recalibrated levels' metrics, raw first, the shipped one labelled so."""
+    versions = sorted([metrics, metrics["other"]], key=lambda m: bool(m["recalibrated"]))
+    return [
+        (("recalibrated" if m["recalibrated"] else "raw model") + (" (shipped)" if m is metrics else ""), m)
+        for m in versions
+    ]
+
+
 def _quantile_lines(metrics: dict[str, Any] | None) -> list[str]:
     """Calibration on the test split: coverage and pinball loss per level, the outermost interval;
     before and after recalibration when there was one."""
     if metrics is None:
         return []
-    versions = [("recalibrated" if "before_recalibration" in metrics else "model", metrics)]
-    if "before_recalibration" in metrics:
-        versions.insert(0, ("raw model", metrics["before_recalibration"]))
+    versions = quantile_versions(metrics)
     interval = metrics["interval"]
     span = f"P{interval['lower'] * 100:g}–P{interval['upper'] * 100:g}"
     levels = metrics["levels"]
@@ -206,10 +213,7 @@ def _plot_quantiles(
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="nominal")
-    versions = [("recalibrated" if "before_recalibration" in metrics else "model", metrics)]
-    if "before_recalibration" in metrics:
-        versions.insert(0, ("raw model", metrics["before_recalibration"]))
-    for label, m in versions:
+    for label, m in quantile_versions(metrics):
         left.plot(levels, m["coverage"], marker="o", label=label)
         right.plot(np.arange(1, len(steps) + 1), m["interval"]["coverage_by_step"], label=label)
     left.set_xlabel("quantile level")

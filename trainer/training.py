@@ -62,34 +62,40 @@ def _evaluate_forecast(
 ) -> tuple[dict[str, Any], dict[str, Any], OutputSpec]:
     """Metrics per split of the point forecast (the median of a quantile model) and of the quantiles.
 
-    A quantile model is recalibrated on validation when the config asks (the returned output spec then
-    carries the scales); its metrics show the quantiles before recalibration next to those after.
+    A quantile model's levels are measured raw and recalibrated on validation; the config chooses which
+    one ships (the returned output spec carries the scales when it is the recalibrated one), and the
+    other is reported beside it under ``quantiles.other``.
     """
     splits = {"val": prepared.val, "test": prepared.test}
     if prepared.test_rolling is not None:
         splits["test_rolling"] = prepared.test_rolling
     raw = {name: predict(split.inputs.as_feeds()) for name, split in splits.items()}
-    uncalibrated = output
-    if output.quantiles and prepared.config.model.recalibrate_quantiles:
+    other = output
+    if output.quantiles:
         scales = quantiles.spread_scales(
             split_levels(raw["val"], output), prepared.val.targets_normalised, output.quantiles
         )
-        output = OutputSpec.model_validate({**output.model_dump(), "quantile_scales": scales})
+        recalibrated = OutputSpec.model_validate({**output.model_dump(), "quantile_scales": scales})
+        if prepared.config.model.recalibrate_quantiles:
+            output, other = recalibrated, output
+        else:
+            other = recalibrated
     decoded = {name: decode_forecast(raw[name], output, prepared.pipeline) for name in splits}
     metrics = {name: forecast_metrics(decoded[name].point, split.targets) for name, split in splits.items()}
     predictions: dict[str, Any] = {name: decoded[name].point for name in splits}
     for name, split in splits.items():
-        forecast = decoded[name]
-        if forecast.quantiles is None:
+        shipped, alternative = decoded[name], decode_forecast(raw[name], other, prepared.pipeline)
+        if shipped.quantiles is None or alternative.quantiles is None:
             continue
-        metrics[name]["quantiles"] = quantiles.quantile_metrics(forecast.quantiles, split.targets, output.quantiles)
-        if uncalibrated is not output:
-            before = decode_forecast(raw[name], uncalibrated, prepared.pipeline)
-            assert before.quantiles is not None
-            metrics[name]["quantiles"]["before_recalibration"] = quantiles.quantile_metrics(
-                before.quantiles, split.targets, output.quantiles
-            )
-        predictions[f"{name}_quantiles"] = forecast.quantiles
+        metrics[name]["quantiles"] = {
+            **quantiles.quantile_metrics(shipped.quantiles, split.targets, output.quantiles),
+            "recalibrated": bool(output.quantile_scales),
+            "other": {
+                **quantiles.quantile_metrics(alternative.quantiles, split.targets, output.quantiles),
+                "recalibrated": bool(other.quantile_scales),
+            },
+        }
+        predictions[f"{name}_quantiles"] = shipped.quantiles
     return metrics, predictions, output
 
 
@@ -185,12 +191,10 @@ def train(
             + (
                 f"; quantiles {list(config.model.quantiles)} trained with the pinball loss, the median is the "
                 "point forecast"
-                + (
-                    "; each level's distance from the median rescaled so its validation coverage is nominal "
-                    "(metrics.*.quantiles.before_recalibration: the raw model)"
-                    if config.model.recalibrate_quantiles
-                    else ""
-                )
+                + "; shipped levels "
+                + ("recalibrated" if config.model.recalibrate_quantiles else "raw")
+                + " (metrics.*.quantiles.other: the levels with each distance from the median rescaled to nominal "
+                "validation coverage, or raw)"
                 if config.model.quantiles
                 else ""
             )

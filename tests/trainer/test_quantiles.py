@@ -194,12 +194,13 @@ def test_tiny_quantile_run_reports_calibration_and_ships_the_levels(
     test = report["metrics"]["test"]["quantiles"]
     assert test["levels"] == LEVELS and len(test["coverage"]) == 3
     assert test["interval"]["lower"] == 0.1 and test["interval"]["upper"] == 0.9
-    assert "before_recalibration" in test and len(test["interval"]["coverage_by_step"]) == 96
+    assert test["recalibrated"] is False and test["other"]["recalibrated"] is True
+    assert len(test["interval"]["coverage_by_step"]) == 96
     for name in ("quantile_fan.png", "quantile_coverage.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "Quantile calibration on the test split" in (tmp_path / "report.md").read_text()
     output = OutputSpec.model_validate_json((tmp_path / "output_spec.json").read_text())
-    assert output.quantiles == tuple(LEVELS) and len(output.quantile_scales) == 1
+    assert output.quantiles == tuple(LEVELS) and output.quantile_scales == ()
 
     from gridedge.trainer.api import load_run, prepare_task
 
