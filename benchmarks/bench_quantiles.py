@@ -7,7 +7,7 @@ after the validation recalibration, next to the median's MAE and LightGBM's. ``-
 folders trained earlier into ``--runs`` with the current code instead of training again. The calibration
 plots of each run are copied next to the results.
 
-    python benchmarks/bench_quantiles.py --framework torch --runs runs/quantiles
+    python benchmarks/bench_quantiles.py --frameworks torch keras --runs runs/quantiles
 """
 
 from __future__ import annotations
@@ -82,21 +82,22 @@ def _cells(row: dict[str, Any], version: str) -> list[object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--framework", choices=("keras", "torch"), default="torch")
+    parser.add_argument("--frameworks", nargs="+", choices=("keras", "torch"), default=["torch", "keras"])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "quantiles", help="Folder of the run folders.")
     parser.add_argument("--epochs", type=int, default=None, help="Cap on training epochs (default: the config's).")
     parser.add_argument("--reuse", action="store_true", help="Summarise existing run folders, do not train.")
     args = parser.parse_args()
 
     rows = []
-    for key, config_path in WORKLOADS.items():
-        run = args.runs / f"{key}-{args.framework}"
-        if not args.reuse:
-            _train(config_path, args.framework, run, args.epochs)
-        report, test = _evaluate(run)
-        rows.append(_row(key, report, test))
-        for plot in PLOTS:
-            shutil.copyfile(run / plot, RESULTS / f"quantiles_{key}_{args.framework}_{plot.removeprefix('quantile_')}")
+    for framework in args.frameworks:
+        for key, config_path in WORKLOADS.items():
+            run = args.runs / f"{key}-{framework}"
+            if not args.reuse:
+                _train(config_path, framework, run, args.epochs)
+            report, test = _evaluate(run)
+            rows.append(_row(key, report, test))
+            for plot in PLOTS:
+                shutil.copyfile(run / plot, RESULTS / f"quantiles_{key}_{framework}_{plot.removeprefix('quantile_')}")
     load = os.getloadavg()[0]
     intro = (
         f"Test split, day-ahead origins; P10/P50/P90 trained with the pinball loss, the median is the point "
