@@ -23,20 +23,32 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from edge_agent.errors import BundleFormatError, IntegrityError, SignatureError
 from edge_agent.features import FeatureSpec
 from edge_agent.fsutil import atomic_write_bytes, fsync_dir
+from edge_agent.messages import MAX_QUANTILE_LEVELS
 from edge_agent.yamlconfig import StrictModel, format_validation_error
 
 FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+# Bundles of quantile models are format 2: an agent that predates quantiles refuses them by version
+# ("upgrade gridedge on the device") instead of misreading the output. Point bundles stay format 1.
+QUANTILE_FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # An archive from the network is untrusted: refuse absurd sizes before unpacking anything.
@@ -60,14 +72,82 @@ class AnomalySpec(StrictModel, frozen=True):
     )
 
 
+def check_quantile_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
+    """Quantile levels a model may predict: increasing, inside (0, 1), with 0.5 (the point forecast)."""
+    if not levels:
+        return levels
+    if any(not 0 < level < 1 for level in levels):
+        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {list(levels)}")
+    if any(b <= a for a, b in pairwise(levels)):
+        raise ValueError(f"quantile levels must be strictly increasing, got {list(levels)}")
+    if 0.5 not in levels:
+        raise ValueError(f"quantile levels must include 0.5, the median is the point forecast; got {list(levels)}")
+    if len(levels) < 2 or len(levels) > MAX_QUANTILE_LEVELS:
+        raise ValueError(f"give 2 to {MAX_QUANTILE_LEVELS} quantile levels (0.5 and others), got {list(levels)}")
+    return levels
+
+
 class OutputSpec(StrictModel, frozen=True):
-    """What the model's single output means."""
+    """What the model's single output means.
+
+    A quantile model (``quantiles`` not empty) outputs one channel per target and level, target-major:
+    channel ``t * len(quantiles) + q`` is level ``quantiles[q]`` of target ``t``, in normalised units like
+    a point model's output. ``edge_agent.quantiles.decode_forecast`` turns both kinds into units.
+    """
 
     kind: Literal["forecast", "reconstruction"]
     horizon_steps: int = Field(ge=0)
     target_channels: tuple[str, ...] = Field(min_length=1)
     target_units: tuple[str, ...] = Field(min_length=1)
     anomaly: AnomalySpec | None = None
+    quantiles: tuple[float, ...] = Field(
+        default=(),
+        max_length=MAX_QUANTILE_LEVELS,
+        description="Levels of a quantile forecast, increasing, including 0.5 (the point forecast); empty for "
+        "a point model.",
+    )
+    quantile_scales: tuple[tuple[float, ...], ...] = Field(
+        default=(),
+        description="Per target, per level: factor applied to each quantile's distance from the median "
+        "(normalised units) before decoding, recalibrated on the validation split; empty = all 1.",
+    )
+
+    @field_validator("quantiles")
+    @classmethod
+    def _levels(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        return check_quantile_levels(value)
+
+    @model_validator(mode="after")
+    def _quantile_shape(self) -> OutputSpec:
+        if self.quantiles and self.kind != "forecast":
+            raise ValueError("quantiles are for forecast outputs, not reconstructions")
+        if self.quantile_scales:
+            shape = (len(self.target_channels), len(self.quantiles))
+            if len(self.quantile_scales) != shape[0] or any(len(row) != shape[1] for row in self.quantile_scales):
+                raise ValueError(f"quantile_scales must be {shape[0]} rows (targets) of {shape[1]} (levels)")
+            if any(not (scale >= 0 and scale < float("inf")) for row in self.quantile_scales for scale in row):
+                raise ValueError("quantile_scales must be finite and non-negative")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _point_models_as_before(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A point model's manifest keeps its pre-quantile bytes, so agents that predate quantiles read it.
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("quantiles", "quantile_scales"):
+                if not data.get(name):
+                    data.pop(name, None)
+        return data
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the model's output tensor: one per target, times the levels of a quantile model."""
+        return len(self.target_channels) * max(1, len(self.quantiles))
+
+    @property
+    def format_version(self) -> int:
+        """The bundle format this output needs (quantile outputs need :data:`QUANTILE_FORMAT_VERSION`)."""
+        return QUANTILE_FORMAT_VERSION if self.quantiles else FORMAT_VERSION
 
 
 class TensorQuantisation(StrictModel, frozen=True):
@@ -164,6 +244,14 @@ class Manifest(StrictModel, frozen=True):
     )
     provenance: Provenance
     test_vectors: tuple[TestVector, ...] = Field(default=(), description="Used by the device's self-test.")
+
+    @model_validator(mode="after")
+    def _format_holds_the_output(self) -> Manifest:
+        if self.format_version < self.output.format_version:
+            raise ValueError(
+                f"a quantile output needs format_version {self.output.format_version}, got {self.format_version}"
+            )
+        return self
 
     def artefact(self, file: str) -> Artefact:
         """The artefact entry for ``file``; raises IntegrityError naming the files that exist."""

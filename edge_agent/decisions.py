@@ -25,8 +25,9 @@ from edge_agent.bundle import Manifest
 from edge_agent.config import AnomalySection, ChannelLink
 from edge_agent.features import FeatureSpec, derive_channels
 from edge_agent.health import AgentHealth
-from edge_agent.messages import Forecast
+from edge_agent.messages import Forecast, QuantileForecast
 from edge_agent.model_manager import ModelManager
+from edge_agent.quantiles import decode_forecast
 from edge_agent.reporting.base import Reporter
 from edge_agent.supervisor import Prediction
 from edge_agent.window import Sample, SampleAggregator, WindowBuffer
@@ -246,7 +247,7 @@ class DecisionStep:
         supervisor = self.models.supervisor
         assert supervisor.pipeline is not None and supervisor.bundle is not None
         output = supervisor.bundle.manifest.output
-        decoded = supervisor.pipeline.decode(prediction.output[0])
+        decoded = decode_forecast(prediction.output[0], output, supervisor.pipeline)
         step = supervisor.pipeline.spec.sample_period_s
         return [
             Forecast(
@@ -254,7 +255,17 @@ class DecisionStep:
                 unit=unit,
                 origin=datetime.fromtimestamp(last_start + step, UTC),
                 step_s=step,
-                values=[finite_or_none(v) for v in decoded[:, i]],
+                values=_wire(decoded.point[:, i]),
+                quantiles=None
+                if decoded.quantiles is None
+                else [
+                    QuantileForecast(level=level, values=_wire(decoded.quantiles[q, :, i]))
+                    for q, level in enumerate(decoded.levels)
+                ],
             )
             for i, (name, unit) in enumerate(zip(output.target_channels, output.target_units, strict=True))
         ]
+
+
+def _wire(values: NDArray[np.float32]) -> list[float | None]:
+    return [finite_or_none(v) for v in values]

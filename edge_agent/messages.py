@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from edge_agent.yamlconfig import StrictModel
 
@@ -33,6 +34,7 @@ MAX_COUNT = 2**53 - 1
 NO_NUL = r"^[^\x00]*$"
 MAX_CHANNELS = 256
 MAX_FORECAST_STEPS = 10_000
+MAX_QUANTILE_LEVELS = 16
 # MQTT topic levels must not contain wildcards or separators; we also keep them short and shell-safe.
 TOPIC_LEVEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MESSAGE_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"
@@ -135,6 +137,15 @@ class ChannelAggregate(_Message):
     unit: Name | None = Field(None, description="Unit of the channel.")
 
 
+class QuantileForecast(_Message):
+    """One quantile level of a probabilistic forecast."""
+
+    level: float = Field(..., gt=0, lt=1, description="Quantile level, e.g. 0.1 for P10.")
+    values: list[float | None] = Field(
+        ..., max_length=MAX_FORECAST_STEPS, description="One value per horizon step; null when unknown."
+    )
+
+
 class Forecast(_Message):
     """The latest forecast of one target channel."""
 
@@ -145,6 +156,23 @@ class Forecast(_Message):
     values: list[float | None] = Field(
         ..., max_length=MAX_FORECAST_STEPS, description="One value per horizon step; null when unknown."
     )
+    quantiles: list[QuantileForecast] | None = Field(
+        None,
+        max_length=MAX_QUANTILE_LEVELS,
+        description="Quantile levels in increasing order, each with one value per step like `values` (the "
+        "median); null for a point model or while the baseline forecasts.",
+    )
+
+    @model_validator(mode="after")
+    def _quantiles_match_values(self) -> Forecast:
+        if self.quantiles is not None:
+            levels = [q.level for q in self.quantiles]
+            if any(b <= a for a, b in pairwise(levels)):
+                raise ValueError(f"quantile levels must be strictly increasing, got {levels}")
+            uneven = [q.level for q in self.quantiles if len(q.values) != len(self.values)]
+            if uneven:
+                raise ValueError(f"quantile level(s) {uneven} do not have one value per step of `values`")
+        return self
 
 
 class AnomalyStats(_Message):

@@ -416,3 +416,18 @@ def onnx_description(path: Path) -> dict[str, int]:
     proto = onnx.load(str(path), load_external_data=False)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return {"ir_version": int(proto.ir_version), "opset": int(opset)}
+
+
+def onnx_output_scale(path: Path) -> float | None:
+    """Scale of the DequantizeLinear that produces a static-QDQ model's output, if one does."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    output = graph.output[0].name
+    producer = next((node for node in graph.node if output in node.output), None)
+    if producer is None or producer.op_type != "DequantizeLinear":
+        return None
+    scales = {item.name: item for item in graph.initializer}
+    scale = scales.get(producer.input[1])
+    return None if scale is None else float(np.max(numpy_helper.to_array(scale)))

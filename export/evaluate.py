@@ -13,8 +13,10 @@ from edge_agent.anomaly import reconstruction_scores
 from edge_agent.arrays import FloatArray
 from edge_agent.bundle import AnomalySpec, Latency, OutputSpec
 from edge_agent.features import FeaturePipeline, FeatureSpec
+from edge_agent.quantiles import decode_forecast
 from edge_agent.runtimes.base import ModelRuntime
 from gridedge.export.errors import ParityError
+from gridedge.trainer.quantiles import flat_quantile_metrics, level_label, quantile_metrics
 
 Predict = Callable[[Mapping[str, FloatArray]], FloatArray]
 
@@ -92,8 +94,45 @@ def task_metrics(outputs: FloatArray, split: TestSplit, spec: FeatureSpec, outpu
                 raise ParityError("the detector includes the stale rule but the test split carries no frozen flags")
             flags |= split.frozen
         return {"f1": mean_series_f1(flags, split)}
-    decoded = FeaturePipeline(spec).decode(outputs)
-    return {"mae": float(np.mean(np.abs(decoded - split.targets)))}
+    decoded = decode_forecast(outputs, output, FeaturePipeline(spec))
+    metrics = {"mae": float(np.mean(np.abs(decoded.point - split.targets)))}
+    if decoded.quantiles is not None:
+        metrics.update(flat_quantile_metrics(quantile_metrics(decoded.quantiles, split.targets, decoded.levels)))
+    return metrics
+
+
+def quantile_parity(
+    metrics: dict[str, float],
+    float_metrics: Mapping[str, float],
+    spec: FeatureSpec,
+    output: OutputSpec,
+    max_degradation: float,
+    output_step: float,
+) -> list[str]:
+    """The gate on every quantile output: records each level's pinball degradation in ``metrics`` and
+    returns the levels refused.
+
+    A level is refused when its pinball loss is worse than the float model's by more than
+    ``max_degradation`` (relative) and by more than rounding the output to the artefact's quantisation
+    step (``output_step``, normalised units; 0 when the output is not quantised) can explain: pinball
+    loss moves by at most max(level, 1 - level) times the change of the forecast, and rounding changes
+    it by half a step, times the target's std in units.
+    """
+    stats = spec.normalisation
+    assert stats is not None
+    std = max(stats.std[stats.channels.index(t)] for t in spec.target_channels)
+    refused = []
+    for level in output.quantiles:
+        key = f"pinball_{level_label(level)}"
+        worse = degradation(metrics[key], float_metrics[key], higher_is_better=False)
+        metrics[f"{key}_degradation"] = worse
+        rounding = max(level, 1 - level) * output_step / 2 * std
+        if worse > max_degradation and metrics[key] - float_metrics[key] > rounding:
+            refused.append(
+                f"{key} {metrics[key]:.4g} vs float {float_metrics[key]:.4g} ({100 * worse:.2f} % worse, more "
+                f"than the output's rounding explains: {rounding:.3g})"
+            )
+    return refused
 
 
 def primary_metric(output: OutputSpec) -> tuple[str, bool]:

@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.arrays import FloatArray
 from edge_agent.bundle import (
-    FORMAT_VERSION,
     Artefact,
     Latency,
     Manifest,
@@ -47,6 +46,7 @@ from gridedge.export.evaluate import (
     measure_latency,
     predict_batched,
     primary_metric,
+    quantile_parity,
     task_metrics,
 )
 from gridedge.trainer.backends import Framework, FrameworkBackend, backend
@@ -195,6 +195,15 @@ def _open(result: ArtefactResult, source: ExportSource) -> ModelRuntime:
     return OnnxRuntime(result.path, OnnxRuntimeConfig(providers=("CPUExecutionProvider",)), source.input_names)
 
 
+def _output_step(result: ArtefactResult) -> float:
+    """The quantisation step of the artefact's output (normalised units); 0 for a float output."""
+    if "output" in result.quantisation:
+        return result.quantisation["output"].scale
+    if result.runtime == "onnx" and result.precision == "int8":
+        return converters.onnx_output_scale(result.path) or 0.0
+    return 0.0
+
+
 def _self_test_atol(result: ArtefactResult, outputs: Sequence[FloatArray]) -> float:
     """Tolerance a device gets on the test vectors: float rounding, int8 steps, measured runtime spread."""
     magnitude = 1.0 + max(float(np.max(np.abs(o))) for o in outputs)
@@ -287,6 +296,16 @@ def export_bundle(
                     f"{float_metrics[metric]:.4g} ({100 * result.metrics[f'{metric}_degradation']:.2f} % worse, "
                     f"bound {100 * options.max_degradation:.2f} %)"
                 )
+            if source.output.quantiles:
+                levels_refused = quantile_parity(
+                    result.metrics,
+                    float_metrics,
+                    source.spec,
+                    source.output,
+                    options.max_degradation,
+                    _output_step(result),
+                )
+                refused += [f"{result.file}: {reason}" for reason in levels_refused]
             result.latency = measure_latency(runtime, source.test.feeds, options.latency_runs)
             result.test_outputs = [runtime.run(v) for v in vectors]
             progress(f"proving {result.file} on its targets")
@@ -357,7 +376,7 @@ def _manifest(
         update={"library_versions": {**source.provenance.library_versions, **_library_versions()}}
     )
     return Manifest(
-        format_version=FORMAT_VERSION,
+        format_version=source.output.format_version,
         name=options.name,
         version=options.version,
         task=source.task,

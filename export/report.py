@@ -14,6 +14,7 @@ from typing import Any
 from edge_agent.fsutil import atomic_write_text
 from gridedge.export.evaluate import primary_metric
 from gridedge.export.pipeline import ExportResult
+from gridedge.trainer.quantiles import level_label
 
 # Relative changes smaller than this print as 0.00 % and are neither better nor worse.
 SAME = 5e-5
@@ -100,11 +101,37 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
             f"{row['p50_us']:.1f} | {row['p99_us']:.1f} | {', '.join(row['targets'])} |"
         )
     lines += _onnx_int8_comparison(rows, metric, higher_is_better)
+    lines += _quantile_table(rows, manifest.output.quantiles, result.float_metrics)
     if result.target_notes:
         lines += ["", "Notes (quantisation scheme, targets):", *[f"- {note}" for note in result.target_notes]]
     atomic_write_text(paths["md"], "\n".join(lines) + "\n")
     _plot(rows, metric, higher_is_better, float_value, paths["png"])
     return paths
+
+
+def _quantile_table(
+    rows: list[dict[str, Any]], levels: tuple[float, ...], float_metrics: dict[str, float]
+) -> list[str]:
+    """Every quantile level of every artefact next to the float model: the parity gate's view of them."""
+    if not levels:
+        return []
+    labels = [level_label(level) for level in levels]
+    header = " | ".join(f"{label.upper()} pinball (change) | {label.upper()} coverage" for label in labels)
+    lines = ["", "Quantile outputs on the test split (each level gated like the point forecast):", "",
+             f"| artefact | {header} | interval coverage | interval width |",
+             "|---" * (3 + 2 * len(labels)) + "|"]  # fmt: skip
+    float_row = {"file": "float model", "metrics": float_metrics}
+    for row in [float_row, *rows]:
+        m = row["metrics"]
+        cells = []
+        for label in labels:
+            change = m.get(f"pinball_{label}_degradation")
+            shown = "" if change is None else f" ({describe_change(change, higher_is_better=False)})"
+            cells.append(f"{m[f'pinball_{label}']:.4g}{shown} | {m[f'coverage_{label}']:.1%}")
+        lines.append(
+            f"| {row['file']} | {' | '.join(cells)} | {m['interval_coverage']:.1%} | {m['interval_width']:.4g} |"
+        )
+    return lines
 
 
 def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) -> list[str]:

@@ -96,7 +96,7 @@ def load_source(run_dir: Path) -> ExportSource:
         test_feeds, valid = _valid_feeds(prepared.test.inputs)
         split = TestSplit(feeds=test_feeds, targets=np.asarray(prepared.test.targets, dtype=np.float32)[valid])
     model = run.load_model()
-    _check_model_matches(run.framework, model, run.spec, run.path, split.feeds)
+    _check_model_matches(run.framework, model, run.spec, run.output, run.path, split.feeds)
     report = run.report
     reference = {
         f"baseline:{name}": _numbers(entry.get("test", {}))
@@ -132,11 +132,16 @@ def _numbers(metrics: Any) -> dict[str, float]:
 
 
 def _check_model_matches(
-    framework: Framework, model: Any, spec: FeatureSpec, run_dir: Path, feeds: dict[str, np.ndarray]
+    framework: Framework,
+    model: Any,
+    spec: FeatureSpec,
+    output: OutputSpec,
+    run_dir: Path,
+    feeds: dict[str, np.ndarray],
 ) -> None:
-    """Refuse a model whose inputs or output disagree with the run's feature spec."""
+    """Refuse a model whose inputs or output disagree with the run's feature and output specs."""
     steps = spec.horizon_steps or spec.input_steps
-    expected = (steps, len(spec.target_channels))
+    expected = (steps, output.output_channels)
     source = ExportSource(
         framework=framework,
         model=model,
@@ -156,6 +161,7 @@ def _check_model_matches(
         ) from exc
     if tuple(out.shape[1:]) != expected:
         raise TrainingRunError(
-            f"{run_dir}: the model outputs {tuple(out.shape[1:])} per window but feature_spec.json implies "
+            f"{run_dir}: the model outputs {tuple(out.shape[1:])} per window but feature_spec.json and "
+            "output_spec.json imply "
             f"{expected}; model and config do not match — retrain or fix the spec"
         )

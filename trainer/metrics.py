@@ -26,6 +26,7 @@ def hyperparameters(prepared: PreparedTask) -> dict[str, Any]:
         "decoder_channels": model.decoder_channels,
         "latent_channels": model.latent_channels,
         "dropout": model.dropout,
+        "quantiles": list(model.quantiles),
     }
 
 

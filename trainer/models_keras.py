@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from edge_agent.bundle import Precision
+from gridedge.trainer import quantiles
 from gridedge.trainer.backends import MODEL_FILES, Feeds, FitResult, Framework, FrameworkBackend
 from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.tasks import PreparedTask, Split
@@ -144,9 +145,37 @@ def build_model(hp: dict[str, Any]) -> Any:
         parts.append(future)
     y = layers.Concatenate(name="concat")(parts)
     y = layers.Conv1D(f, 3, padding="same", activation="relu", name="head_conv")(y)
-    y = layers.Conv1D(n_t, 1, name="head_out")(y)
-    out = layers.Add(name="forecast")([y, linear])
+    median = layers.Add(name="forecast")([layers.Conv1D(n_t, 1, name="head_out")(y), linear])
+    levels = hp.get("quantiles") or []
+    if not levels:
+        return keras.Model(inputs=inputs, outputs=median, name="tcn_forecaster")
+    # Quantiles: non-negative gaps between neighbouring levels, added outwards from the median by a
+    # fixed matrix, so the levels cannot cross (gridedge.trainer.quantiles).
+    gaps = layers.Conv1D(
+        n_t * quantiles.gap_count(levels),
+        1,
+        activation="relu",
+        bias_initializer=keras.initializers.Constant(quantiles.GAP_BIAS),
+        name="head_gaps",
+    )(y)
+    parts = layers.Concatenate(name="quantile_parts")([median, gaps])
+    mix = layers.Conv1D(n_t * len(levels), 1, use_bias=False, trainable=False, name="quantile_mix")
+    out = mix(parts)
+    mix.set_weights([quantiles.mixing_matrix(levels, n_t)[np.newaxis]])
     return keras.Model(inputs=inputs, outputs=out, name="tcn_forecaster")
+
+
+def pinball_loss(levels: Sequence[float]) -> Callable[[Any, Any], Any]:
+    """The Keras pinball loss of a quantile head: targets ``(N, H, T)``, outputs ``(N, H, T * Q)``."""
+    ops = import_keras().ops
+    tau = np.asarray(levels, dtype=np.float32)
+
+    def pinball(y_true: Any, y_pred: Any) -> Any:
+        split = ops.reshape(y_pred, (-1, ops.shape(y_pred)[1], ops.shape(y_true)[2], len(tau)))
+        diff = ops.expand_dims(y_true, -1) - split
+        return ops.mean(ops.maximum(tau * diff, (tau - 1) * diff), axis=(1, 2, 3))
+
+    return pinball
 
 
 def _feeds(split: Split) -> dict[str, NDArray[np.float32]] | NDArray[np.float32]:
@@ -175,7 +204,8 @@ def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> FitRe
     train_cfg = config.training
     model = build_model(hp)
     optimizer = keras.optimizers.AdamW(learning_rate=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay)
-    model.compile(optimizer=optimizer, loss=train_cfg.loss)
+    levels = hp.get("quantiles") or []
+    model.compile(optimizer=optimizer, loss=pinball_loss(levels) if levels else train_cfg.loss)
     bar = _EpochBar(train_cfg.epochs, f"keras {config.name}")
     on_epoch: Callable[[int, dict[str, float]], None] = lambda _epoch, logs: bar.update(logs)  # noqa: E731
     callbacks = [
@@ -240,7 +270,8 @@ class KerasBackend:
         model.save(run_dir / MODEL_FILE)
 
     def load(self, run_dir: Path) -> Any:
-        return import_keras().models.load_model(run_dir / MODEL_FILE)
+        # Inference only: the training loss (a pinball closure for quantile models) is not needed.
+        return import_keras().models.load_model(run_dir / MODEL_FILE, compile=False)
 
     def count_params(self, model: Any) -> int:
         return int(model.count_params())

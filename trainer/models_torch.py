@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edge_agent.bundle import Precision
+from gridedge.trainer import quantiles
 from gridedge.trainer.backends import MODEL_FILES, Feeds, FitResult, Framework, FrameworkBackend
 from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.tasks import PreparedTask
@@ -55,6 +56,17 @@ class TCNForecaster(nn.Module):
         self.head_conv = nn.Conv1d(d + n_t + ff, f, 3, padding=1)
         self.head_out = nn.Conv1d(f, n_t, 1)
         self.relu = nn.ReLU()
+        levels = hp.get("quantiles") or []
+        self.quantile_head = bool(levels)
+        if levels:
+            # Non-negative gaps between neighbouring levels, added outwards from the median by a fixed
+            # matrix, so the levels cannot cross (gridedge.trainer.quantiles); same head as the Keras twin.
+            self.head_gaps = nn.Conv1d(f, n_t * quantiles.gap_count(levels), 1)
+            assert self.head_gaps.bias is not None
+            nn.init.constant_(self.head_gaps.bias, quantiles.GAP_BIAS)
+            matrix = torch.from_numpy(quantiles.mixing_matrix(levels, n_t))
+            self.quantile_mix = nn.Linear(matrix.shape[0], matrix.shape[1], bias=False)
+            self.quantile_mix.weight = nn.Parameter(matrix.T.contiguous(), requires_grad=False)
 
     def forward(self, past: torch.Tensor, future: torch.Tensor | None = None) -> torch.Tensor:
         x_in = past.permute(0, 2, 1)
@@ -67,8 +79,12 @@ class TCNForecaster(nn.Module):
         linear = self.linear(self.mix(x_in).flatten(1)).reshape(-1, self.h, self.n_t)
         parts = [z, linear] if future is None else [z, linear, future]
         y = torch.cat(parts, dim=2).permute(0, 2, 1)
-        y = self.head_out(self.relu(self.head_conv(y))).permute(0, 2, 1)
-        return y + linear
+        y = self.relu(self.head_conv(y))
+        median = self.head_out(y).permute(0, 2, 1) + linear
+        if not self.quantile_head:
+            return median
+        gaps = self.relu(self.head_gaps(y)).permute(0, 2, 1)
+        return self.quantile_mix(torch.cat([median, gaps], dim=2))
 
 
 class ConvAutoencoder(nn.Module):
@@ -127,6 +143,18 @@ def predict(model: nn.Module, feeds: Feeds, batch_size: int = 1024) -> NDArray[n
     return np.concatenate(outputs, axis=0).astype(np.float32)
 
 
+def pinball_loss(levels: Sequence[float]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The PyTorch pinball loss of a quantile head: targets ``(N, H, T)``, outputs ``(N, H, T * Q)``."""
+    tau = torch.tensor(list(levels), dtype=torch.float32)
+
+    def pinball(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        split = output.reshape(*target.shape, len(tau))
+        diff = target.unsqueeze(-1) - split
+        return torch.maximum(tau * diff, (tau - 1) * diff).mean()
+
+    return pinball
+
+
 def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> FitResult:
     """Train with AdamW and early stopping on validation loss; the best epoch's weights are kept."""
     train_cfg = config.training
@@ -134,7 +162,9 @@ def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> FitRe
     torch.set_num_threads(train_cfg.threads)
     model = build_module(hp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay)
-    loss_fn: nn.Module = nn.L1Loss() if train_cfg.loss == "mae" else nn.MSELoss()
+    levels = hp.get("quantiles") or []
+    point_loss = nn.L1Loss() if train_cfg.loss == "mae" else nn.MSELoss()
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = pinball_loss(levels) if levels else point_loss
     past, future = _tensors(prepared.train.inputs.as_feeds())
     target = torch.from_numpy(prepared.train.targets_normalised)
     val_feeds = prepared.val.inputs.as_feeds()
@@ -157,8 +187,11 @@ def fit(config: TaskConfig, prepared: PreparedTask, hp: dict[str, Any]) -> FitRe
             optimizer.step()
             total += loss.item() * len(idx)
         val_out = predict(model, val_feeds)
-        diff = val_out - val_target
-        val_loss = float(np.mean(np.abs(diff)) if train_cfg.loss == "mae" else np.mean(diff**2))
+        if levels:
+            val_loss = quantiles.pinball_raw(val_out, val_target, levels)
+        else:
+            diff = val_out - val_target
+            val_loss = float(np.mean(np.abs(diff)) if train_cfg.loss == "mae" else np.mean(diff**2))
         history.append({"epoch": epoch, "loss": total / len(past), "val_loss": val_loss})
         bar.set_postfix(loss=f"{total / len(past):.4f}", val=f"{val_loss:.4f}")
         if val_loss < best_loss:

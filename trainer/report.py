@@ -39,6 +39,7 @@ def markdown(report: dict[str, Any]) -> str:
             base = result["test"]
             relative = test["mae"] / base["mae"] - 1 if base["mae"] else float("nan")
             lines.append(f"| {name} | {_fmt(base['mae'])} | {_fmt(base['rmse'])} | {relative:+.1%} |")
+        lines += _quantile_lines(test.get("quantiles"))
         rolling = report["metrics"].get("test_rolling")
         if rolling is not None:
             lines += [
@@ -76,6 +77,41 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
+
+
+def quantile_versions(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The raw and the recalibrated levels' metrics, raw first, the shipped one labelled so."""
+    versions = sorted([metrics, metrics["other"]], key=lambda m: bool(m["recalibrated"]))
+    return [
+        (("recalibrated" if m["recalibrated"] else "raw model") + (" (shipped)" if m is metrics else ""), m)
+        for m in versions
+    ]
+
+
+def _quantile_lines(metrics: dict[str, Any] | None) -> list[str]:
+    """Calibration on the test split: coverage and pinball loss per level, the outermost interval;
+    before and after recalibration when there was one."""
+    if metrics is None:
+        return []
+    versions = quantile_versions(metrics)
+    interval = metrics["interval"]
+    span = f"P{interval['lower'] * 100:g}–P{interval['upper'] * 100:g}"
+    levels = metrics["levels"]
+    lines = [
+        "",
+        "Quantile calibration on the test split (coverage = share of actual values at or below the level):",
+        "",
+        "| quantiles | " + " | ".join(f"P{q * 100:g} coverage" for q in levels)
+        + f" | {span} coverage (nominal {interval['nominal']:.0%}) | mean {span} width | mean pinball |",
+        "|---" * (len(levels) + 4) + "|",
+    ]
+    for label, m in versions:
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{c:.1%}" for c in m["coverage"])
+            + f" | {m['interval']['coverage']:.1%} | {_fmt(m['interval']['mean_width'])} | {_fmt(m['pinball_mean'])} |"
+        )
+    return lines
 
 
 def plot(prepared: PreparedTask, data: dict[str, Any], out_dir: Path) -> list[str]:
@@ -117,6 +153,8 @@ def plot(prepared: PreparedTask, data: dict[str, Any], out_dir: Path) -> list[st
         fig.savefig(out_dir / "error_by_horizon.png", dpi=90)
         plt.close(fig)
         files.append("error_by_horizon.png")
+        if "test_quantiles" in data["predictions"]:
+            files += _plot_quantiles(prepared, data, out_dir, picks, unit)
         return files
 
     threshold = data["threshold"]
@@ -142,3 +180,53 @@ def plot(prepared: PreparedTask, data: dict[str, Any], out_dir: Path) -> list[st
     plt.close(fig)
     files.append("anomaly_scores.png")
     return files
+
+
+def _plot_quantiles(
+    prepared: PreparedTask, data: dict[str, Any], out_dir: Path, picks: np.ndarray, unit: str
+) -> list[str]:
+    """A forecast fan on test days, and coverage of each level and of the outermost interval."""
+    import matplotlib.pyplot as plt
+
+    test = prepared.test
+    bands = data["predictions"]["test_quantiles"]  # (N, Q, H, T)
+    metrics = data["metrics"]["test"]["quantiles"]
+    levels = metrics["levels"]
+    fig, axes = plt.subplots(len(picks), 1, figsize=(9, 2.2 * len(picks)), squeeze=False)
+    steps = np.arange(bands.shape[2])
+    for ax, i in zip(axes[:, 0], picks, strict=True):
+        for q in range(len(levels) // 2):
+            ax.fill_between(
+                steps, bands[i, q, :, 0], bands[i, -1 - q, :, 0], color="tab:blue", alpha=0.15 + 0.15 * q,
+                lw=0, label=f"P{levels[q] * 100:g}–P{levels[-1 - q] * 100:g}",
+            )
+        ax.plot(test.targets[i, :, 0], color="black", lw=1, label="actual")
+        ax.plot(data["predictions"]["test"][i, :, 0], color="tab:blue", lw=1, label="median")
+        ax.set_title(f"origin {np.datetime64(int(test.origin_times[i]), 's')} UTC", fontsize=9)
+        ax.set_ylabel(unit)
+    axes[0, 0].legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel("horizon step")
+    fig.suptitle(f"{prepared.spec.target_channels[0]}: forecast fan (test days)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "quantile_fan.png", dpi=90)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="nominal")
+    for label, m in quantile_versions(metrics):
+        left.plot(levels, m["coverage"], marker="o", label=label)
+        right.plot(np.arange(1, len(steps) + 1), m["interval"]["coverage_by_step"], label=label)
+    left.set_xlabel("quantile level")
+    left.set_ylabel("test coverage")
+    left.legend(fontsize=8)
+    interval = metrics["interval"]
+    right.axhline(interval["nominal"], color="grey", ls="--", lw=1, label="nominal")
+    right.set_xlabel("horizon step")
+    right.set_ylabel(f"P{interval['lower'] * 100:g}–P{interval['upper'] * 100:g} coverage")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=8)
+    fig.suptitle("quantile calibration on the test split")
+    fig.tight_layout()
+    fig.savefig(out_dir / "quantile_coverage.png", dpi=90)
+    plt.close(fig)
+    return ["quantile_fan.png", "quantile_coverage.png"]

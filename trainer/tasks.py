@@ -463,6 +463,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             "target_channels": list(spec.target_channels),
             "target_units": [_unit(spec, t) for t in spec.target_channels],
             "anomaly": None,
+            "quantiles": list(config.model.quantiles),  # scales filled in after calibration on validation
         }
     else:
         assert config.anomaly is not None  # guaranteed by TaskConfig validation

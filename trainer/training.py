@@ -17,6 +17,8 @@ from numpy.typing import NDArray
 
 from edge_agent import anomaly as anomaly_scores
 from edge_agent.bundle import OutputSpec
+from edge_agent.quantiles import decode_forecast, split_levels
+from gridedge.trainer import quantiles
 from gridedge.trainer import report as reporting
 from gridedge.trainer.backends import FRAMEWORKS, Feeds, Framework, backend
 from gridedge.trainer.baselines import forecast_baselines, rule_metrics
@@ -41,10 +43,6 @@ def _versions(library_packages: tuple[str, ...]) -> dict[str, str]:
     return versions
 
 
-def _decoded(predict: Predict, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
-    return prepared.pipeline.decode(predict(split.inputs.as_feeds()))
-
-
 def _window_scores(predict: Predict, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
     """Anomaly score per window (NaN where the window was unusable)."""
     assert prepared.config.anomaly is not None
@@ -59,13 +57,46 @@ def _window_scores(predict: Predict, prepared: PreparedTask, split: Split) -> ND
     return scores
 
 
-def _evaluate_forecast(predict: Predict, prepared: PreparedTask) -> tuple[dict[str, Any], dict[str, Any]]:
+def _evaluate_forecast(
+    predict: Predict, prepared: PreparedTask, output: OutputSpec
+) -> tuple[dict[str, Any], dict[str, Any], OutputSpec]:
+    """Metrics per split of the point forecast (the median of a quantile model) and of the quantiles.
+
+    A quantile model's levels are measured raw and recalibrated on validation; the config chooses which
+    one ships (the returned output spec carries the scales when it is the recalibrated one), and the
+    other is reported beside it under ``quantiles.other``.
+    """
     splits = {"val": prepared.val, "test": prepared.test}
     if prepared.test_rolling is not None:
         splits["test_rolling"] = prepared.test_rolling
-    predictions = {name: _decoded(predict, prepared, split) for name, split in splits.items()}
-    metrics = {name: forecast_metrics(predictions[name], split.targets) for name, split in splits.items()}
-    return metrics, predictions
+    raw = {name: predict(split.inputs.as_feeds()) for name, split in splits.items()}
+    other = output
+    if output.quantiles:
+        scales = quantiles.spread_scales(
+            split_levels(raw["val"], output), prepared.val.targets_normalised, output.quantiles
+        )
+        recalibrated = OutputSpec.model_validate({**output.model_dump(), "quantile_scales": scales})
+        if prepared.config.model.recalibrate_quantiles:
+            output, other = recalibrated, output
+        else:
+            other = recalibrated
+    decoded = {name: decode_forecast(raw[name], output, prepared.pipeline) for name in splits}
+    metrics = {name: forecast_metrics(decoded[name].point, split.targets) for name, split in splits.items()}
+    predictions: dict[str, Any] = {name: decoded[name].point for name in splits}
+    for name, split in splits.items():
+        shipped, alternative = decoded[name], decode_forecast(raw[name], other, prepared.pipeline)
+        if shipped.quantiles is None or alternative.quantiles is None:
+            continue
+        metrics[name]["quantiles"] = {
+            **quantiles.quantile_metrics(shipped.quantiles, split.targets, output.quantiles),
+            "recalibrated": bool(output.quantile_scales),
+            "other": {
+                **quantiles.quantile_metrics(alternative.quantiles, split.targets, output.quantiles),
+                "recalibrated": bool(other.quantile_scales),
+            },
+        }
+        predictions[f"{name}_quantiles"] = shipped.quantiles
+    return metrics, predictions, output
 
 
 def _evaluate_anomaly(
@@ -141,9 +172,10 @@ def train(
     output_spec = dict(prepared.output_spec)
     plot_data: dict[str, Any]
     if prepared.spec.is_forecast:
-        metrics, predictions = _evaluate_forecast(predict, prepared)
+        metrics, predictions, output = _evaluate_forecast(predict, prepared, OutputSpec.model_validate(output_spec))
+        output_spec = output.model_dump()
         baselines = forecast_baselines(prepared)
-        plot_data = {"predictions": predictions}
+        plot_data = {"predictions": predictions, "metrics": metrics}
         protocol = (
             f"day-ahead: one origin per day at {config.protocol.origin_hour:02d}:00 local "
             f"({prepared.spec.timezone}), input the past {prepared.spec.input_steps} steps, horizon "
@@ -154,6 +186,16 @@ def train(
             + (
                 "; days containing upstream-filled copies excluded from targets"
                 if config.data.exclude_upstream_filled
+                else ""
+            )
+            + (
+                f"; quantiles {list(config.model.quantiles)} trained with the pinball loss, the median is the "
+                "point forecast"
+                + "; shipped levels "
+                + ("recalibrated" if config.model.recalibrate_quantiles else "raw")
+                + " (metrics.*.quantiles.other: the levels with each distance from the median rescaled to nominal "
+                "validation coverage, or raw)"
+                if config.model.quantiles
                 else ""
             )
             + (
