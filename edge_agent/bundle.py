@@ -218,7 +218,13 @@ class Lineage(StrictModel, frozen=True):
     git_commit: str | None = Field(None, description="Commit of the checkout that trained it, when it was one.")
 
 
-class Provenance(StrictModel, frozen=True):
+class Provenance(StrictModel, frozen=True, extra="allow"):
+    """Where the model came from: read by people and the fleet, never by the device's decisions.
+
+    Unknown keys are kept, not refused: a newer trainer that records more provenance must not make the
+    devices in the field refuse its models.
+    """
+
     data_fingerprint: str
     config: dict[str, Any]
     seed: int

@@ -81,6 +81,18 @@ def test_unknown_format_version_is_refused_even_when_signed(bundle_dir: Path, si
         read_bundle(bundle_dir, signing_key.public_key())
 
 
+def test_provenance_a_newer_trainer_records_is_kept_not_refused(
+    bundle_dir: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    raw = json.loads((bundle_dir / MANIFEST_NAME).read_bytes())
+    raw["provenance"]["recorded_by_a_newer_trainer"] = {"cluster": "dask://10.0.0.5:8786"}
+    payload = json.dumps(raw).encode()
+    (bundle_dir / MANIFEST_NAME).write_bytes(payload)
+    (bundle_dir / SIGNATURE_NAME).write_bytes(signing_key.sign(payload))
+    provenance = read_bundle(bundle_dir, signing_key.public_key()).manifest.provenance
+    assert provenance.model_dump()["recorded_by_a_newer_trainer"] == {"cluster": "dask://10.0.0.5:8786"}
+
+
 def test_writer_refuses_a_manifest_that_does_not_match_the_file(
     tmp_path: Path, manifest: Manifest, model_file: Path, signing_key: Ed25519PrivateKey
 ) -> None:
