@@ -137,7 +137,7 @@ def summary_payloads(count: int, devices: int) -> list[tuple[str, bytes]]:
     payloads = []
     for index in range(count):
         builder = builders[index % devices]
-        message = builder.summary(index, content, stats)
+        message = builder.summary(index // devices, content, stats)
         payloads.append((f"gridedge/v1/bench/{builder.device}/summary", message.model_dump_json().encode()))
     return payloads
 
