@@ -526,8 +526,9 @@ class FleetStore:
         with cursor.copy(f"COPY {INCOMING_TABLE} ({columns}) FROM STDIN") as copy:
             for item in fresh.values():
                 copy.write_row(self._message_row(item, receiver))
+        # In id order: two receivers storing overlapping batches wait for each other, never deadlock.
         cursor.execute(
-            f"INSERT INTO fleet_messages ({columns}) SELECT {columns} FROM {INCOMING_TABLE} "
+            f"INSERT INTO fleet_messages ({columns}) SELECT {columns} FROM {INCOMING_TABLE} ORDER BY message_id "
             "ON CONFLICT DO NOTHING RETURNING message_id"
         )
         inserted = {row[0] for row in cursor.fetchall()}
