@@ -25,7 +25,7 @@ def received(message: Envelope, at: float | None = None) -> Received:
 
 
 def partitions(store: FleetStore) -> list[str]:
-    rows = store._query(
+    rows = store.query(
         "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'fleet_messages' "
         "AND p.relnamespace = to_regnamespace(current_schema())::oid ORDER BY 1",
