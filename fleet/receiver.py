@@ -33,10 +33,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import queue
+import pickle
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -68,6 +69,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Far above any summary a device makes (a few KB); a larger payload is dead-lettered unparsed.
 MAX_PAYLOAD_BYTES = 256 * 1024
+# Batches in the writer process's pipe at once: two keep it busy while the network side acknowledges.
+PIPELINE_DEPTH = 2
 
 SHARED_LEAVES = ("summary", "alert", "telemetry", "cmd/+/result")
 # The topic's last level names the model: cheaper than trying the discriminated union, and a
@@ -138,6 +141,61 @@ def validate(topic: str, payload: bytes, received_at: float) -> Received:
             f"identity mismatch: the payload says {message.site}/{message.device}, the topic {site}/{device}"
         )
     return Received(message, text, received_at, topic)
+
+
+class Inbox:
+    """Hands received messages from paho's network thread to the writer thread.
+
+    The network side appends to a deque without a lock and wakes the writer only when it waits: a
+    ``queue.Queue`` (a lock and a notify per message) cost the network process ~25% more CPU per
+    message (measured, ``benchmarks/results/mqtt.md``). Bounded: when storage falls behind (a backlog
+    after downtime), :meth:`put` holds paho's loop and TCP holds the rest at the broker, instead of up
+    to ReceiveMaximum messages piling up in memory.
+    """
+
+    def __init__(self, limit: int):
+        self._items: deque[tuple[int, mqtt.MQTTMessage] | None] = deque()
+        self._limit = limit
+        self._waiting = False
+        self._wake = threading.Event()
+        self._space = threading.Event()
+
+    def put(self, item: tuple[int, mqtt.MQTTMessage], stopping: Callable[[], bool]) -> bool:
+        """Append ``item``, waiting while the inbox is full; False (dropped) once ``stopping()``."""
+        while len(self._items) >= self._limit:
+            if stopping():
+                return False
+            self._space.clear()
+            if len(self._items) >= self._limit:
+                self._space.wait(0.2)
+        self._items.append(item)
+        if self._waiting:
+            self._wake.set()
+        return True
+
+    def close(self) -> None:
+        """Append the stop marker (even when full): the writer stores what came before it, then ends."""
+        self._items.append(None)
+        self._wake.set()
+
+    def take(self, limit: int, wait_s: float) -> tuple[list[tuple[int, mqtt.MQTTMessage]], bool]:
+        """Up to ``limit`` items, waiting up to ``wait_s`` for the first, and whether the stop marker came."""
+        items = self._items
+        if not items and wait_s > 0:
+            self._waiting = True
+            self._wake.clear()
+            if not items:  # put() may have appended before it could see _waiting
+                self._wake.wait(wait_s)
+            self._waiting = False
+        batch: list[tuple[int, mqtt.MQTTMessage]] = []
+        while items and len(batch) < limit:
+            item = items.popleft()
+            if item is None:
+                return batch, True
+            batch.append(item)
+        if not self._space.is_set():
+            self._space.set()
+        return batch, False
 
 
 @dataclass(frozen=True)
@@ -216,14 +274,15 @@ class BatchWriter:
 def _writer_process(
     store_arguments: dict[str, Any], name: str, retention_days: float | None, connection: Connection, stopping: Any
 ) -> None:
-    """Child process: answer each batch received on ``connection`` with its BatchOutcome, until None."""
+    """Child process: answer each pickled batch received on ``connection`` with its BatchOutcome, in
+    order, until an empty message."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = FleetStore(**store_arguments)
     writer = BatchWriter(store, name, stopping.is_set, retention_days)
     connection.send("ready")
     try:
-        while (batch := connection.recv()) is not None:
-            connection.send(writer.write(batch))
+        while data := connection.recv_bytes():
+            connection.send(writer.write(pickle.loads(data)))
     finally:
         store.close()
 
@@ -260,10 +319,12 @@ class FleetReceiver:
         self._child_connection: Connection | None = None
         self._batch_writer = BatchWriter(store, self.name, self._stopping_requested, retention_days)
         # (connection generation, message): an ack is only valid on the connection that delivered it.
-        # Bounded: when storage falls behind (a backlog after downtime), paho's loop waits here and TCP
-        # holds the rest at the broker, instead of up to ReceiveMaximum messages piling up in memory.
-        self._queue: queue.Queue[tuple[int, mqtt.MQTTMessage] | None] = queue.Queue(maxsize=2 * batch_size)
+        self._inbox = Inbox(2 * batch_size)
         self._generation = 0
+        self._subscribe_mid: int | None = None
+        # Batches sent to the writer process and not yet answered, oldest first, with their pickle
+        # (sent again to a restarted writer). Kept here: a restarted writer thread picks them up.
+        self._pending: deque[tuple[list[tuple[int, mqtt.MQTTMessage]], bytes]] = deque()
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._refused: str | None = None
@@ -276,6 +337,7 @@ class FleetReceiver:
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     def start(self) -> None:
@@ -315,8 +377,7 @@ class FleetReceiver:
         self._stopping.set()
         self._child_stopping.set()
         self.watchdog.stop()
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=30)
+        self._inbox.close()
         self.watchdog.join(30)
         self._client.disconnect()
         self._client.loop_stop()
@@ -325,7 +386,7 @@ class FleetReceiver:
     def _stopping_requested(self) -> bool:
         return self._stopping.is_set()
 
-    def _start_child(self) -> None:
+    def _start_child(self) -> Connection:
         parent, child = self._context.Pipe()
         self._child = self._context.Process(
             target=_writer_process,
@@ -345,29 +406,29 @@ class FleetReceiver:
             self._child.kill()
             raise ReceiverError(f"the fleet writer process could not open {self.store.location}")
         self._child_connection = parent
+        return parent
 
     def _stop_child(self) -> None:
         if self._child is None or self._child_connection is None:
             return
         with contextlib.suppress(OSError):
-            self._child_connection.send(None)
+            self._child_connection.send_bytes(b"")
         self._child.join(30)
         if self._child.is_alive():
             self._child.kill()
         self._child_connection.close()
         self._child = self._child_connection = None
 
-    def _write(self, batch: list[tuple[str, bytes]]) -> BatchOutcome | None:
-        if not self.writer_process:
-            return self._batch_writer.write(batch)
+    def _child_call(self, action: Callable[[Connection], T], retry: bool) -> T | None:
+        """Run ``action`` on the pipe to the writer process. A writer that died is restarted and sent
+        every pending batch again (in order), then ``action`` is run again if ``retry`` (a send is
+        not: the pending batches include its own). ``None`` once stopping."""
         while not self._stopping.is_set() or self._child is not None:
             assert self._child_connection is not None
             try:
-                self._child_connection.send(batch)
-                outcome: BatchOutcome | None = self._child_connection.recv()
-                return outcome
+                return action(self._child_connection)
             except (EOFError, OSError):
-                # Never silently dead: the writer process is restarted and the batch sent again.
+                # Never silently dead: the writer process is restarted and the batches sent again.
                 self.stats.writer_process_restarts += 1
                 self._alert(
                     AlertContent(
@@ -380,7 +441,12 @@ class FleetReceiver:
                 self._child = self._child_connection = None
                 if self._stopping.is_set():
                     return None
-                self._start_child()
+                restarted = self._start_child()
+                with contextlib.suppress(EOFError, OSError):
+                    for _, data in self._pending:
+                        restarted.send_bytes(data)
+                if not retry:
+                    return None
         return None
 
     def run(
@@ -428,7 +494,23 @@ class FleetReceiver:
             logger.warning("broker refused the receiver: %s", self._refused)
             return
         self._generation += 1
-        client.subscribe([(topic, 1) for topic in subscriptions(self.group)])
+        _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in subscriptions(self.group)])
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        # Connected means subscribed: the broker's SUBACK came, so what a device publishes from now on
+        # reaches this receiver (before it, a message could pass the receiver by).
+        if mid != self._subscribe_mid:
+            return
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            logger.warning("the broker refused a subscription of %s: %s", self.name, ", ".join(refused))
         self._connected.set()
         logger.info("%s subscribed on %s:%d", self.name, self.broker.host, self.broker.port)
 
@@ -445,11 +527,8 @@ class FleetReceiver:
             logger.warning("disconnected from the broker: %s", self.diagnosis.describe(reason_code))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        # Never block for good on a full queue: once stopping, the message is left unacknowledged.
-        while not self._stopping.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put((self._generation, message), timeout=0.2)
-                return
+        # Never block for good on a full inbox: once stopping, the message is left unacknowledged.
+        self._inbox.put((self._generation, message), self._stopping.is_set)
 
     def _alert(self, alert: AlertContent) -> None:
         # The receiver has no device topic to publish on: its alerts go to the log, at a level the
@@ -458,32 +537,32 @@ class FleetReceiver:
         logger.log(level, "%s: %s", alert.code, alert.message)
 
     def _write_loop(self) -> None:
+        # The network side only batches and acknowledges. With a writer process, up to PIPELINE_DEPTH
+        # batches are in its pipe at once, so it parses and stores one while the next is being sent
+        # and the previous one acknowledged.
         stopping = False
-        while not stopping:
+        while not stopping or self._pending:
             self.watchdog.heartbeat("writer")
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
+            batch, stopping = self._next_batch(stopping, wait=not self._pending)
+            if batch and not self.writer_process:
+                self._acknowledge(batch, self._batch_writer.write(_raw(batch)))
                 continue
-            batch = []
-            if first is None:
-                stopping = True
-            else:
-                batch.append(first)
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
             if batch:
-                self._store(batch)
+                data = pickle.dumps(_raw(batch), protocol=pickle.HIGHEST_PROTOCOL)
+                self._pending.append((batch, data))
+                self._child_call(lambda connection: connection.send_bytes(data), retry=False)  # noqa: B023
+            if self._pending and (len(self._pending) >= PIPELINE_DEPTH or not batch):
+                outcome: BatchOutcome | None = self._child_call(lambda connection: connection.recv(), retry=True)
+                self._acknowledge(self._pending.popleft()[0], outcome)
 
-    def _store(self, batch: list[tuple[int, mqtt.MQTTMessage]]) -> None:
-        outcome = self._write([(message.topic, bytes(message.payload)) for _, message in batch])
+    def _next_batch(self, stopping: bool, wait: bool) -> tuple[list[tuple[int, mqtt.MQTTMessage]], bool]:
+        """Up to ``batch_size`` received messages (waiting up to 0.2 s for the first when ``wait``), and
+        whether the stop marker was reached."""
+        if stopping:
+            return [], True
+        return self._inbox.take(self.batch_size, 0.2 if wait else 0.0)
+
+    def _acknowledge(self, batch: list[tuple[int, mqtt.MQTTMessage]], outcome: BatchOutcome | None) -> None:
         if outcome is None:
             return  # the batch stays unacknowledged: the broker redelivers it to the next receiver
         self.stats.received += len(batch)
@@ -496,3 +575,7 @@ class FleetReceiver:
             # mid on the new connection could acknowledge a different message that is not stored yet.
             if message.qos > 0 and generation == self._generation:
                 self._client.ack(message.mid, message.qos)
+
+
+def _raw(batch: list[tuple[int, mqtt.MQTTMessage]]) -> list[tuple[str, bytes]]:
+    return [(message.topic, bytes(message.payload)) for _, message in batch]

@@ -159,6 +159,8 @@ POSTGRES_MESSAGES = """CREATE TABLE IF NOT EXISTS fleet_messages (
         PRIMARY KEY (message_id, ts)
     ) PARTITION BY RANGE (ts)"""
 PARTITION_PREFIX = "fleet_messages_p"
+# Per-connection staging table of a batch on PostgreSQL (COPY in, then one INSERT ... SELECT).
+INCOMING_TABLE = "fleet_incoming"
 
 DEVICE_COLUMNS = (
     "site", "device", "state", "state_reason", "state_at", "last_seen", "last_seq", "model_name",
@@ -205,6 +207,7 @@ ON CONFLICT (site, device) DO UPDATE SET
     {_newer("state_at", "state_at")},
     {_newer("summary_seq", "summary_seq")}
 """
+_TOUCHING = "site = ? AND device = ? AND last_seq >= ? AND first_seq <= ?"
 # state_at and summary_seq are updated last: SQL evaluates every SET expression against the old row,
 # so the order only matters for readers of this statement.
 
@@ -397,6 +400,24 @@ class FleetStore:
                     if self.postgres and statement.startswith("CREATE TABLE IF NOT EXISTS fleet_messages "):
                         statement = POSTGRES_MESSAGES
                     cursor.execute(statement)
+                if self.postgres:
+                    self._prefer_lz4(cursor)
+                    cursor.execute(
+                        f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING_TABLE} (LIKE fleet_messages) ON COMMIT DELETE ROWS"
+                    )
+
+    @staticmethod
+    def _prefer_lz4(cursor: Any) -> None:
+        """Compress payloads with lz4 instead of pglz: measured 1.7x faster ingest for 16% more disk
+        (1,946 instead of 1,674 bytes per summary row). A server built without lz4 keeps pglz."""
+        import psycopg
+
+        cursor.execute("SAVEPOINT lz4")
+        try:
+            cursor.execute("SET default_toast_compression = 'lz4'")
+        except psycopg.Error:
+            cursor.execute("ROLLBACK TO SAVEPOINT lz4")
+        cursor.execute("RELEASE SAVEPOINT lz4")
 
     def reopen_arguments(self) -> dict[str, Any]:
         """Keyword arguments that open this store again (in another process)."""
@@ -432,52 +453,28 @@ class FleetStore:
     def ingest(self, items: Sequence[Received], receiver: str = "receiver") -> int:
         """Store a batch in one transaction; returns how many were new (duplicates are skipped).
 
-        Known ids are looked up once per batch and the rest inserted with one executemany. On
-        SQLite writers are serialised, so "new" is exact; on PostgreSQL two receivers that get the
-        same message at the same instant (only status copies do) may both count it, which changes
-        no counter because status updates are idempotent.
+        Only new messages count towards device rows (alerts are added up) and sequence ranges. On
+        PostgreSQL the batch is COPied into a session temp table and moved with one ``INSERT ... ON
+        CONFLICT DO NOTHING RETURNING``, which names exactly the new ids even when receivers race on
+        the same message; on SQLite (writers serialised) known ids are looked up, the rest inserted
+        with one executemany. Device rows and ranges are then written with one executemany each.
         """
         fresh: dict[str, Received] = {}
         for item in items:
             fresh.setdefault(item.message.message_id, item)
+        if not fresh:
+            return 0
         if self.postgres:
             self._ensure_partitions({partition_day(item.message.ts) for item in fresh.values()})
         with self._transaction() as cursor:
-            ids = list(fresh)
-            for offset in range(0, len(ids), 500):
-                chunk = ids[offset : offset + 500]
-                cursor.execute(
-                    self._sql(
-                        "SELECT message_id FROM fleet_messages WHERE message_id IN "
-                        f"({', '.join('?' for _ in chunk)})"
-                    ),
-                    chunk,
-                )
-                for (known,) in cursor.fetchall():
-                    del fresh[known]
-            if not fresh:
-                return 0
-            cursor.executemany(
-                self._sql(_INSERT_MESSAGE),
-                [
-                    (
-                        item.message.message_id,
-                        item.message.site,
-                        item.message.device,
-                        getattr(item.message, "kind", "unknown"),
-                        item.message.seq,
-                        item.message.ts if self.postgres else item.message.ts.isoformat(),
-                        item.message.is_historical,
-                        item.received_at,
-                        receiver,
-                        item.payload,
-                    )
-                    for item in fresh.values()
-                ],
+            new = self._insert_new_postgres(cursor, fresh, receiver) if self.postgres else self._insert_new_sqlite(
+                cursor, fresh, receiver
             )
+            if not new:
+                return 0
             deltas: dict[tuple[str, str], _DeviceDelta] = {}
             seqs: dict[tuple[str, str], list[int]] = {}
-            for item in fresh.values():
+            for item in new:
                 message = item.message
                 key = (message.site, message.device)
                 seqs.setdefault(key, []).append(message.seq)
@@ -485,21 +482,57 @@ class FleetStore:
                     continue
                 delta = deltas.get(key)
                 if delta is None:
-                    delta = deltas[key] = _DeviceDelta(
-                        message.site, message.device, item.received_at, message.seq
-                    )
+                    delta = deltas[key] = _DeviceDelta(message.site, message.device, item.received_at, message.seq)
                 delta.apply(item)
-            upsert = self._sql(_UPSERT_DEVICE)
             # A fixed lock order: receivers sharing a database cannot deadlock on device rows.
-            for key in sorted(deltas):
-                cursor.execute(upsert, deltas[key].row())
+            cursor.executemany(self._sql(_UPSERT_DEVICE), [deltas[key].row() for key in sorted(deltas)])
             # After the upserts: on PostgreSQL the device row lock now serialises range merges.
-            for key in sorted(seqs):
-                self._merge_seqs(cursor, key, seqs[key])
-            series = series_rows(fresh.values())
+            self._merge_seqs(cursor, seqs)
+            series = series_rows(new)
             if series:
                 cursor.executemany(self._sql(_INSERT_SERIES), series)
-        return len(fresh)
+        return len(new)
+
+    def _message_row(self, item: Received, receiver: str) -> tuple[Any, ...]:
+        message = item.message
+        return (
+            message.message_id,
+            message.site,
+            message.device,
+            getattr(message, "kind", "unknown"),
+            message.seq,
+            message.ts if self.postgres else message.ts.isoformat(),
+            message.is_historical,
+            item.received_at,
+            receiver,
+            item.payload,
+        )
+
+    def _insert_new_sqlite(self, cursor: Any, fresh: dict[str, Received], receiver: str) -> list[Received]:
+        ids = list(fresh)
+        known: set[str] = set()
+        for offset in range(0, len(ids), 500):
+            chunk = ids[offset : offset + 500]
+            cursor.execute(
+                f"SELECT message_id FROM fleet_messages WHERE message_id IN ({', '.join('?' for _ in chunk)})", chunk
+            )
+            known.update(row[0] for row in cursor.fetchall())
+        new = [item for message_id, item in fresh.items() if message_id not in known]
+        cursor.executemany(_INSERT_MESSAGE, [self._message_row(item, receiver) for item in new])
+        return new
+
+    def _insert_new_postgres(self, cursor: Any, fresh: dict[str, Received], receiver: str) -> list[Received]:
+        columns = ", ".join(MESSAGE_COLUMNS)
+        with cursor.copy(f"COPY {INCOMING_TABLE} ({columns}) FROM STDIN") as copy:
+            for item in fresh.values():
+                copy.write_row(self._message_row(item, receiver))
+        # In id order: two receivers storing overlapping batches wait for each other, never deadlock.
+        cursor.execute(
+            f"INSERT INTO fleet_messages ({columns}) SELECT {columns} FROM {INCOMING_TABLE} ORDER BY message_id "
+            "ON CONFLICT DO NOTHING RETURNING message_id"
+        )
+        inserted = {row[0] for row in cursor.fetchall()}
+        return [item for message_id, item in fresh.items() if message_id in inserted]
 
     def _ensure_partitions(self, days: set[datetime]) -> None:
         """Create the day partitions a batch needs (idempotent; receivers may race to create one)."""
@@ -615,17 +648,36 @@ class FleetStore:
         )
         return rows[0] if rows else None
 
-    def _merge_seqs(self, cursor: Any, key: tuple[str, str], seqs: list[int]) -> None:
-        incoming = merge_ranges((seq, seq) for seq in seqs)
-        low, high = incoming[0][0], incoming[-1][1]
-        where = "site = ? AND device = ? AND last_seq >= ? AND first_seq <= ?"
-        bounds = (*key, low - 1, high + 1)
-        cursor.execute(self._sql(f"SELECT first_seq, last_seq FROM fleet_seq_ranges WHERE {where}"), bounds)
-        touching = [(int(first), int(last)) for first, last in cursor.fetchall()]
-        cursor.execute(self._sql(f"DELETE FROM fleet_seq_ranges WHERE {where}"), bounds)
+    def _merge_seqs(self, cursor: Any, seqs: dict[tuple[str, str], list[int]]) -> None:
+        """Merge each device's new sequence numbers into its stored ranges (read the ranges they touch,
+        delete them, insert the merged ones), in device order, one statement per step on PostgreSQL."""
+        incoming = {key: merge_ranges((seq, seq) for seq in seqs[key]) for key in sorted(seqs)}
+        bounds = [(*key, ranges[0][0] - 1, ranges[-1][1] + 1) for key, ranges in incoming.items()]
+        touching: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        if self.postgres:
+            cursor.execute(
+                "SELECT r.site, r.device, r.first_seq, r.last_seq FROM fleet_seq_ranges r "
+                "JOIN unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[]) AS b(site, device, low, high) "
+                "ON r.site = b.site AND r.device = b.device AND r.last_seq >= b.low AND r.first_seq <= b.high",
+                [list(column) for column in zip(*bounds, strict=True)],
+            )
+            rows = cursor.fetchall()
+        else:
+            rows = []
+            for bound in bounds:
+                cursor.execute(f"SELECT site, device, first_seq, last_seq FROM fleet_seq_ranges WHERE {_TOUCHING}",
+                               bound)
+                rows += cursor.fetchall()
+        for site, device, first, last in rows:
+            touching.setdefault((site, device), []).append((int(first), int(last)))
+        cursor.executemany(self._sql(f"DELETE FROM fleet_seq_ranges WHERE {_TOUCHING}"), bounds)
         cursor.executemany(
             self._sql("INSERT INTO fleet_seq_ranges (site, device, first_seq, last_seq) VALUES (?, ?, ?, ?)"),
-            [(*key, first, last) for first, last in merge_ranges(touching + incoming)],
+            [
+                (*key, first, last)
+                for key, ranges in incoming.items()
+                for first, last in merge_ranges(touching.get(key, []) + ranges)
+            ],
         )
 
     def ingest_isolating(
