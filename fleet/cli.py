@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 import typer
 
-from gridedge.fleet.settings import CONFIG_ENV, DB_ENV, DEFAULT_DB, DSN_ENV, resolve_store
+from gridedge.fleet.settings import CONFIG_ENV, DB_ENV, DEFAULT_DB, DSN_ENV, Retention, resolve_store
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -181,6 +181,13 @@ def listen(
         float | None,
         typer.Option(help="Drop stored messages older than this many days (default: the config file's, else keep)."),
     ] = None,
+    series_retention_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop model-step telemetry (retraining data) older than this many days (default: the config "
+            "file's, else keep)."
+        ),
+    ] = None,
     rollout_key: Annotated[
         Path | None,
         typer.Option(help="Operator key: also drive the active rollouts (devices get updates when they return)."),
@@ -207,7 +214,10 @@ def listen(
     store = open_store(db, dsn, config=config, existing=False)
     receiver = FleetReceiver(
         broker, store, group=None if no_share else group, name=name,
-        retention_days=retention_days if retention_days is not None else location.retention_days,
+        retention=Retention(
+            retention_days if retention_days is not None else location.retention.messages_days,
+            series_retention_days if series_retention_days is not None else location.retention.series_days,
+        ),
     )
     console.print(f"[bold]{receiver.name}[/] listening on {host}:{port}, storing in {store.location}")
     started = time.monotonic()

@@ -63,6 +63,7 @@ from edge_agent.messages import (
 from edge_agent.reporting.diagnosis import ConnectionDiagnosis
 from edge_agent.transport import BrokerConfig, make_client
 from edge_agent.watchdog import RestartPolicy, Watchdog
+from gridedge.fleet.settings import Retention
 from gridedge.fleet.store import FleetStore, Received
 
 logger = logging.getLogger(__name__)
@@ -216,12 +217,12 @@ class BatchWriter:
     """
 
     def __init__(
-        self, store: FleetStore, name: str, should_stop: Callable[[], bool], retention_days: float | None = None
+        self, store: FleetStore, name: str, should_stop: Callable[[], bool], retention: Retention | None = None
     ):
         self.store = store
         self.name = name
         self.should_stop = should_stop
-        self.retention_days = retention_days
+        self.retention = retention or Retention()
         self._next_retention = 0.0
 
     def write(self, batch: list[tuple[str, bytes]]) -> BatchOutcome | None:
@@ -246,13 +247,20 @@ class BatchWriter:
                     lambda: self.store.dead_letter(topic, payload, reason, self.name, now),  # noqa: B023
                     "dead-lettering",
                 )
-            if self.retention_days is not None and now >= self._next_retention:
+            if now >= self._next_retention:
                 # Hourly is plenty: PostgreSQL drops day partitions, SQLite deletes a little at a time.
                 self._next_retention = now + 3600
-                self._retry(lambda: self.store.apply_retention(self.retention_days or 0, now), "retention")
+                self._apply_retention(now)
         except _StoppingError:
             return None
         return BatchOutcome(new, len(items) - len(refused) - new, invalid, len(poison))
+
+    def _apply_retention(self, now: float) -> None:
+        messages_days, series_days = self.retention.messages_days, self.retention.series_days
+        if messages_days is not None:
+            self._retry(lambda: self.store.apply_retention(messages_days, now), "retention")
+        if series_days is not None:
+            self._retry(lambda: self.store.apply_series_retention(series_days, now), "series retention")
 
     def _retry(self, action: Callable[[], T], what: str) -> T:
         # A database hiccup (lock timeout, deadlock victim, restart) must not kill the writer: the
@@ -272,13 +280,13 @@ class BatchWriter:
 
 
 def _writer_process(
-    store_arguments: dict[str, Any], name: str, retention_days: float | None, connection: Connection, stopping: Any
+    store_arguments: dict[str, Any], name: str, retention: Retention, connection: Connection, stopping: Any
 ) -> None:
     """Child process: answer each pickled batch received on ``connection`` with its BatchOutcome, in
     order, until an empty message."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = FleetStore(**store_arguments)
-    writer = BatchWriter(store, name, stopping.is_set, retention_days)
+    writer = BatchWriter(store, name, stopping.is_set, retention)
     connection.send("ready")
     try:
         while data := connection.recv_bytes():
@@ -300,7 +308,7 @@ class FleetReceiver:
         batch_size: int = 1000,
         session_expiry_s: int = 3600,
         writer_process: bool = True,
-        retention_days: float | None = None,
+        retention: Retention | None = None,
         restart_policy: RestartPolicy | None = None,
     ):
         self.broker = broker
@@ -311,13 +319,13 @@ class FleetReceiver:
         self.session_expiry_s = session_expiry_s
         self.stats = ReceiverStats()
         self.writer_process = writer_process
-        self.retention_days = retention_days
+        self.retention = retention or Retention()
         # spawn: the receiver's threads (paho, tests' reporters) must not be forked half-way.
         self._context = multiprocessing.get_context("spawn")
         self._child_stopping = self._context.Event()
         self._child: Any = None
         self._child_connection: Connection | None = None
-        self._batch_writer = BatchWriter(store, self.name, self._stopping_requested, retention_days)
+        self._batch_writer = BatchWriter(store, self.name, self._stopping_requested, self.retention)
         # (connection generation, message): an ack is only valid on the connection that delivered it.
         self._inbox = Inbox(2 * batch_size)
         self._generation = 0
@@ -390,7 +398,7 @@ class FleetReceiver:
         parent, child = self._context.Pipe()
         self._child = self._context.Process(
             target=_writer_process,
-            args=(self.store.reopen_arguments(), self.name, self.retention_days, child, self._child_stopping),
+            args=(self.store.reopen_arguments(), self.name, self.retention, child, self._child_stopping),
             name=f"gridedge-fleet-writer-{self.name}",
             daemon=True,
         )

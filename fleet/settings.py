@@ -38,6 +38,12 @@ class FleetFileConfig(StrictModel):
     retention_days: float | None = Field(
         None, gt=0, description="Keep stored messages this many days; older ones are dropped by the receiver."
     )
+    series_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Keep model-step telemetry (the training data of `fleet retrain`) this many days; usually "
+        "longer than the messages, to cover the seasons a model must learn.",
+    )
     groups: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Named device groups for `fleet deploy --group`: SITE/DEVICE patterns (shell-style, "
@@ -52,13 +58,21 @@ class FleetFileConfig(StrictModel):
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long the fleet store keeps what it receives, in days; None keeps it for ever."""
+
+    messages_days: float | None = None
+    series_days: float | None = None
+
+
+@dataclass(frozen=True)
 class StoreLocation:
     """A resolved fleet store and where that answer came from (shown in errors)."""
 
     path: Path | None
     dsn: str | None
     source: str
-    retention_days: float | None = None
+    retention: Retention = Retention()
 
     def describe(self) -> str:
         """The store for humans, without a DSN's password."""
@@ -103,7 +117,7 @@ def resolve_store(
         if config_path is not None
         else FleetFileConfig()
     )
-    retention = file_config.retention_days
+    retention = Retention(file_config.retention_days, file_config.series_retention_days)
     if dsn is not None:
         return StoreLocation(None, dsn, "--dsn", retention)
     if db is not None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from edge_agent.messages import ModelInfo, OutboxStats, SummaryContent
 from edge_agent.reporting.base import MessageBuilder
 from gridedge.fleet.cli import app
-from gridedge.fleet.settings import resolve_store
+from gridedge.fleet.settings import Retention, resolve_store
 from gridedge.fleet.store import FleetStore, Received
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -61,10 +61,10 @@ def test_a_missing_store_is_an_error_and_no_file_is_created(clean_env: Path) -> 
 def test_store_location_precedence(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config_file = clean_env / "config-home" / "gridedge" / "fleet.yaml"
     config_file.parent.mkdir(parents=True)
-    config_file.write_text("db: stores/from-config.sqlite3\nretention_days: 30\n")
+    config_file.write_text("db: stores/from-config.sqlite3\nretention_days: 30\nseries_retention_days: 400\n")
     from_config = resolve_store(must_exist=False)
     assert from_config.path == config_file.parent / "stores/from-config.sqlite3"
-    assert from_config.retention_days == 30
+    assert from_config.retention == Retention(messages_days=30, series_days=400)
     monkeypatch.setenv("GRIDEDGE_FLEET_DB", "from-env.sqlite3")
     assert resolve_store(must_exist=False).path == Path("from-env.sqlite3")
     assert resolve_store(Path("flag.sqlite3"), must_exist=False).path == Path("flag.sqlite3")

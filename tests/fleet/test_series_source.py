@@ -14,6 +14,8 @@ import yaml
 from edge_agent.errors import ConfigError, DataError
 from edge_agent.messages import TelemetryContent
 from edge_agent.reporting.base import MemoryReporter
+from gridedge.fleet.receiver import BatchWriter
+from gridedge.fleet.settings import Retention
 from gridedge.fleet.store import FleetStore, Received
 from gridedge.sim.fleet import CHANNEL, SiteDevice, fleet_task_yaml, net_load, site_profiles
 from gridedge.trainer import datacheck
@@ -100,3 +102,18 @@ def test_fleet_source_errors_name_the_field(tmp_path: Path) -> None:
     raw["data"]["fleet"]["site"] = "a/b"
     with pytest.raises(ConfigError, match=r"data\.fleet\.site"):
         parse_config(raw, base_dir=tmp_path)
+
+
+def test_the_receivers_writer_forgets_old_series_on_its_own_schedule(store: FleetStore) -> None:
+    profile = site_profiles(1)[0]
+    reporter = MemoryReporter(profile.site, profile.device)
+    SiteDevice(profile, reporter).report(*net_load(profile, 1))
+    three_days_ago = time.time() - 3 * 86_400
+    store.ingest([Received(m, m.model_dump_json(), three_days_ago) for m in reporter.messages])
+    assert store.series(profile.site, profile.device)
+
+    BatchWriter(store, "receiver-1", lambda: False, Retention(messages_days=30, series_days=7)).write([])
+    assert store.series(profile.site, profile.device)  # three days are inside a week
+    BatchWriter(store, "receiver-1", lambda: False, Retention(messages_days=30, series_days=2)).write([])
+    assert store.series(profile.site, profile.device) == []
+    assert store.query("SELECT COUNT(*) AS n FROM fleet_messages")[0]["n"] > 0  # messages keep their own 30 days
