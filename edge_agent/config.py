@@ -267,7 +267,8 @@ class AgentConfig(StrictModel):
 def _resolved_planning(config: AgentConfig, base: Path) -> PlanningSection:
     """The planning section with its site model read and its setpoint registers checked against the maps."""
     assert config.planning is not None
-    planning = config.planning.model_copy(update={"site_model": config.planning.resolved_site_model(base)})
+    site_model = config.planning.resolved_site_model(base)
+    planning = config.planning.model_copy(update={"site_model": site_model, "site_model_file": None})
     sources = {source.name: source for source in config.sensors}
     for i, row in enumerate(planning.actuation.setpoints if planning.actuation else []):
         device = next(d for d in getattr(sources[row.source], "devices", []) if d.name == row.device)

@@ -93,9 +93,13 @@ class ActuationSection(StrictModel, frozen=True):
 class PlanningSection(StrictModel):
     """Planning on the device: every ``interval_minutes`` a dispatch plan over the site model's horizon."""
 
-    site_model: SiteModel | Path = Field(
-        title="Site model",
-        description="The site model inline, or the path of its YAML file (relative to the agent config).",
+    site_model: SiteModel | None = Field(
+        default=None, title="Site model", description="The site model inline (or give site_model_file)."
+    )
+    site_model_file: Path | None = Field(
+        default=None,
+        title="Site model file",
+        description="Path of the site model's YAML file (relative to the agent config), instead of site_model.",
     )
     interval_minutes: float = Field(
         default=15.0, gt=0, le=1440, title="Planning interval", description="Minutes of site time between plans."
@@ -122,9 +126,16 @@ class PlanningSection(StrictModel):
         default=None, title="Actuation", description="None (the default): advisory only, nothing is written."
     )
 
+    @model_validator(mode="after")
+    def _one_site_model(self) -> PlanningSection:
+        if (self.site_model is None) == (self.site_model_file is None):
+            raise ValueError("give exactly one of site_model (inline) and site_model_file")
+        return self
+
     def resolved_site_model(self, base_dir: Path | None) -> SiteModel:
         """The site model, read from its file when the section names one."""
-        if isinstance(self.site_model, SiteModel):
+        if self.site_model is not None:
             return self.site_model
-        path = self.site_model
+        path = self.site_model_file
+        assert path is not None
         return load_site_model(path if path.is_absolute() or base_dir is None else base_dir / path)
