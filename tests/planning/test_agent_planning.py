@@ -25,7 +25,7 @@ from edge_agent.planning.dispatch import DispatchPlan
 from edge_agent.planning.settings import ActuationSection
 from edge_agent.planning.site_model import SiteModel
 from edge_agent.reporting.base import MemoryReporter
-from edge_agent.sensors.modbus import ModbusTcpConfig, ModbusTcpSource
+from edge_agent.sensors.modbus import ModbusTcpSource
 from gridedge.datafiles import read_series
 from gridedge.sim.site import BatteryParams, SimulatedSite, SiteServer
 
@@ -114,8 +114,8 @@ def seeded_cycle(config: AgentConfig, reporter: MemoryReporter, reasons: HealthR
     assert cycle is not None
     steps = cycle.history.steps
     starts = (int(now) // STEP - steps + np.arange(steps)) * STEP
-    load_t, load = read_series("w1_load_uci_15min")
-    pv_t, pv = read_series("w2_pv_system50_15min")
+    _, load = read_series("w1_load_uci_15min")
+    _, pv = read_series("w2_pv_system50_15min")
     i, j = 96 * 120, 96 * 120  # two days in early May of each file
     values = np.stack(
         [load["Global_active_power"][i : i + steps], np.nan_to_num(pv["ac_power"][j : j + steps]) / 1000.0 * 5 / 3.4],
@@ -297,7 +297,8 @@ def _one_step_plan(charge_kw: float, discharge_kw: float) -> DispatchPlan:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda r: r["planning"]["site_model"]["battery"].update(capacity_kwh=0), "planning.site_model.battery.capacity_kwh"),
+        (lambda r: r["planning"]["site_model"]["battery"].update(capacity_kwh=0),
+         "planning.site_model.battery.capacity_kwh"),
         (lambda r: r["planning"].update(interval_minutes=-5), "planning.interval_minutes"),
         (lambda r: r["planning"]["actuation"]["setpoints"][0].update(source="nope"), "setpoints.0.source 'nope'"),
         (lambda r: r["planning"]["actuation"]["setpoints"][0].update(device="pump"), "setpoints.0.device 'pump'"),
@@ -319,5 +320,5 @@ def test_site_model_file_is_read_and_validated_at_load(tmp_path: Path) -> None:
     config = config_of(raw, tmp_path)
     assert isinstance(config.planning.site_model, SiteModel)  # type: ignore[union-attr]
     raw["planning"]["site_model_file"] = "absent-site.yaml"
-    with pytest.raises(ConfigError, match="absent-site.yaml"):
+    with pytest.raises(ConfigError, match=r"absent-site\.yaml"):
         config_of(raw, tmp_path)
