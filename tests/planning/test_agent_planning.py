@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.doctor import _planning_check
 from edge_agent.errors import ConfigError
 from edge_agent.health import HealthReasons
 from edge_agent.messages import Forecast as ForecastMessage
@@ -322,3 +323,12 @@ def test_site_model_file_is_read_and_validated_at_load(tmp_path: Path) -> None:
     raw["planning"]["site_model_file"] = "absent-site.yaml"
     with pytest.raises(ConfigError, match=r"absent-site\.yaml"):
         config_of(raw, tmp_path)
+
+
+def test_doctor_says_which_planning_input_is_missing(tmp_path: Path) -> None:
+    config = config_of(planning_raw(1502), tmp_path)
+    missing = _planning_check(config, {"battery.soc": 50.0, "meter.active_power": 800.0})
+    assert missing.verdict == "fail" and "'PV': 'inverter.ac_power'" in missing.detail
+    ok = _planning_check(config, {"battery.soc": 50.0, "meter.active_power": 800.0, "inverter.ac_power": 0.0})
+    assert ok.verdict == "pass"
+    assert "SoC 50%" in ok.detail and "battery_power -> battery.power_setpoint" in ok.detail
