@@ -59,12 +59,40 @@ def baseline_forecast(
     targets = np.asarray(target_starts, dtype=np.int64)
     p50 = season[((targets - int(history_starts[-period])) // step_s) % period].astype(np.float64)
     quantiles: dict[float, FloatArray] = {}
+    paths: dict[float, FloatArray] = {}
     if values.size > period:
         errors = values[period:] - values[:-period]
-        error_hours = _hour_of_day(history_starts[period:])
+        error_starts = np.asarray(history_starts[period:], dtype=np.int64)
+        error_hours = _hour_of_day(error_starts)
         for level in levels:
             quantiles[float(level)] = np.maximum(p50 + _by_hour(errors, error_hours, level)[_hour_of_day(targets)], 0.0)
-    return ChannelForecast(p50=np.maximum(p50, 0.0), quantiles=quantiles)
+            path = _bad_day_path(errors, error_starts, targets, level)
+            if path is not None:
+                paths[float(level)] = np.maximum(p50 + path, 0.0)
+    return ChannelForecast(p50=np.maximum(p50, 0.0), quantiles=quantiles, paths=paths)
+
+
+def _bad_day_path(
+    errors: FloatArray, error_starts: NDArray[np.int64], targets: NDArray[np.int64], level: float
+) -> FloatArray | None:
+    """Per-step deviations whose running sum is the ``level`` quantile of the running sums of past errors.
+
+    The past windows start at the same time of day as the first target (so an evening keeps the shape
+    of evenings), as many as the history holds for the whole horizon; None when there is none.
+    """
+    horizon = targets.size
+    same_time = (error_starts - int(targets[0])) % SECONDS_PER_DAY == 0
+    starts = np.flatnonzero(same_time)
+    starts = starts[starts + horizon <= errors.size]
+    if starts.size == 0:
+        return None
+    windows = errors[starts[:, np.newaxis] + np.arange(horizon)]
+    if not np.isfinite(windows).all():
+        windows = np.where(np.isfinite(windows), windows, 0.0)
+    cumulative = np.quantile(np.cumsum(windows, axis=1), level, axis=0)
+    steps = np.diff(cumulative, prepend=0.0)
+    # A bad day for load is one with more of it, for PV one with less: no step on the good side.
+    return np.maximum(steps, 0.0) if level > 0.5 else np.minimum(steps, 0.0)
 
 
 def _interpolated(values: FloatArray) -> FloatArray:
@@ -126,6 +154,7 @@ def from_message(
         complete = {level: values for level, values in quantiles.items() if np.isfinite(values).all()}
         return ChannelForecast(p50=np.maximum(p50, 0.0), quantiles={k: np.maximum(v, 0.0) for k, v in complete.items()})
     merged_p50 = np.where(covered, p50, fallback.p50)
+    paths = {level: merged_p50 + (path - fallback.p50) for level, path in fallback.paths.items()}
     merged: dict[float, FloatArray] = {}
     for level, baseline_values in fallback.quantiles.items():
         model_values = quantiles.get(round(level, 6))
@@ -133,5 +162,7 @@ def from_message(
         own = np.where(covered, p50 + spread, baseline_values)
         merged[level] = np.where(np.isfinite(model_values), model_values, own) if model_values is not None else own
     return ChannelForecast(
-        p50=np.maximum(merged_p50, 0.0), quantiles={k: np.maximum(v, 0.0) for k, v in merged.items()}
+        p50=np.maximum(merged_p50, 0.0),
+        quantiles={k: np.maximum(v, 0.0) for k, v in merged.items()},
+        paths={k: np.maximum(v, 0.0) for k, v in paths.items()},
     )

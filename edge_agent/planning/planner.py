@@ -13,7 +13,10 @@ the horizon's end valued a little below what it saves later (otherwise every pla
 
 Holding reserve against a bad day — a two-scenario formulation plus a soft reserve floor. The plan is
 solved jointly for the nominal scenario (P50 load and PV) and a stress scenario (high load quantile, low
-PV quantile, by default P90/P10 at every step — a deliberately bad day). Both scenarios share what is
+PV quantile, by default P90/P10): the forecast's bad-day paths when it has them (a P90 *day*: cumulative
+deviation at each step is the P90 of the cumulative errors seen), else the quantile of every step — a
+far worse day, since errors do not all peak together, which made the plan run the generator into a full
+battery and curtail the PV that came after all. Both scenarios share what is
 applied before the next plan (the generator's committed block and the committed shedding); after that,
 battery, generator and shedding are recourse per scenario, as a grid-forming inverter and a running
 generator really follow the load. Unserved load is priced far above fuel in *both* scenarios, so the
@@ -90,8 +93,8 @@ def scenarios_from(forecast: Forecast, site: SiteModel, steps: int) -> list[Scen
     settings = site.planner
     load = _clean(forecast.load_kw.p50, steps, "load_kw P50", None)
     pv = _clean(forecast.pv_kw.p50, steps, "pv_kw P50", site.pv_rated_kw)
-    load_high = forecast.load_kw.quantiles.get(settings.stress_load_quantile)
-    pv_low = forecast.pv_kw.quantiles.get(settings.stress_pv_quantile)
+    load_high = _bad_day(forecast.load_kw, settings.stress_load_quantile)
+    pv_low = _bad_day(forecast.pv_kw, settings.stress_pv_quantile)
     if (load_high is None and pv_low is None) or settings.stress_weight == 0:
         return [Scenario("nominal", load, pv, 1.0)]
     stress_load = load if load_high is None else np.maximum(_clean(load_high, steps, "load_kw high", None), load)
@@ -100,6 +103,12 @@ def scenarios_from(forecast: Forecast, site: SiteModel, steps: int) -> list[Scen
         Scenario("nominal", load, pv, 1.0 - settings.stress_weight),
         Scenario("stress", stress_load, stress_pv, settings.stress_weight),
     ]
+
+
+def _bad_day(channel: ChannelForecast, level: float) -> FloatArray | None:
+    """The channel's bad-day trajectory at ``level``: its path when it has one, else every step's quantile."""
+    path = channel.paths.get(level)
+    return path if path is not None else channel.quantiles.get(level)
 
 
 def _clean(values: object, steps: int, name: str, cap_kw: float | None) -> FloatArray:
@@ -461,6 +470,10 @@ def _truncated(forecast: Forecast, steps: int) -> Forecast:
     channels = []
     for channel in (forecast.load_kw, forecast.pv_kw):
         channels.append(
-            ChannelForecast(p50=cut(channel.p50), quantiles={q: cut(v) for q, v in channel.quantiles.items()})
+            ChannelForecast(
+                p50=cut(channel.p50),
+                quantiles={q: cut(v) for q, v in channel.quantiles.items()},
+                paths={q: cut(v) for q, v in channel.paths.items()},
+            )
         )
     return Forecast(timestamps_utc=forecast.timestamps_utc[:steps], load_kw=channels[0], pv_kw=channels[1])

@@ -83,3 +83,15 @@ def test_bundle_forecast_alone_must_cover_the_plan_and_be_a_power() -> None:
         from_message(message("kW", [1.0] * 4), plan, None)
     with pytest.raises(ForecastUnavailableError, match="'degC'"):
         from_message(message("degC", [1.0] * 8), plan, None)
+
+
+def test_bad_day_path_is_a_p90_day_not_p90_at_every_step() -> None:
+    """With independent errors the P90 of a day's cumulative error grows like sqrt(steps): far below the sum
+    of every step's P90, which is what made a stress scenario through per-step quantiles so costly."""
+    values, starts = history(8, noise=0.3, seed=3)
+    targets = starts[-1] + STEP * np.arange(1, DAY + 1)
+    forecast = baseline_forecast(values, starts, STEP, targets, (0.1, 0.9))
+    path_excess = float(np.sum(forecast.paths[0.9] - forecast.p50))
+    per_step_excess = float(np.sum(forecast.quantiles[0.9] - forecast.p50))
+    assert 0 < path_excess < 0.5 * per_step_excess
+    assert (forecast.paths[0.9] >= forecast.p50).all() and (forecast.paths[0.1] <= forecast.p50 + 1e-12).all()
