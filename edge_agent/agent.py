@@ -180,10 +180,10 @@ class Agent:
             self._watch_progress(closed_before)
             for decision in decisions:
                 self.reports.add_decision(decision)
+            self._plan(timestamp, sweep.values)  # before announcing: a fallback shows in this cycle's status
             self.announcer.announce()
             self._announce_quarantines()
             self.reports.add_sweep(timestamp, sweep)
-            self._plan(timestamp, sweep.values)
             if self.reports.due:
                 self.publish_summary()
             return [decision.prediction for decision in decisions]
