@@ -262,6 +262,7 @@ def run_closed_loop(
         borrowed_kwh = (start.soc_fraction - result.totals["final_soc_fraction"]) * site.battery.capacity_kwh
         per_stored_kwh = site.generator.fuel_cost_per_kwh / site.battery.charge_efficiency
         result.totals["fuel_cost_soc_adjusted"] = result.totals["fuel_cost"] + borrowed_kwh * per_stored_kwh
+    result.totals["shed_cost"] = result.totals["shed_kwh"] * site.loads.shed_penalty_per_kwh
     result.violations = limit_violations(trace, site, start, enforce_min_load=False)
     if strategy != "rule":
         result.used_forecast = bands
