@@ -274,11 +274,11 @@ def _resolved_planning(config: AgentConfig, base: Path) -> PlanningSection:
         device = next(d for d in getattr(sources[row.source], "devices", []) if d.name == row.device)
         register_map = resolve_register_map(device.register_map, base)
         spec = next((r for r in register_map.registers if r.name == row.holding_register), None)
-        if spec is None or spec.function != "holding" or spec.kind != "measurement":
-            holding = [r.name for r in register_map.registers if r.function == "holding" and r.kind == "measurement"]
+        if spec is None or spec.kind != "setpoint":
+            setpoints = [r.name for r in register_map.registers if r.kind == "setpoint"]
             raise ConfigError(
-                f"planning.actuation.setpoints.{i}.holding_register {row.holding_register!r} is not a holding "
-                f"register of {register_map.name!r}; have {holding}"
+                f"planning.actuation.setpoints.{i}.holding_register {row.holding_register!r} is not a setpoint "
+                f"register (kind: setpoint) of {register_map.name!r}; have {setpoints}"
             )
     return planning
 

@@ -7,9 +7,10 @@ Three Modbus devices answer on one TCP port (or one serial line), as behind a Mo
 * unit 2, a battery BMS (``battery_bms.yaml``): no measured battery data exists, so the battery is a
   physical coulomb-counting model: it absorbs the PV surplus and covers the deficit within its power
   limits, with charge/discharge efficiencies, and stops at its state-of-charge limits. A controller may
-  write its ``power_setpoint`` holding register (the only writable one; any other write is refused with
-  "illegal data address"): while that setpoint is fresh (``setpoint_timeout_s`` of site time) the
-  battery follows it within the same limits, and the grid connection takes the difference;
+  write its ``power_setpoint`` register (``kind: setpoint`` in the map, the only writable kind; any
+  other write is refused with "illegal data address"): while that setpoint is fresh
+  (``setpoint_timeout_s`` of site time) the battery follows it within the same limits, and the grid
+  connection takes the difference;
 * unit 3, the household meter (``load_meter.yaml``): active/reactive power, voltage and current of the
   UCI household, plus the grid connection power and import/export energy counters that follow from it,
   and its clock (UTC epoch seconds of the simulated time, so an accelerated agent can label samples).
@@ -78,9 +79,6 @@ class Fault(StrEnum):
     GARBAGE = "garbage"
     BAD_CLOCK = "bad-clock"
 
-
-# The holding registers a controller may write, by device; writes anywhere else are refused.
-WRITABLE_REGISTERS: dict[str, frozenset[str]] = {"battery": frozenset({"power_setpoint"})}
 
 # What a meter's RTC answered before it settled (0x7FFF7FFF, in 2038): a clock a device must not anchor on.
 BAD_CLOCK_SECONDS = 2_147_450_879.0
@@ -285,7 +283,6 @@ class SimulatedSite:
                     "soc_min": b.params.soc_min,
                     "soc_max": b.params.soc_max,
                     "state": float(b.state),
-                    "power_setpoint": self._fresh_setpoint(t),
                 },
                 "meter": {
                     "active_power": self.load.at(t, "Global_active_power") * 1000.0,
@@ -381,13 +378,12 @@ class SimulatedSite:
         return action
 
     def _take_write(self, device: str, address: int, words: list[int]) -> Any:
-        """A holding-register write: only whole writable registers are taken, anything else is refused."""
+        """A holding-register write: only whole setpoint registers are taken, anything else is refused."""
         from pymodbus.constants import ExcCodes
 
         register_map = self.maps[device]
-        writable = WRITABLE_REGISTERS.get(device, frozenset())
-        spec = next((s for s in register_map.registers if s.function == "holding" and s.address == address), None)
-        if spec is None or spec.name not in writable or len(words) != spec.words:
+        spec = next((s for s in register_map.registers if s.kind == "setpoint" and s.address == address), None)
+        if spec is None or len(words) != spec.words:
             return ExcCodes.ILLEGAL_ADDRESS
         order = spec.word_order or register_map.word_order
         raw = decode_words(words, spec.dtype, order, register_map.byte_order)

@@ -33,6 +33,7 @@ from gridedge.sim.site import BatteryParams, SimulatedSite, SiteServer
 from .conftest import EXAMPLE, example_raw
 
 pytestmark = pytest.mark.modbus
+REGISTERS = EXAMPLE.parents[1] / "registers"
 STEP = 900
 HORIZON = 32  # 8 h keeps each solve short; the agent plans 24 h
 
@@ -235,8 +236,10 @@ def test_a_stale_soc_reading_writes_no_plan_setpoint(served: Any, tmp_path: Path
 def test_a_refused_write_is_retried_alerted_and_never_unclamped(served: Any, tmp_path: Path) -> None:
     site, server, _ = served
     raw = planning_raw(server.port)
-    # soc_min is a holding register of the map, but the BMS refuses writes to it (illegal data address).
-    raw["planning"]["actuation"]["setpoints"][0]["holding_register"] = "soc_min"
+    # A map whose setpoint register sits where the BMS has none: the device answers "illegal data address".
+    bms = yaml.safe_load((REGISTERS / "battery_bms.yaml").read_text(encoding="utf-8"))
+    next(row for row in bms["registers"] if row["name"] == "power_setpoint")["address"] = 300
+    raw["sensors"][0]["devices"][1]["register_map"] = bms
     config = config_of(raw, tmp_path)
     reporter = MemoryReporter()
     now = site.site_time
@@ -305,6 +308,8 @@ def _one_step_plan(charge_kw: float, discharge_kw: float) -> DispatchPlan:
         (lambda r: r["planning"]["actuation"]["setpoints"][0].update(device="pump"), "setpoints.0.device 'pump'"),
         (lambda r: r["planning"]["actuation"]["setpoints"][0].update(holding_register="soc_typo"),
          "setpoints.0.holding_register 'soc_typo'"),
+        (lambda r: r["planning"]["actuation"]["setpoints"][0].update(holding_register="soc_min"),
+         "setpoints.0.holding_register 'soc_min' is not a setpoint register"),
     ],
 )  # fmt: skip
 def test_bad_planning_sections_are_refused_naming_the_field(tmp_path: Path, edit: Any, message: str) -> None:
