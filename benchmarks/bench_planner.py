@@ -195,12 +195,12 @@ def main() -> None:
     _, scipy_loaded, _ = rss_mb("scipy")
     _, agent_loaded, agent_planned = rss_mb("agent")
     timing = solve_times(args.solves)
-    import highspy
+    from importlib.metadata import version
 
     report = {
         "benchmark": "planner",
         "problem": "24 h at 15 min (96 steps), nominal P50 + P90/P10 stress scenario, hourly generator blocks",
-        "highspy": getattr(highspy, "__version__", "1.x"),
+        "highspy": version("highspy"),
         "scipy": scipy.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
