@@ -10,6 +10,8 @@
 * :class:`~edge_agent.summary.PeriodicReports` sends summaries (aggregates, latency, drift) and telemetry;
 * :class:`~edge_agent.model_manager.ModelManager` owns the supervised model, the bundle store, probation and
   rollback, and :class:`~edge_agent.model_manager.ModelAnnouncer` publishes its state;
+* :class:`~edge_agent.planning.cycle.PlanningCycle` (when ``planning`` is configured) plans the battery,
+  generator and shedding every planning interval, reports the plan and writes the setpoints allowed;
 * :class:`~edge_agent.scheduler.LoopScheduler` runs cycles on the cadence until SIGTERM.
 
 The remote commands act on the :class:`AgentCore` (model manager, counters, config in force), which is
@@ -30,6 +32,7 @@ from edge_agent.health import AgentHealth, HealthReasons
 from edge_agent.live_config import LiveConfig
 from edge_agent.messages import AlertContent, Forecast, ModelInfo
 from edge_agent.model_manager import ModelAnnouncer, ModelManager
+from edge_agent.planning.cycle import PlanningCycle, build_planning
 from edge_agent.reporting.base import Reporter
 from edge_agent.scheduler import LoopScheduler
 from edge_agent.sensing import SensorSweeper
@@ -97,6 +100,7 @@ class Agent:
         self.announcer = ModelAnnouncer(reporter, self.models, self.core.reasons)
         self.scheduler = LoopScheduler(config.loop, self.health)
         self.stall = DecisionStallWatch(reporter, self._stall_limit(), self.core.reasons)
+        self.planning: PlanningCycle | None = build_planning(config, reporter, self.core.reasons)
         self.core.live.subscribe(self._take_settings)
 
     def _take_settings(self, config: AgentConfig) -> None:
@@ -180,12 +184,21 @@ class Agent:
             if self.decisions.aggregator is not None:
                 aggregator = self.decisions.aggregator
                 self.reports.add_steps(aggregator.channels, aggregator.period_s, self.decisions.last_closed)
+            self._plan(timestamp, sweep.values)  # before announcing: a fallback shows in this cycle's status
             self.announcer.announce()
             self._announce_quarantines()
             self.reports.add_sweep(timestamp, sweep)
             if self.reports.due:
-                self.reports.publish(self.latest_forecasts)
+                self.publish_summary()
             return [decision.prediction for decision in decisions]
+
+    def _plan(self, timestamp: float, values: dict[str, float]) -> None:
+        """Feed the planning cycle and plan when its interval has passed."""
+        if self.planning is None:
+            return
+        self.planning.add_sweep(timestamp, values)
+        if self.planning.due(timestamp):
+            self.planning.run(timestamp, self.latest_forecasts, self.supervisor.degraded)
 
     def _announce_quarantines(self) -> None:
         """One alert per damaged state file that was set aside (outbox, window, sequence mark)."""
@@ -205,7 +218,7 @@ class Agent:
 
     def publish_summary(self) -> None:
         """Send the summary of the period now ending and start a new period."""
-        self.reports.publish(self.latest_forecasts)
+        self.reports.publish(self.latest_forecasts, self.planning.latest if self.planning else None)
 
     def run(self) -> None:
         """Cycle at the configured cadence until SIGTERM/SIGINT, :meth:`stop` or ``loop.max_cycles``."""
@@ -226,4 +239,6 @@ class Agent:
             self.publish_summary()
         finally:
             self.sensors.close()
+            if self.planning is not None:
+                self.planning.close()
             self.reporter.close()

@@ -14,10 +14,13 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
+from edge_agent.errors import ConfigError
 from edge_agent.messages import TOPIC_LEVEL_PATTERN
+from edge_agent.planning.settings import PlanningSection
 from edge_agent.reporting.authentication import CommandsSection
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.runtimes import RuntimeConfig
+from edge_agent.sensors.modbus import resolve_register_map
 from edge_agent.sensors.registry import SensorConfig
 from edge_agent.yamlconfig import StrictModel, load_yaml_model
 
@@ -158,6 +161,12 @@ class AgentConfig(StrictModel):
         title="Remote commands",
         description="The operator key that signs state-changing commands, and the replay window.",
     )
+    planning: PlanningSection | None = Field(
+        default=None,
+        title="Planning",
+        description="Battery/generator dispatch planning on the device (site model, cadence, actuation); "
+        "None: no planning.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level")
     # Set when loaded from a file: the folder that relative register-map and replay paths start from.
     _base_dir: Path | None = PrivateAttr(default=None)
@@ -186,6 +195,21 @@ class AgentConfig(StrictModel):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"sensor source names must be unique; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _setpoints_name_devices(self) -> AgentConfig:
+        actuation = self.planning.actuation if self.planning else None
+        sources = {source.name: source for source in self.sensors}
+        for i, row in enumerate(actuation.setpoints if actuation else []):
+            where = f"planning.actuation.setpoints.{i}"
+            source = sources.get(row.source)
+            if source is None or source.type != "modbus_tcp":
+                tcp = sorted(name for name, s in sources.items() if s.type == "modbus_tcp")
+                raise ValueError(f"{where}.source {row.source!r} is not a modbus_tcp sensor source; have {tcp}")
+            devices = [device.name for device in source.devices]
+            if row.device not in devices:
+                raise ValueError(f"{where}.device {row.device!r} is not a device of {row.source!r}; have {devices}")
         return self
 
     def channel_link(self, model_channel: str) -> ChannelLink:
@@ -233,9 +257,30 @@ class AgentConfig(StrictModel):
                     "command_staging_dir": in_state(self.mqtt.command_staging_dir),
                 }
             )
+        if self.planning is not None:
+            update["planning"] = _resolved_planning(self, base)
         resolved = self.model_copy(update=update)
         resolved._base_dir = base
         return resolved
+
+
+def _resolved_planning(config: AgentConfig, base: Path) -> PlanningSection:
+    """The planning section with its site model read and its setpoint registers checked against the maps."""
+    assert config.planning is not None
+    site_model = config.planning.resolved_site_model(base)
+    planning = config.planning.model_copy(update={"site_model": site_model, "site_model_file": None})
+    sources = {source.name: source for source in config.sensors}
+    for i, row in enumerate(planning.actuation.setpoints if planning.actuation else []):
+        device = next(d for d in getattr(sources[row.source], "devices", []) if d.name == row.device)
+        register_map = resolve_register_map(device.register_map, base)
+        spec = next((r for r in register_map.registers if r.name == row.holding_register), None)
+        if spec is None or spec.kind != "setpoint":
+            setpoints = [r.name for r in register_map.registers if r.kind == "setpoint"]
+            raise ConfigError(
+                f"planning.actuation.setpoints.{i}.holding_register {row.holding_register!r} is not a setpoint "
+                f"register (kind: setpoint) of {register_map.name!r}; have {setpoints}"
+            )
+    return planning
 
 
 def load_config(path: Path) -> AgentConfig:

@@ -78,6 +78,8 @@ def _sensor_checks(config: AgentConfig) -> Iterator[Check]:
         else:
             yield Check(name, "pass", shown or "no channels")
     yield _channel_map_check(config, seen)
+    if config.planning is not None:
+        yield _planning_check(config, seen)
 
 
 def _channel_map_check(config: AgentConfig, seen: dict[str, float]) -> Check:
@@ -97,6 +99,32 @@ def _channel_map_check(config: AgentConfig, seen: dict[str, float]) -> Check:
             "add them to `channels:` in the config or fix the register map",
         )
     return Check("channel map", "pass", f"every model input is read: {needed}")
+
+
+def _planning_check(config: AgentConfig, seen: dict[str, float]) -> Check:
+    """The planner's inputs are read (SoC, load, PV) and what it may write, in one line."""
+    planning = config.planning
+    assert planning is not None
+    needed = {"SoC": planning.soc.source, "load": planning.load.measured.source, "PV": planning.pv.measured.source}
+    absent = {what: channel for what, channel in needed.items() if not math.isfinite(seen.get(channel, math.nan))}
+    actuation = planning.actuation
+    writes = (
+        "advisory only (nothing is written)"
+        if actuation is None
+        else "writes "
+        + ", ".join(f"{row.quantity} -> {row.device}.{row.holding_register}" for row in actuation.setpoints)
+    )
+    if absent:
+        return Check(
+            "planning",
+            "fail",
+            f"no usable reading of {absent}: without them the rule replaces the planner; fix the channel names "
+            f"or the sensors. Planning {writes}",
+        )
+    soc = planning.soc.convert(seen[planning.soc.source])
+    return Check(
+        "planning", "pass", f"SoC {soc:.0%}, load and PV read; every {planning.interval_minutes:g} min, {writes}"
+    )
 
 
 def _bundle_check(config: AgentConfig) -> Generator[Check, None, Bundle | None]:

@@ -232,6 +232,49 @@ class HealthStats(_Message):
     worker_restarts: Count = Field(0, description="Times a dead worker thread was restarted.")
 
 
+MAX_PLAN_POINTS = 48
+
+
+class PlanState(_Message):
+    """The site's dispatch plan in force: who made it and why, the next step's setpoints, what it predicts."""
+
+    source: Literal["planner", "rule"] = Field(
+        ..., description="planner (forecast-driven optimisation) or rule (the conservative fallback)."
+    )
+    reason: Text | None = Field(
+        None, description="Why the rule replaces the planner (no forecast, degraded model, stale SoC, solver)."
+    )
+    made_at: AwareDatetime = Field(..., description="Start of the plan's first step, UTC.")
+    step_s: float = Field(..., gt=0, description="Seconds per plan step.")
+    steps: Count = Field(..., description="Steps planned.")
+    solver_status: Name | None = Field(None, description="Solver outcome (optimal, time limit ...), for the planner.")
+    solve_time_ms: float | None = Field(None, ge=0, description="Wall time of the solve.")
+    soc: float | None = Field(None, ge=0, le=1, description="Measured state of charge the plan started from (0..1).")
+    battery_setpoint_kw: float = Field(
+        ..., description="Battery power of the next step in kW, positive charging (as the BMS register)."
+    )
+    generator_on: bool = Field(..., description="Generator running in the next step.")
+    shed_kw: float = Field(..., ge=0, description="Sheddable load switched off in the next step, kW.")
+    generator_starts: Count = Field(0, description="Generator starts in the plan's horizon.")
+    unserved_critical_kwh: float = Field(..., ge=0, description="Critical energy the plan expects to leave unserved.")
+    stress_unserved_critical_kwh: float | None = Field(
+        None, ge=0, description="The same on the bad-day scenario (high load, low PV quantiles), when planned."
+    )
+    soc_trajectory: list[float] = Field(
+        default_factory=list,
+        max_length=MAX_PLAN_POINTS,
+        description="Planned SoC (0..1) at the end of evenly spaced steps, at most 48 points over the horizon.",
+    )
+    soc_trajectory_step_s: float | None = Field(None, gt=0, description="Seconds between soc_trajectory points.")
+    actuation: Literal["advisory", "written", "released", "held", "failed"] = Field(
+        "advisory",
+        description="advisory (nothing written), written (setpoints clamped and written), released (control "
+        "handed back to the device's own rule), held (nothing written: see actuation_detail), failed "
+        "(the write did not succeed after its retries).",
+    )
+    actuation_detail: Text | None = Field(None, description="What was written or why not.")
+
+
 class SummaryContent(_Message):
     """What the agent reports periodically; the reporter adds envelope and outbox state."""
 
@@ -252,6 +295,7 @@ class SummaryContent(_Message):
     )
     skipped_inferences: Count = Field(0, description="Inference cycles skipped (gaps, errors).")
     health: HealthStats | None = Field(None, description="Loop and sensor health of the agent.")
+    plan: PlanState | None = Field(None, description="The dispatch plan in force, when planning is configured.")
 
 
 class SummaryMessage(SummaryContent, Envelope):

@@ -24,6 +24,7 @@ from edge_agent.messages import (
     ChannelDrift,
     Forecast,
     HealthStats,
+    PlanState,
     SummaryContent,
     TelemetryContent,
 )
@@ -152,7 +153,7 @@ class PeriodicReports:
         """True when the period has lasted ``interval_s``."""
         return time.monotonic() - self.period.started >= self.interval_s
 
-    def summary(self, forecasts: list[Forecast]) -> SummaryContent:
+    def summary(self, forecasts: list[Forecast], plan: PlanState | None = None) -> SummaryContent:
         """What happened since the last summary: channel aggregates, forecast, anomalies, latency, drift."""
         period, supervisor, health = self.period, self.models.supervisor, self.health
         spec = self.models.spec
@@ -180,11 +181,12 @@ class PeriodicReports:
                 sensor_errors=health.sensor_errors,
                 latency_moving_average_ms=health.latency.moving_average_ms,
             ),
+            plan=plan,
         )
 
-    def publish(self, forecasts: list[Forecast]) -> None:
-        """Send the summary of the period now ending and start a new period."""
-        self.reporter.publish_summary(self.summary(forecasts))
+    def publish(self, forecasts: list[Forecast], plan: PlanState | None = None) -> None:
+        """Send the summary of the period now ending (with the plan in force, if any) and start a new period."""
+        self.reporter.publish_summary(self.summary(forecasts, plan))
         self.period = SummaryPeriod()
 
     def _drift(self) -> dict[str, ChannelDrift]:

@@ -90,6 +90,13 @@ def comparison_table(strategies: dict[str, Any], days: int) -> Table:
         table.add_column(name, justify="right")
     for key, label in ROWS:
         table.add_row(label, *(f"{strategies[name]['totals'].get(key, float('nan')):.2f}" for name in strategies))
+    if "perfect" in strategies and all("fuel_cost_soc_adjusted" in s["totals"] for s in strategies.values()):
+        # How far each strategy stays from perfect foresight: its operating cost (fuel, starts, shedding)
+        # adjusted for the SoC it ends with, over the perfect plan's.
+        costs = {
+            name: s["totals"]["fuel_cost_soc_adjusted"] + s["totals"]["shed_cost"] for name, s in strategies.items()
+        }
+        table.add_row("cost / perfect foresight's", *(f"{costs[name] / costs['perfect']:.2f}" for name in strategies))
     table.add_row("plans (fallbacks)", *(f"{s['plans']} ({len(s['fallbacks'])})" for s in strategies.values()))
     table.add_row(
         "solve s p50 / p95",

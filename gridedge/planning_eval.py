@@ -16,10 +16,11 @@ clock, UTC+1) is paired with the same month and day of the PV file (July–Decem
 2013, its local standard time MST), step by step on the local clock. So midday meets midday and the
 season matches; the PV file's DST trap is already undone in ``data/`` (see data/README.md).
 
-Forecasts: the trained models are not wired yet, so the plan uses an honest forecaster that needs no
-training — seasonal naive (the same step yesterday) for load and PV, with empirical P10/P90 from its own
-errors over the previous ``history_days`` days, by hour of day. Any object with a ``forecast(step,
-horizon)`` method (the :class:`Forecaster` protocol) plugs in instead, e.g. a bundle's quantile model.
+Forecasts: the plan uses the device's own baseline, which needs no training — seasonal naive (the same
+step yesterday) for load and PV, with empirical P10/P90 from its own errors over the previous
+``history_days`` days, by hour of day (:func:`edge_agent.planning.forecasts.baseline_forecast`). Any
+object with a ``forecast(step, horizon)`` method (the :class:`Forecaster` protocol) plugs in instead,
+e.g. a bundle's quantile model.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from edge_agent.planning.dispatch import (
     next_state,
     plan_from_outcomes,
 )
+from edge_agent.planning.forecasts import baseline_forecast
 from edge_agent.planning.planner import plan_dispatch
 from edge_agent.planning.rule import rule_decision
 from edge_agent.planning.site_model import SiteModel
@@ -120,26 +122,19 @@ class Forecaster(Protocol):
 
 @dataclass
 class SeasonalNaiveForecaster:
-    """Yesterday's same step as P50; P10/P90 from yesterday-vs-today errors of the last days by hour of day.
+    """The device's baseline (:func:`edge_agent.planning.forecasts.baseline_forecast`) on the replay.
 
-    Uses only data before ``step`` (what a device would have measured), so it is an honest forecast.
+    Yesterday's same step as P50; P10/P90 from yesterday-vs-today errors of the last ``history_days`` days
+    by hour of day. Uses only data before ``step`` (what a device would have measured): an honest forecast.
     """
 
     replay: Replay
     history_days: int = 7
 
     def _channel(self, series: NDArray[np.float64], step: int, horizon: int) -> ChannelForecast:
-        targets = np.arange(step, step + horizon)
-        p50 = series[targets - STEPS_PER_DAY]  # every target is less than a day ahead of the last measurement
-        past = np.arange(max(STEPS_PER_DAY, step - self.history_days * STEPS_PER_DAY), step)
-        errors = series[past] - series[past - STEPS_PER_DAY]
-        hours_past = (past % STEPS_PER_DAY) // 4
-        hours_target = (targets % STEPS_PER_DAY) // 4
-        quantiles = {}
-        for q in QUANTILES:
-            by_hour = np.array([np.quantile(errors[hours_past == hour], q) for hour in range(24)])
-            quantiles[q] = np.maximum(p50 + by_hour[hours_target], 0.0)
-        return ChannelForecast(p50=p50, quantiles=quantiles)
+        past = slice(max(0, step - (self.history_days + 1) * STEPS_PER_DAY), step)
+        targets = self.replay.timestamps_utc[step : step + horizon]
+        return baseline_forecast(series[past], self.replay.timestamps_utc[past], STEP_S, targets, QUANTILES)
 
     def forecast(self, step: int, horizon: int) -> Forecast:
         return Forecast(
@@ -267,6 +262,7 @@ def run_closed_loop(
         borrowed_kwh = (start.soc_fraction - result.totals["final_soc_fraction"]) * site.battery.capacity_kwh
         per_stored_kwh = site.generator.fuel_cost_per_kwh / site.battery.charge_efficiency
         result.totals["fuel_cost_soc_adjusted"] = result.totals["fuel_cost"] + borrowed_kwh * per_stored_kwh
+    result.totals["shed_cost"] = result.totals["shed_kwh"] * site.loads.shed_penalty_per_kwh
     result.violations = limit_violations(trace, site, start, enforce_min_load=False)
     if strategy != "rule":
         result.used_forecast = bands

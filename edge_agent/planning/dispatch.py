@@ -28,10 +28,17 @@ TOLERANCE_SOC = 1e-6
 
 @dataclass(frozen=True)
 class ChannelForecast:
-    """One channel's forecast in kW: the median and any quantiles (``{0.1: P10, 0.9: P90}``)."""
+    """One channel's forecast in kW: the median, any quantiles (``{0.1: P10, 0.9: P90}``) and bad-day paths.
+
+    ``quantiles`` hold each step's own quantile; a trajectory through the P90 of every step is far worse
+    than a P90 day (errors do not all peak together). ``paths`` hold, per level, a trajectory whose
+    cumulative deviation from the P50 at every step is that quantile of the cumulative errors seen: what
+    the planner's bad-day scenario uses when present.
+    """
 
     p50: FloatArray
     quantiles: Mapping[float, FloatArray] = field(default_factory=dict)
+    paths: Mapping[float, FloatArray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

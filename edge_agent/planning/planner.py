@@ -1,4 +1,4 @@
-"""The planner: a mixed-integer dispatch over the forecast horizon, solved by HiGHS through ``scipy.optimize.milp``.
+"""The planner: a mixed-integer dispatch over the forecast horizon, solved by HiGHS (``highspy``).
 
 Decisions per step: battery charge/discharge, generator on/off (binary) and power, shed sheddable load,
 grid import/export, PV curtailment, and the unserved critical load that is left when nothing else can
@@ -13,7 +13,10 @@ the horizon's end valued a little below what it saves later (otherwise every pla
 
 Holding reserve against a bad day — a two-scenario formulation plus a soft reserve floor. The plan is
 solved jointly for the nominal scenario (P50 load and PV) and a stress scenario (high load quantile, low
-PV quantile, by default P90/P10 at every step — a deliberately bad day). Both scenarios share what is
+PV quantile, by default P90/P10): the forecast's bad-day paths when it has them (a P90 *day*: cumulative
+deviation at each step is the P90 of the cumulative errors seen), else the quantile of every step — a
+far worse day, since errors do not all peak together, which made the plan run the generator into a full
+battery and curtail the PV that came after all. Both scenarios share what is
 applied before the next plan (the generator's committed block and the committed shedding); after that,
 battery, generator and shedding are recourse per scenario, as a grid-forming inverter and a running
 generator really follow the load. Unserved load is priced far above fuel in *both* scenarios, so the
@@ -39,13 +42,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
 
 from edge_agent.planning.dispatch import (
     ChannelForecast,
@@ -69,6 +70,10 @@ CYCLING_TIEBREAK = 2e-3
 TERMINAL_VALUE_SHARE = 0.9
 
 
+# The LP relaxation's generator schedule is rounded up above each of these to seed the MIP.
+ROUNDING_THRESHOLDS = (1e-3, 0.25, 0.5, 0.75, 0.99)
+
+
 class PlanInputError(ValueError):
     """The forecast cannot be planned on (wrong length, NaN, negative capacity); the rule takes over."""
 
@@ -88,8 +93,8 @@ def scenarios_from(forecast: Forecast, site: SiteModel, steps: int) -> list[Scen
     settings = site.planner
     load = _clean(forecast.load_kw.p50, steps, "load_kw P50", None)
     pv = _clean(forecast.pv_kw.p50, steps, "pv_kw P50", site.pv_rated_kw)
-    load_high = forecast.load_kw.quantiles.get(settings.stress_load_quantile)
-    pv_low = forecast.pv_kw.quantiles.get(settings.stress_pv_quantile)
+    load_high = _bad_day(forecast.load_kw, settings.stress_load_quantile)
+    pv_low = _bad_day(forecast.pv_kw, settings.stress_pv_quantile)
     if (load_high is None and pv_low is None) or settings.stress_weight == 0:
         return [Scenario("nominal", load, pv, 1.0)]
     stress_load = load if load_high is None else np.maximum(_clean(load_high, steps, "load_kw high", None), load)
@@ -98,6 +103,12 @@ def scenarios_from(forecast: Forecast, site: SiteModel, steps: int) -> list[Scen
         Scenario("nominal", load, pv, 1.0 - settings.stress_weight),
         Scenario("stress", stress_load, stress_pv, settings.stress_weight),
     ]
+
+
+def _bad_day(channel: ChannelForecast, level: float) -> FloatArray | None:
+    """The channel's bad-day trajectory at ``level``: its path when it has one, else every step's quantile."""
+    path = channel.paths.get(level)
+    return path if path is not None else channel.quantiles.get(level)
 
 
 def _clean(values: object, steps: int, name: str, cap_kw: float | None) -> FloatArray:
@@ -155,20 +166,100 @@ class _Milp:
         self.row_hi.append(np.broadcast_to(np.asarray(hi, dtype=np.float64), (size,)).copy())
         self.n_rows += size
 
-    def solve(self, time_limit_s: float, mip_rel_gap: float) -> tuple[object, float]:
-        matrix = csr_array(
-            (np.concatenate(self.vals), (np.concatenate(self.rows), np.concatenate(self.cols))),
-            shape=(self.n_rows, self.n_cols),
-        )
+    def solve(
+        self,
+        time_limit_s: float,
+        mip_rel_gap: float,
+        mip_abs_gap: float,
+        acceptable: Callable[[FloatArray], bool] = lambda x: True,
+    ) -> _Solution:
+        """Solve with HiGHS (highspy), starting the MIP from the best rounding of its LP relaxation.
+
+        HiGHS's own primal heuristics find a good schedule on this problem only in a sub-MIP after
+        seconds; before that its incumbent can be a plan with unserved load (objective 100x the optimum),
+        which is what a solve stopped at its time limit used to return. The LP relaxation's bound is
+        within a few percent of the optimum here, so its generator schedule rounded (at 0.5, and up
+        whenever the LP runs the generator at all), with the battery and flows re-solved as an LP for the
+        fixed schedule, is a near-optimal plan found in a few LP solves (``ROUNDING_THRESHOLDS``). The
+        cheapest wins; of equal ones, an ``acceptable`` one (a rounding forcing the generator above what
+        the site can absorb balances only by charging and discharging at once). The best ``acceptable`` one of
+        those roundings is handed to the MIP as its incumbent, so a time limit returns at worst that.
+        """
+        import highspy
+
         started = time.perf_counter()
-        result = milp(
-            c=np.concatenate(self.cost),
-            integrality=np.concatenate(self.integer),
-            bounds=Bounds(np.concatenate(self.lower), np.concatenate(self.upper)),
-            constraints=LinearConstraint(matrix, np.concatenate(self.row_lo), np.concatenate(self.row_hi)),
-            options={"time_limit": time_limit_s, "mip_rel_gap": mip_rel_gap, "disp": False},
+        cost, lower, upper = np.concatenate(self.cost), np.concatenate(self.lower), np.concatenate(self.upper)
+        integer = np.flatnonzero(np.concatenate(self.integer)).astype(np.int32)
+        rows, cols, vals = np.concatenate(self.rows), np.concatenate(self.cols), np.concatenate(self.vals)
+        order = np.lexsort((rows, cols))
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = self.n_cols, self.n_rows
+        lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, lower, upper
+        lp.row_lower_, lp.row_upper_ = np.concatenate(self.row_lo), np.concatenate(self.row_hi)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = self.n_cols, self.n_rows
+        lp.a_matrix_.start_ = np.searchsorted(cols[order], np.arange(self.n_cols + 1)).astype(np.int32)
+        lp.a_matrix_.index_ = rows[order].astype(np.int32)
+        lp.a_matrix_.value_ = vals[order]
+        highs = highspy.Highs()
+        highs.setOptionValue("output_flag", False)
+        highs.passModel(lp)
+        highs.setOptionValue("time_limit", time_limit_s)
+        highs.run()
+        if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return _Solution(
+                None, highs.modelStatusToString(highs.getModelStatus()), None, time.perf_counter() - started
+            )
+        relaxed = np.asarray(highs.getSolution().col_value)[integer]
+        best: tuple[float, bool, list[float]] | None = None
+        for rounded in {tuple((relaxed > threshold).astype(float)) for threshold in ROUNDING_THRESHOLDS}:
+            fixed = np.asarray(rounded, dtype=np.float64)
+            highs.changeColsBounds(integer.size, integer, fixed, fixed)
+            highs.run()
+            if highs.getModelStatus() == highspy.HighsModelStatus.kOptimal:
+                values = list(highs.getSolution().col_value)
+                candidate = (highs.getInfo().objective_function_value, not acceptable(np.asarray(values)), values)
+                if best is None or candidate[:2] < best[:2]:
+                    best = candidate
+        highs.changeColsBounds(integer.size, integer, lower[integer], upper[integer])
+        highs.changeColsIntegrality(
+            integer.size, integer, np.full(integer.size, int(highspy.HighsVarType.kInteger), dtype=np.uint8)
         )
-        return result, time.perf_counter() - started
+        if best is not None:
+            incumbent = highspy.HighsSolution()
+            incumbent.col_value = best[2]
+            incumbent.value_valid = True
+            highs.setSolution(incumbent)
+        # HiGHS counts its time limit over every run of this instance.
+        highs.setOptionValue(
+            "time_limit", highs.getRunTime() + max(time_limit_s - (time.perf_counter() - started), 0.05)
+        )
+        highs.setOptionValue("mip_rel_gap", mip_rel_gap)
+        highs.setOptionValue("mip_abs_gap", mip_abs_gap)
+        highs.run()
+        status = highs.getModelStatus()
+        elapsed = time.perf_counter() - started
+        solution = highs.getSolution()
+        if status == highspy.HighsModelStatus.kOptimal:
+            return _Solution(
+                np.asarray(solution.col_value), "optimal", highs.getInfo().objective_function_value, elapsed
+            )
+        if solution.value_valid and highs.getInfo().primal_solution_status == 2:  # 2: feasible
+            value = highs.getInfo().objective_function_value
+            return _Solution(np.asarray(solution.col_value), "time limit (best plan found)", value, elapsed)
+        if best is not None:
+            return _Solution(np.asarray(best[2]), "time limit (LP rounding)", best[0], elapsed)
+        return _Solution(None, highs.modelStatusToString(status), None, elapsed)
+
+
+@dataclass(frozen=True)
+class _Solution:
+    """What a solve gave: the column values (None without a plan), the status in words, objective, wall time."""
+
+    x: FloatArray | None
+    status: str
+    objective: float | None
+    solve_time_s: float
 
 
 def _shifted(index: NDArray[np.int64], lag: int) -> NDArray[np.int64]:
@@ -304,12 +395,16 @@ def _solve(site: SiteModel, state: SiteState, timestamps: NDArray[np.int64], sce
         shared = np.arange(len(on_blocks[0])) < -(-settings.committed_steps // settings.commitment_block_steps)
         problem.rows_of([(on_blocks[0][shared], 1.0), (on_blocks[1][shared], -1.0)], 0.0, 0.0)
 
-    result, solve_time = problem.solve(settings.time_limit_s, settings.mip_rel_gap)
-    x = getattr(result, "x", None)
-    status = int(getattr(result, "status", -1))
-    if x is None or status not in (0, 1):
-        raise PlanInputError(f"solver found no plan (HiGHS status {status}: {getattr(result, 'message', '')})")
-    x = np.asarray(x)
+    nominal_charge, nominal_discharge = flows_by_scenario[0][0], flows_by_scenario[0][1]
+
+    def one_way(x: FloatArray) -> bool:
+        """No step charges and discharges at once (an LP may burn surplus that way when nothing else can)."""
+        return bool(np.all(np.minimum(x[nominal_charge], x[nominal_discharge]) <= 1e-3))
+
+    solution = problem.solve(settings.time_limit_s, settings.mip_rel_gap, settings.mip_abs_gap, one_way)
+    if solution.x is None:
+        raise PlanInputError(f"solver found no plan (HiGHS: {solution.status.lower()})")
+    x = solution.x
 
     def values(index: NDArray[np.int64]) -> FloatArray:
         return np.maximum(x[index], 0.0)
@@ -332,9 +427,9 @@ def _solve(site: SiteModel, state: SiteState, timestamps: NDArray[np.int64], sce
         grid_export_kw=values(grid_export),
         curtailed_kw=values(curtailed),
         source="planner",
-        status="optimal" if status == 0 else "time limit (best plan found)",
-        solve_time_s=solve_time,
-        objective=float(result.fun),  # type: ignore[attr-defined]
+        status=solution.status,
+        solve_time_s=solution.solve_time_s,
+        objective=solution.objective,
         stress_unserved_kw=values(stress[5]) if stress else None,
         stress_soc_fraction=np.clip(x[stress[2]], lo_soc, hi_soc) if stress else None,
     )
@@ -375,6 +470,10 @@ def _truncated(forecast: Forecast, steps: int) -> Forecast:
     channels = []
     for channel in (forecast.load_kw, forecast.pv_kw):
         channels.append(
-            ChannelForecast(p50=cut(channel.p50), quantiles={q: cut(v) for q, v in channel.quantiles.items()})
+            ChannelForecast(
+                p50=cut(channel.p50),
+                quantiles={q: cut(v) for q, v in channel.quantiles.items()},
+                paths={q: cut(v) for q, v in channel.paths.items()},
+            )
         )
     return Forecast(timestamps_utc=forecast.timestamps_utc[:steps], load_kw=channels[0], pv_kw=channels[1])

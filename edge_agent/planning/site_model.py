@@ -219,6 +219,13 @@ class PlannerSettings(_Section):
     mip_rel_gap: float = Field(
         default=0.02, ge=0, title="MIP gap", description="Relative optimality gap at which the solver stops."
     )
+    mip_abs_gap: float = Field(
+        default=0.05,
+        ge=0,
+        title="MIP absolute gap",
+        description="Absolute optimality gap (currency) at which the solver stops: a relative gap means little "
+        "when stored energy's value brings the objective near zero.",
+    )
 
 
 class FallbackRuleSettings(_Section):

@@ -146,7 +146,8 @@ class ModbusRtuConfig(StrictModel, frozen=True):
         return self
 
 
-def _resolve_map(register_map: Path | RegisterMap, base_dir: Path | None) -> RegisterMap:
+def resolve_register_map(register_map: Path | RegisterMap, base_dir: Path | None) -> RegisterMap:
+    """A device's register map: given inline, or read from a shipped name or a path."""
     if isinstance(register_map, RegisterMap):
         return register_map
     return load_register_map(register_map_path(register_map, base_dir))
@@ -174,7 +175,7 @@ class _Device:
 
     def __init__(self, config: ModbusDeviceConfig, base_dir: Path | None) -> None:
         self.config = config
-        self.map = _resolve_map(config.register_map, base_dir)
+        self.map = resolve_register_map(config.register_map, base_dir)
         self.blocks = plan_blocks(self.map)
         self.prefix = config.name + "."
         self._failures = 0

@@ -78,10 +78,11 @@ class RegisterSpec(PlausibleRange, frozen=True):
         description="holding (function code 3) or input (function code 4) registers.",
     )
     dtype: DTypeName = Field(default="uint16", title="Data type", description="How the words encode the value.")
-    kind: Literal["measurement", "scale_factor"] = Field(
+    kind: Literal["measurement", "scale_factor", "setpoint"] = Field(
         default="measurement",
         title="Kind",
-        description="measurement becomes a channel; scale_factor is a SunSpec exponent used by others.",
+        description="measurement becomes a channel; scale_factor is a SunSpec exponent used by others; "
+        "setpoint is a holding register a controller writes (the planner's actuation), never read.",
     )
     scale: float = Field(default=1.0, title="Scale", description="Multiplier applied to the raw integer.")
     offset: float = Field(default=0.0, title="Offset", description="Added after scaling.")
@@ -107,6 +108,8 @@ class RegisterSpec(PlausibleRange, frozen=True):
     def _consistent(self) -> RegisterSpec:
         if self.address + self.words - 1 > 0xFFFF:
             raise ValueError(f"register {self.name!r} runs past address 65535; lower its address")
+        if self.kind == "setpoint" and self.function != "holding":
+            raise ValueError(f"setpoint register {self.name!r} must be a holding register (only those are written)")
         if self.kind == "scale_factor" and self.dtype != "int16":
             raise ValueError(f"scale_factor register {self.name!r} must have dtype int16 (SunSpec sunssf)")
         return self
@@ -238,10 +241,12 @@ def plan_blocks(register_map: RegisterMap) -> list[ReadBlock]:
 
     Registers are merged when contiguous, or separated by at most ``max_gap`` unused registers: reading
     across a hole could hit an address the device rejects with "illegal data address", losing the block.
+    Setpoint registers are written, never read.
     """
     blocks: list[ReadBlock] = []
+    read = [s for s in register_map.registers if s.kind != "setpoint"]
     for function in ("holding", "input"):
-        rows = sorted((s for s in register_map.registers if s.function == function), key=lambda s: s.address)
+        rows = sorted((s for s in read if s.function == function), key=lambda s: s.address)
         start = end = -1
         for spec in rows:
             spec_end = spec.address + spec.words

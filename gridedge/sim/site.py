@@ -6,7 +6,11 @@ Three Modbus devices answer on one TCP port (or one serial line), as behind a Mo
   and air temperature from its PSM3 weather, lifetime energy integrated from the power;
 * unit 2, a battery BMS (``battery_bms.yaml``): no measured battery data exists, so the battery is a
   physical coulomb-counting model: it absorbs the PV surplus and covers the deficit within its power
-  limits, with charge/discharge efficiencies, and stops at its state-of-charge limits;
+  limits, with charge/discharge efficiencies, and stops at its state-of-charge limits. A controller may
+  write its ``power_setpoint`` register (``kind: setpoint`` in the map, the only writable kind; any
+  other write is refused with "illegal data address"): while that setpoint is fresh
+  (``setpoint_timeout_s`` of site time) the battery follows it within the same limits, and the grid
+  connection takes the difference;
 * unit 3, the household meter (``load_meter.yaml``): active/reactive power, voltage and current of the
   UCI household, plus the grid connection power and import/export energy counters that follow from it,
   and its clock (UTC epoch seconds of the simulated time, so an accelerated agent can label samples).
@@ -42,6 +46,7 @@ from edge_agent.sensors.registers import (
     DTYPES,
     RegisterMap,
     RegisterSpec,
+    decode_words,
     encode_value,
     load_register_map,
     raw_from_engineering,
@@ -91,6 +96,8 @@ class BatteryParams:
     charge_efficiency: float = 0.96
     discharge_efficiency: float = 0.96
     initial_soc: float = 50.0
+    # A written setpoint lapses after this much site time: a controller that stopped writing hands back control.
+    setpoint_timeout_s: float = 1800.0
 
 
 class BatteryModel:
@@ -194,6 +201,9 @@ class SimulatedSite:
         self._import_wh = 0.0
         self._export_wh = 0.0
         self._grid_w = 0.0
+        self._setpoint_w = math.nan
+        self._setpoint_at = -math.inf
+        self.setpoint_writes = 0
         self._lock = threading.Lock()
 
     @property
@@ -217,10 +227,31 @@ class SimulatedSite:
                 self._integrate(self._elapsed + dt / 2.0, dt)
                 self._elapsed += dt
 
+    def write_setpoint(self, watts: float) -> None:
+        """A controller wrote the battery power setpoint (positive charging; NaN hands control back)."""
+        self.advance()
+        with self._lock:
+            self._setpoint_w = watts
+            self._setpoint_at = self._elapsed
+            self.setpoint_writes += 1
+
+    @property
+    def battery_setpoint_w(self) -> float:
+        """The setpoint the battery follows now, NaN when none is fresh."""
+        self.advance()
+        with self._lock:
+            return self._fresh_setpoint(self._elapsed)
+
+    def _fresh_setpoint(self, elapsed: float) -> float:
+        if elapsed - self._setpoint_at > self.battery.params.setpoint_timeout_s:
+            return math.nan
+        return self._setpoint_w
+
     def _integrate(self, elapsed_mid: float, dt_s: float) -> None:
         pv_w = _zero_if_nan(self.pv.at(elapsed_mid, "ac_power"))
         load_w = _zero_if_nan(self.load.at(elapsed_mid, "Global_active_power") * 1000.0)
-        battery_w = self.battery.step(pv_w - load_w, dt_s)
+        setpoint = self._fresh_setpoint(elapsed_mid)
+        battery_w = self.battery.step(setpoint if math.isfinite(setpoint) else pv_w - load_w, dt_s)
         self._grid_w = load_w - pv_w + battery_w
         hours = dt_s / 3600.0
         self._pv_energy_wh += max(pv_w, 0.0) * hours
@@ -336,6 +367,8 @@ class SimulatedSite:
             if fault is Fault.HANG:
                 # The server is built with ignore_missing_devices=True: this request gets no answer at all.
                 raise NoSuchIdException(f"simulated device {device} does not answer")
+            if set_values:
+                return self._take_write(device, address, list(set_values))
             function = "input" if function_code == 4 else "holding"
             for (table, reg_address), word in self.registers(device).items():
                 offset = reg_address - start_address
@@ -343,6 +376,22 @@ class SimulatedSite:
                     registers[offset] = GARBAGE_WORD if fault is Fault.GARBAGE else word
 
         return action
+
+    def _take_write(self, device: str, address: int, words: list[int]) -> Any:
+        """A holding-register write: only whole setpoint registers are taken, anything else is refused."""
+        from pymodbus.constants import ExcCodes
+
+        register_map = self.maps[device]
+        spec = next((s for s in register_map.registers if s.kind == "setpoint" and s.address == address), None)
+        if spec is None or len(words) != spec.words:
+            return ExcCodes.ILLEGAL_ADDRESS
+        order = spec.word_order or register_map.word_order
+        raw = decode_words(words, spec.dtype, order, register_map.byte_order)
+        value = float(raw) * spec.scale + spec.offset
+        if math.isfinite(value) and not spec.min_value <= value <= spec.max_value:  # type: ignore[operator]
+            return ExcCodes.ILLEGAL_VALUE
+        self.write_setpoint(value)
+        return None
 
 
 def _invalid() -> Any:
