@@ -247,8 +247,9 @@ class DecisionStep:
         supervisor = self.models.supervisor
         assert supervisor.pipeline is not None and supervisor.bundle is not None
         output = supervisor.bundle.manifest.output
-        decoded = decode_forecast(prediction.output[0], output, supervisor.pipeline)
         step = supervisor.pipeline.spec.sample_period_s
+        step_times = last_start + step * np.arange(1, output.horizon_steps + 1)
+        decoded = decode_forecast(prediction.output[0], output, supervisor.pipeline, step_times)
         return [
             Forecast(
                 target=name,

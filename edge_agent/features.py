@@ -204,6 +204,19 @@ class SiteLocation(StrictModel, frozen=True):
     longitude: float = Field(ge=-180, le=180, title="Longitude", description="Degrees east (west is negative).")
 
 
+class OutputBounds(PlausibleRange, frozen=True):
+    """Physical limits of one forecast target, applied to decoded forecasts in training and on the device.
+
+    ``min_value``/``max_value`` clip the forecast (a PV system cannot export below zero or above its
+    rating); ``zero_when_sun_down`` forces it to zero for steps the sun spends below the horizon at the
+    site (``FeatureSpec.location``), as the measured PV output is.
+    """
+
+    zero_when_sun_down: bool = Field(
+        default=False, title="Zero when the sun is down", description="PV output: 0 while the sun is down."
+    )
+
+
 def _clear_sky_ghi(timestamps_utc: NDArray[np.integer], location: SiteLocation) -> FloatArray:
     from edge_agent.solar import clear_sky_ghi
 
@@ -414,9 +427,50 @@ class FeaturePipeline:
         """Scale raw target values (last axis = ``spec.target_channels``) as the model's outputs are."""
         return self.stats.transform(values, self.spec.target_channels)
 
-    def decode(self, outputs: NDArray[np.floating]) -> FloatArray:
-        """Turn normalised model outputs (last axis = targets) into physical units."""
-        return self.stats.inverse(outputs, self.spec.target_channels)
+    def decode(
+        self,
+        outputs: NDArray[np.floating],
+        step_times: NDArray[np.integer] | None = None,
+        bounds: Sequence[OutputBounds] = (),
+    ) -> FloatArray:
+        """Turn normalised model outputs (last axis = targets) into physical units within ``bounds``.
+
+        ``bounds`` holds one entry per target (the bundle's ``OutputSpec.bounds``; empty = unbounded);
+        ``step_times`` (UTC seconds of each output step, shaped like ``outputs`` without its last axis)
+        are needed by ``zero_when_sun_down``.
+        """
+        decoded = self.stats.inverse(outputs, self.spec.target_channels)
+        return within_bounds(decoded, bounds, self.spec, step_times)
+
+
+def within_bounds(
+    values: NDArray[np.floating],
+    bounds: Sequence[OutputBounds],
+    spec: FeatureSpec,
+    step_times: NDArray[np.integer] | None = None,
+) -> FloatArray:
+    """Forecasts in units (last axis = ``spec.target_channels``) clipped to ``bounds``, 0 where the sun is down.
+
+    Empty ``bounds`` leave the values as they are (bundles written before bounds existed).
+    """
+    array = np.asarray(values, dtype=np.float32)
+    if not bounds:
+        return array
+    if len(bounds) != len(spec.target_channels):
+        raise FeatureError(f"{len(bounds)} output bounds for targets {list(spec.target_channels)}")
+    lower = np.array([-np.inf if b.min_value is None else b.min_value for b in bounds], dtype=np.float32)
+    upper = np.array([np.inf if b.max_value is None else b.max_value for b in bounds], dtype=np.float32)
+    array = np.clip(array, lower, upper)
+    night = np.array([b.zero_when_sun_down for b in bounds])
+    if night.any():
+        if step_times is None or spec.location is None:
+            raise FeatureError("zero_when_sun_down needs the forecast step times and the site location")
+        from edge_agent.solar import sun_down
+
+        times = np.asarray(step_times, dtype=np.int64)
+        dark = sun_down(times, spec.sample_period_s, spec.location.latitude, spec.location.longitude)
+        array = np.where(dark[..., np.newaxis] & night, np.float32(0), array)
+    return array.astype(np.float32)
 
 
 def _batched(values: NDArray[np.floating], steps: int, channels: int, name: str) -> FloatArray:

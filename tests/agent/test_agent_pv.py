@@ -16,6 +16,7 @@ from edge_agent.keys import load_public_key
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
 from edge_agent.runtimes.litert import LiteRTConfig
+from edge_agent.solar import sun_down
 from gridedge.datafiles import read_series
 from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
@@ -84,9 +85,13 @@ def test_pv_forecasts_on_the_device_match_the_exported_model(
         )[:, 0]
         future = derive_channels(spec.future_channel_names, future_ts, spec.location)
         inputs = pipeline.build(past, past_ts, future, future_ts)
-        expected = pipeline.decode(model.run(inputs.as_feeds())[0])[:, 0]
+        expected = pipeline.decode(model.run(inputs.as_feeds())[0], future_ts, bundle.manifest.output.bounds)[:, 0]
         differences_in_steps = np.abs(got - expected) / output_step
         assert differences_in_steps.max() <= 1.0 + 1e-6, f"{differences_in_steps.max():.2f} of {output_step:.1f} W"
+        # Physical limits on the device: never below zero or above the rating, zero while the sun is down.
+        dark = sun_down(future_ts, PERIOD, spec.location.latitude, spec.location.longitude)  # type: ignore[union-attr]
+        assert dark.any() and np.all(got[dark] == 0)
+        assert got.min() >= 0 and got.max() <= bundle.manifest.output.bounds[0].max_value  # type: ignore[operator]
 
 
 def _output_step_in_units(artefact: Artefact, pipeline: FeaturePipeline) -> float:

@@ -242,3 +242,52 @@ def test_derived_channels_need_a_location() -> None:
         location={"latitude": 48.78, "longitude": 2.29},
     )
     assert spec.future_is_derivable and spec.derived_past_channels == ()
+
+
+def _pv_spec() -> FeatureSpec:
+    from edge_agent.features import SiteLocation
+
+    spec = _spec(
+        past_channels=(ChannelSpec(name="ac_power", unit="W", min_value=0, max_value=3500),),
+        target_channels=("ac_power",),
+        timezone="America/Denver",
+        location=SiteLocation(latitude=39.742, longitude=-105.179),
+    )
+    stats = NormalisationStats(channels=("ac_power",), mean=(700.0,), std=(1000.0,))
+    return spec.with_normalisation(stats)
+
+
+def test_pv_forecasts_are_decoded_within_zero_and_the_rating_and_zero_while_the_sun_is_down() -> None:
+    from edge_agent.features import OutputBounds
+    from edge_agent.solar import sun_down
+
+    spec = _pv_spec()
+    pipeline = FeaturePipeline(spec)
+    # Local midnight to midnight (UTC-6 in June) at Golden, CO: hours of dark on both ends, the day between.
+    times = 1_370_066_400 + 900 * np.arange(96, dtype=np.int64)
+    raw = np.where(np.arange(96) % 2 == 0, -280.0, 4200.0).astype(np.float32)[:, None]
+    outputs = pipeline.normalise_targets(raw)
+    bounds = (OutputBounds(min_value=0, max_value=3500, zero_when_sun_down=True),)
+    decoded = pipeline.decode(outputs, times, bounds)[:, 0]
+    dark = sun_down(times, 900, 39.742, -105.179)
+    assert 20 < dark.sum() < 60
+    assert np.all(decoded[dark] == 0)
+    np.testing.assert_allclose(decoded[~dark], np.where(raw[~dark, 0] < 0, 0.0, 3500.0))
+    # Without bounds (a bundle from before they existed) the decoding is unchanged.
+    np.testing.assert_allclose(pipeline.decode(outputs)[:, 0], raw[:, 0], rtol=1e-5)
+    with pytest.raises(FeatureError, match="step times"):
+        pipeline.decode(outputs, None, bounds)
+    with pytest.raises(FeatureError, match="2 output bounds"):
+        pipeline.decode(outputs, times, bounds * 2)
+
+
+def test_sun_down_matches_when_the_measured_pv_system_is_dark() -> None:
+    from edge_agent.solar import sun_down
+    from gridedge.datafiles import read_series
+
+    times, columns = read_series("w2_pv_system50_15min")
+    dark = sun_down(times, 900, 39.742, -105.179)
+    power = columns["ac_power"]
+    assert 0.4 < dark.mean() < 0.55
+    # The measured system produces nothing worth a watt-hour while the rule says the sun is down.
+    assert np.nanmax(power[dark]) < 15 and np.nanmean(power[dark]) < 0.05
