@@ -298,6 +298,21 @@ class DataConfig(ClockSource):
         return self
 
 
+class SeasonalInputsConfig(StrictModel):
+    """Seasonal-naive forecasts of the targets, fed to the model over the horizon (it learns to correct them)."""
+
+    lags: list[Duration] = Field(
+        default_factory=lambda: ["1d", "7d"],
+        title="Lags",
+        description="Same time one lag ago, for each horizon step: e.g. '1d' (yesterday), '7d' (last week).",
+    )
+    profile: Duration | None = Field(
+        default="7d",
+        title="Profile span",
+        description="Mean of the same time of day over this many past days (missing days skipped); null = none.",
+    )
+
+
 class FeaturesConfig(StrictModel):
     """Model inputs and outputs, turned into an edge_agent FeatureSpec."""
 
@@ -315,6 +330,12 @@ class FeaturesConfig(StrictModel):
         description="Channels known in advance over the horizon, e.g. clear-sky irradiance.",
     )
     calendar: bool = Field(default=True, title="Calendar features", description="Hour/day-of-week sin/cos.")
+    seasonal_inputs: SeasonalInputsConfig | None = Field(
+        default=None,
+        title="Seasonal inputs",
+        description="Feed seasonal-naive forecasts of the targets over the horizon; the device then keeps the "
+        "longest lag or profile of history (e.g. a week) and decides once it has it.",
+    )
     gap_policy: GapPolicyConfig = Field(default_factory=GapPolicyConfig, title="Gap policy")
 
 

@@ -397,6 +397,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             timezone=timezone,
             gap_policy=GapPolicy(method=feats.gap_policy.method, max_gap_steps=_max_gap_steps(config, period)),
             location=config.data.location,
+            **_seasonal(config, period),
         )
     except ValueError as exc:
         raise ConfigError(f"features: {exc}") from exc
@@ -428,7 +429,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
         def candidates(stride: str, field_name: str) -> NDArray[np.int64]:
             return origin_candidates(timestamps, timezone, protocol.origin_hour, stride, field_name)
 
-        history = max(input_steps, WEEK_DAYS * day_steps)
+        history = max(spec.window_steps, WEEK_DAYS * day_steps)
         complete: NDArray[np.bool_] = np.asarray(np.isfinite(past).all(axis=1))
         if future is not None:
             complete &= np.asarray(np.isfinite(future).all(axis=1))
@@ -439,7 +440,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             spec,
             series,
             _forecast_origins(n, split_rows["train"], spec, candidates(protocol.train_stride, "protocol.train_stride"),
-                              input_steps, filled),
+                              spec.window_steps, filled),
             f"every {protocol.train_stride} from {at}",
             screens,
             strict,
@@ -532,6 +533,23 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
         upstream_filled_days=filled_days,
         anomaly_steps=anomaly_steps,
     )
+
+
+def _seasonal(config: TaskConfig, period: int) -> dict[str, Any]:
+    """The seasonal-input fields of the FeatureSpec, in samples; the profile must be whole days."""
+    seasonal = config.features.seasonal_inputs
+    if seasonal is None:
+        return {}
+    field_name = "features.seasonal_inputs"
+    lags = tuple(_steps(lag, period, f"{field_name}.lags[{i}]") for i, lag in enumerate(seasonal.lags))
+    profile = 0
+    if seasonal.profile is not None:
+        if duration_seconds(seasonal.profile) % SECONDS_PER_DAY:
+            raise ConfigError(f"{field_name}.profile: {seasonal.profile} is not a whole number of days, e.g. '7d'")
+        profile = _steps(seasonal.profile, period, f"{field_name}.profile")
+    if not lags and not profile:
+        raise ConfigError(f"{field_name}: give at least one lag or a profile, or remove the section")
+    return {"seasonal_lags": lags, "seasonal_profile_steps": profile}
 
 
 def _max_gap_steps(config: TaskConfig, period: int) -> int:

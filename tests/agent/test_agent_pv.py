@@ -48,7 +48,7 @@ def test_pv_forecasts_on_the_device_match_the_exported_model(
     clock = site[1]
     forecasts = []
     windows = []
-    for _ in range(spec.input_steps + 8):
+    for _ in range(spec.window_steps + 8):
         if agent.cycle() and agent.latest_forecasts:
             forecast = agent.latest_forecasts[0]
             forecasts.append((int(forecast.origin.timestamp()), np.array(forecast.values, dtype=np.float64)))
@@ -67,12 +67,12 @@ def test_pv_forecasts_on_the_device_match_the_exported_model(
     measured = [c for c in spec.past_channel_names if c not in spec.derived_past_channels]
     for (origin, got), (device_raw, device_ts) in zip(forecasts, windows, strict=True):
         i = index[origin]
-        past_ts = times[i - spec.input_steps : i]
+        past_ts = times[i - spec.window_steps : i]
         future_ts = times[i : i + spec.horizon_steps]
         assert np.array_equal(device_ts, past_ts)
         # What the device saw is the measured data at the registers' resolution ...
         for name in measured:
-            served = columns[name][i - spec.input_steps : i]
+            served = columns[name][i - spec.window_steps : i]
             seen = device_raw[:, spec.past_channel_names.index(name)]
             assert np.max(np.abs(seen - served)) <= REGISTER_RESOLUTION[name] + 1e-4, name
         # ... and what it forecast from that window is what the exported model computes from it. One input

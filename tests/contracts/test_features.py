@@ -291,3 +291,54 @@ def test_sun_down_matches_when_the_measured_pv_system_is_dark() -> None:
     assert 0.4 < dark.mean() < 0.55
     # The measured system produces nothing worth a watt-hour while the rule says the sun is down.
     assert np.nanmax(power[dark]) < 15 and np.nanmean(power[dark]) < 0.05
+
+
+def _seasonal_spec(**overrides: object) -> FeatureSpec:
+    # 6-hour "days" (24 samples of 15 min) keep the arrays small; lags of one and two days, a 3-day profile.
+    spec = _spec(sample_period_s=900, input_steps=8, horizon_steps=30, seasonal_lags=(96, 192), **overrides)
+    return spec
+
+
+def test_seasonal_inputs_are_the_seasonal_naive_forecasts_over_the_horizon() -> None:
+    from edge_agent.baselines import seasonal_naive
+
+    values, ts = _ramp(600)
+    values[:, 0] = 3.0 + np.arange(600) % 96 + 0.01 * np.arange(600)
+    spec = _seasonal_spec(seasonal_profile_steps=3 * 96)
+    spec = spec.with_normalisation(NormalisationStats.fit(values, spec.past_channel_names))
+    assert spec.window_steps == 3 * 96
+    assert spec.future_feature_names[:3] == ("p_lag_96", "p_lag_192", "p_profile_288")
+    origins = np.array([300, 450])
+    batch, _, _ = forecast_samples(spec, values, ts, origins=origins)
+    assert batch.past.shape == (2, 8, len(spec.past_feature_names)) and batch.valid.all()
+    # The model's past is the newest input_steps; the seasonal inputs come from the whole window.
+    window = values[origins[0] - 288 : origins[0]]
+    pipeline = FeaturePipeline(spec)
+    np.testing.assert_allclose(batch.past[0, :, :2], pipeline.stats.transform(window[-8:], ("p", "q")), atol=1e-6)
+    seasonal = pipeline.stats.inverse(batch.future[:, :, :3], ("p", "p", "p"))  # type: ignore[index]
+    for lag, column in ((96, 0), (192, 1)):
+        expected = seasonal_naive(window[None, :, :1], 30, lag)[0, :, 0]
+        np.testing.assert_allclose(seasonal[0, :, column], expected, rtol=1e-5)
+    days = window[:, 0].reshape(3, 96)
+    np.testing.assert_allclose(seasonal[0, :, 2], days.mean(axis=0)[:30], rtol=1e-5)
+    # The device builds the same numbers from one window of window_steps samples.
+    one = pipeline.build(window, ts[origins[0] - 288 : origins[0]], None, ts[origins[0] : origins[0] + 30])
+    np.testing.assert_array_equal(one.future[0], batch.future[0])  # type: ignore[index]
+
+
+def test_a_gap_in_the_seasonal_history_invalidates_the_window_and_says_why() -> None:
+    values, ts = _ramp(600)
+    spec = _seasonal_spec(gap_policy=GapPolicy(max_gap_steps=2))
+    spec = spec.with_normalisation(NormalisationStats.fit(values, spec.past_channel_names))
+    values[300 - 192 : 300 - 182, 0] = np.nan  # ten samples, two days before the origin: lag 192's span
+    batch, _, _ = forecast_samples(spec, values, ts, origins=np.array([300, 500]))
+    assert batch.valid.tolist() == [False, True]
+    assert "seasonal history of ['p'] has a gap" in (batch.reasons[0] or "")
+
+
+def test_seasonal_inputs_are_refused_without_a_horizon_or_off_whole_days() -> None:
+    with pytest.raises(ValueError, match="seasonal inputs need a horizon"):
+        _spec(horizon_steps=0, seasonal_lags=(96,))
+    with pytest.raises(ValueError, match=r"seasonal_profile_steps \(100\) must be whole days"):
+        _spec(seasonal_profile_steps=100)
+    assert _spec().window_steps == 8 and _spec().seasonal_feature_names == ()
