@@ -98,47 +98,59 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "skill")
     args = parser.parse_args()
 
-    combos = [(w, f, s) for w in args.workloads for f in args.frameworks for s in args.seeds]
+    # Seed by seed, so that an interrupted run has every workload and framework for the seeds it finished.
+    combos = [(w, f, s) for s in args.seeds for w in args.workloads for f in args.frameworks]
     started = time.perf_counter()
     load_start = os.getloadavg()
     context = multiprocessing.get_context("spawn")  # TensorFlow and torch do not survive a fork
     with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         futures = [pool.submit(measure, w, f, s, args.workdir) for w, f, s in combos]
-        rows = []
+        rows: list[dict[str, Any]] = []
         for done, future in enumerate(futures, 1):
-            rows.append(future.result())
-            row = rows[-1]
+            row = future.result()
+            rows.append(row)
             print(
                 f"[{done}/{len(combos)}] {row['workload']} {row['framework']} seed {row['seed']}: int8 skill "
                 f"{row['int8_skill']:.3f} (float {row['float_skill']:.3f}), LightGBM {row['lightgbm_skill']:.3f}, "
                 f"trained in {row['train_wall_seconds']:.0f} s",
                 flush=True,
             )
-    load_end = os.getloadavg()
+            # Published after every run: the results so far survive an interrupted measurement.
+            _publish(rows, args.jobs, load_start, time.perf_counter() - started, done == len(combos))
 
+
+def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per workload and framework: mean ± standard deviation over the seeds measured."""
     summary = []
-    for workload in args.workloads:
-        for framework in args.frameworks:
-            mine = [r for r in rows if r["workload"] == workload and r["framework"] == framework]
-            summary.append(
-                {
-                    "workload": workload,
-                    "framework": framework,
-                    "int8_skill": _spread([r["int8_skill"] for r in mine]),
-                    "float_skill": _spread([r["float_skill"] for r in mine]),
-                    "lightgbm_skill": _spread([r["lightgbm_skill"] for r in mine]),
-                    "int8_at_least_lightgbm": all(r["int8_skill"] >= r["lightgbm_skill"] for r in mine),
-                    "train_wall_seconds_max": max(r["train_wall_seconds"] for r in mine),
-                }
-            )
+    for workload, framework in dict.fromkeys((r["workload"], r["framework"]) for r in rows):
+        mine = [r for r in rows if r["workload"] == workload and r["framework"] == framework]
+        summary.append(
+            {
+                "workload": workload,
+                "framework": framework,
+                "seeds": [r["seed"] for r in mine],
+                "int8_skill": _spread([r["int8_skill"] for r in mine]),
+                "float_skill": _spread([r["float_skill"] for r in mine]),
+                "lightgbm_skill": _spread([r["lightgbm_skill"] for r in mine]),
+                "int8_at_least_lightgbm": all(r["int8_skill"] >= r["lightgbm_skill"] for r in mine),
+                "train_wall_seconds_max": max(r["train_wall_seconds"] for r in mine),
+            }
+        )
+    return summary
+
+
+def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...], wall: float, final: bool) -> None:
+    load_end = os.getloadavg()
+    summary = _summary(rows)
     payload = {
+        "complete": final,
         "rows": rows,
         "summary": summary,
-        "jobs": args.jobs,
+        "jobs": jobs,
         "load_average_start": load_start,
         "load_average_end": load_end,
         "cpu_count": os.cpu_count(),
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": wall,
     }
     table = markdown_table(
         ["workload", "framework", "seed", "float skill", "int8 skill (device)", "LightGBM skill", "train s"],
@@ -157,11 +169,12 @@ def main() -> None:
     )
     table += ["", "Mean ± standard deviation over the seeds:", ""]
     table += markdown_table(
-        ["workload", "framework", "int8 skill", "float skill", "LightGBM skill", "int8 ≥ LightGBM every seed"],
+        ["workload", "framework", "seeds", "int8 skill", "float skill", "LightGBM skill", "int8 ≥ LightGBM every seed"],
         [
             (
                 WORKLOADS[s["workload"]],
                 s["framework"],
+                len(s["seeds"]),
                 s["int8_skill"],
                 s["float_skill"],
                 s["lightgbm_skill"],
@@ -174,10 +187,11 @@ def main() -> None:
         "Skill = 1 − MAE / MAE of the better seasonal naive (yesterday or last week), on each run's test windows "
         "(one origin per local midnight), from the export report. int8 = the artefact the device runs (Keras: "
         "LiteRT int8; PyTorch: ORT static int8). Shipped configs, seed replaced. "
-        f"{args.jobs} runs at a time, one thread each, on {os.cpu_count()} cores; load average (1/5/15 min) "
-        f"{load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start and "
+        f"{jobs} runs at a time, one thread each, at nice 10, on {os.cpu_count()} cores; load average "
+        f"(1/5/15 min) {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start and "
         f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end (a shared machine: wall times are "
         "longer than on an idle one)."
+        + ("" if final else " Measurement still running or interrupted: not every run is in yet.")
     )
     publish("skill", payload, "Forecast skill of the device's int8 model vs LightGBM", intro, table)
 
