@@ -102,10 +102,15 @@ def main() -> None:
     parser.add_argument("--frameworks", nargs="+", default=["keras", "torch"], choices=["keras", "torch"])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "skill")
+    parser.add_argument(
+        "--saved-only", action="store_true", help="Publish the runs already finished in --workdir; measure none."
+    )
     args = parser.parse_args()
 
     # Seed by seed, so that an interrupted run has every workload and framework for the seeds it finished.
     combos = [(w, f, s) for s in args.seeds for w in args.workloads for f in args.frameworks]
+    if args.saved_only:
+        combos = [(w, f, s) for w, f, s in combos if (args.workdir / f"{w}-{f}-{s}" / ROW_FILE).is_file()]
     started = time.perf_counter()
     load_start = os.getloadavg()
     context = multiprocessing.get_context("spawn")  # TensorFlow and torch do not survive a fork
