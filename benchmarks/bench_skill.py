@@ -152,6 +152,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...], wall: float, final: bool) -> None:
     load_end = os.getloadavg()
+    loads = [value for r in rows for value in r["load_average_1min"]]
     summary = _summary(rows)
     payload = {
         "complete": final,
@@ -199,10 +200,9 @@ def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...
         "Skill = 1 − MAE / MAE of the better seasonal naive (yesterday or last week), on each run's test windows "
         "(one origin per local midnight), from the export report. int8 = the artefact the device runs (Keras: "
         "LiteRT int8; PyTorch: ORT static int8). Shipped configs, seed replaced. "
-        f"{jobs} runs at a time, one thread each, at nice 10, on {os.cpu_count()} cores; load average "
-        f"(1/5/15 min) {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start and "
-        f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end (a shared machine: wall times are "
-        "longer than on an idle one)."
+        f"Runs in parallel processes, one thread each, at nice 10, on {os.cpu_count()} cores; the 1-minute load "
+        f"average seen at the start and end of the runs ranged {min(loads):.1f}-{max(loads):.1f} (a shared "
+        "machine: fit times are longer than on an idle one; per-run values in the JSON)."
         + ("" if final else " Measurement still running or interrupted: not every run is in yet.")
     )
     publish("skill", payload, "Forecast skill of the device's int8 model vs LightGBM", intro, table)

@@ -465,7 +465,7 @@ class FeaturePipeline:
                 future_parts.append(self.stats.transform(future_filled, spec.future_channel_names))
             if spec.seasonal_feature_names:
                 seasonal = seasonal_forecasts(filled_history, spec)
-                gaps = ~np.isfinite(seasonal).all(axis=(1, 2))
+                gaps = np.asarray(~np.isfinite(seasonal).all(axis=(1, 2)), dtype=bool).tolist()
                 why = f"seasonal history of {list(spec.target_channels)} has a gap longer than the fill limit"
                 reasons = [r or (why if gap else None) for r, gap in zip(reasons, gaps, strict=True)]
                 future_parts.append(self.stats.transform(seasonal, spec.seasonal_feature_targets))

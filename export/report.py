@@ -109,6 +109,7 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
     metric, higher_is_better = primary_metric(manifest.output)
     rows = report_rows(result)
     float_value = result.float_metrics[metric]
+    skill = skill_summary(result)
     for row in rows:
         row[f"{metric}_change_vs_float"] = relative_change(row["metrics"][metric], float_value)
     payload = {
@@ -122,7 +123,7 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
         "artefacts": rows,
         "target_notes": result.target_notes,
         "source": result.origin,
-        "skill": skill_summary(result),
+        "skill": skill,
     }
     paths = {
         "json": out_prefix.with_suffix(".json"),
@@ -150,7 +151,7 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
             f"{describe_change(row[f'{metric}_change_vs_float'], higher_is_better)} | {m['max_abs_error']:.3g} | "
             f"{row['p50_us']:.1f} | {row['p99_us']:.1f} | {', '.join(row['targets'])} |"
         )
-    lines += _skill_lines(payload["skill"])
+    lines += _skill_lines(skill)
     lines += _onnx_int8_comparison(rows, metric, higher_is_better)
     lines += _quantile_table(rows, manifest.output.quantiles, result.float_metrics)
     if result.target_notes:
