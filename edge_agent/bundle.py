@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from edge_agent.errors import BundleFormatError, IntegrityError, SignatureError
-from edge_agent.features import FeatureSpec
+from edge_agent.features import FeatureSpec, OutputBounds
 from edge_agent.fsutil import atomic_write_bytes, fsync_dir
 from edge_agent.messages import MAX_QUANTILE_LEVELS
 from edge_agent.yamlconfig import StrictModel, format_validation_error
@@ -100,6 +100,11 @@ class OutputSpec(StrictModel, frozen=True):
     target_channels: tuple[str, ...] = Field(min_length=1)
     target_units: tuple[str, ...] = Field(min_length=1)
     anomaly: AnomalySpec | None = None
+    bounds: tuple[OutputBounds, ...] = Field(
+        default=(),
+        description="Physical limits per target applied after decoding (e.g. PV in [0, rating], 0 at night); "
+        "empty in bundles written before they existed, which are decoded unbounded as before.",
+    )
     quantiles: tuple[float, ...] = Field(
         default=(),
         max_length=MAX_QUANTILE_LEVELS,
@@ -134,7 +139,7 @@ class OutputSpec(StrictModel, frozen=True):
         # A point model's manifest keeps its pre-quantile bytes, so agents that predate quantiles read it.
         data = handler(self)
         if isinstance(data, dict):
-            for name in ("quantiles", "quantile_scales"):
+            for name in ("quantiles", "quantile_scales", "bounds"):
                 if not data.get(name):
                     data.pop(name, None)
         return data
@@ -148,6 +153,12 @@ class OutputSpec(StrictModel, frozen=True):
     def format_version(self) -> int:
         """The bundle format this output needs (quantile outputs need :data:`QUANTILE_FORMAT_VERSION`)."""
         return QUANTILE_FORMAT_VERSION if self.quantiles else FORMAT_VERSION
+
+    @model_validator(mode="after")
+    def _bounds_per_target(self) -> OutputSpec:
+        if self.bounds and len(self.bounds) != len(self.target_channels):
+            raise ValueError(f"bounds: {len(self.bounds)} entries for targets {list(self.target_channels)}")
+        return self
 
 
 class TensorQuantisation(StrictModel, frozen=True):

@@ -157,7 +157,7 @@ class DecisionStep:
         newest = self.buffer.newest_start
         if newest is not None and newest > timestamp:
             logger.warning("site clock stepped back before the window's newest sample: the window starts again")
-            self.buffer = WindowBuffer(spec.past_channel_names, spec.input_steps, spec.sample_period_s)
+            self.buffer = WindowBuffer(spec.past_channel_names, spec.window_steps, spec.sample_period_s)
 
     def follow_model(self) -> None:
         """Rebuild the window when the model in use needs another one (first start, an update, a rollback),
@@ -167,7 +167,7 @@ class DecisionStep:
             return
         self.spec = spec
         self.aggregator = SampleAggregator(spec.past_channel_names, spec.sample_period_s)
-        self.buffer = WindowBuffer(spec.past_channel_names, spec.input_steps, spec.sample_period_s)
+        self.buffer = WindowBuffer(spec.past_channel_names, spec.window_steps, spec.sample_period_s)
         if self.buffer.restore(self.window_path):
             logger.info("window of %d samples restored from %s", len(self.buffer), self.window_path)
 
@@ -247,8 +247,9 @@ class DecisionStep:
         supervisor = self.models.supervisor
         assert supervisor.pipeline is not None and supervisor.bundle is not None
         output = supervisor.bundle.manifest.output
-        decoded = decode_forecast(prediction.output[0], output, supervisor.pipeline)
         step = supervisor.pipeline.spec.sample_period_s
+        step_times = last_start + step * np.arange(1, output.horizon_steps + 1)
+        decoded = decode_forecast(prediction.output[0], output, supervisor.pipeline, step_times)
         return [
             Forecast(
                 target=name,

@@ -37,6 +37,8 @@ CALENDAR_FEATURES = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
 MIN_STD = 1e-6
 SECONDS_PER_DAY = 86_400
 SECONDS_PER_WEEK = 7 * SECONDS_PER_DAY
+# Windows built at once when cutting a series into samples (bounds memory, not results).
+SAMPLE_CHUNK = 2048
 
 
 class ChannelSpec(PlausibleRange, frozen=True):
@@ -204,6 +206,19 @@ class SiteLocation(StrictModel, frozen=True):
     longitude: float = Field(ge=-180, le=180, title="Longitude", description="Degrees east (west is negative).")
 
 
+class OutputBounds(PlausibleRange, frozen=True):
+    """Physical limits of one forecast target, applied to decoded forecasts in training and on the device.
+
+    ``min_value``/``max_value`` clip the forecast (a PV system cannot export below zero or above its
+    rating); ``zero_when_sun_down`` forces it to zero for steps the sun spends below the horizon at the
+    site (``FeatureSpec.location``), as the measured PV output is.
+    """
+
+    zero_when_sun_down: bool = Field(
+        default=False, title="Zero when the sun is down", description="PV output: 0 while the sun is down."
+    )
+
+
 def _clear_sky_ghi(timestamps_utc: NDArray[np.integer], location: SiteLocation) -> FloatArray:
     from edge_agent.solar import clear_sky_ghi
 
@@ -261,6 +276,19 @@ class FeatureSpec(StrictModel, frozen=True):
     normalisation: NormalisationStats | None = Field(
         default=None, title="Normalisation", description="Fitted on the training split; required to serve."
     )
+    seasonal_lags: tuple[int, ...] = Field(
+        default=(),
+        title="Seasonal lags",
+        description="Periods in samples (a day, a week) whose seasonal-naive forecast of each target is fed "
+        "over the horizon as a known-future input, so the model learns a correction of those baselines.",
+    )
+    seasonal_profile_steps: int = Field(
+        default=0,
+        ge=0,
+        title="Seasonal profile",
+        description="Also feed each target's mean at the same time of day over this many past samples "
+        "(whole days); 0 = none.",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -284,7 +312,43 @@ class FeatureSpec(StrictModel, frozen=True):
             raise ValueError(f"derived channel(s) {derived} need location (latitude, longitude) of the site")
         if self.known_future_channels and self.horizon_steps == 0:
             raise ValueError("known_future_channels need a horizon; set horizon_steps > 0 or remove them")
+        if (self.seasonal_lags or self.seasonal_profile_steps) and self.horizon_steps == 0:
+            raise ValueError("seasonal inputs need a horizon; set horizon_steps > 0 or remove them")
+        if any(lag <= 0 for lag in self.seasonal_lags):
+            raise ValueError(f"seasonal_lags must be positive numbers of samples, got {list(self.seasonal_lags)}")
+        if self.seasonal_profile_steps and (
+            SECONDS_PER_DAY % self.sample_period_s or self.seasonal_profile_steps % self.day_steps
+        ):
+            raise ValueError(
+                f"seasonal_profile_steps ({self.seasonal_profile_steps}) must be whole days of "
+                f"{self.sample_period_s} s samples"
+            )
         return self
+
+    @property
+    def day_steps(self) -> int:
+        return SECONDS_PER_DAY // self.sample_period_s
+
+    @property
+    def window_steps(self) -> int:
+        """Samples of history the pipeline needs: the model's input window, or more for seasonal inputs."""
+        return max(self.input_steps, *self.seasonal_lags, self.seasonal_profile_steps)
+
+    @property
+    def seasonal_feature_names(self) -> tuple[str, ...]:
+        """Per target: one seasonal-naive forecast per lag, then the same-time-of-day profile."""
+        names: list[str] = []
+        for target in self.target_channels:
+            names += [f"{target}_lag_{lag}" for lag in self.seasonal_lags]
+            if self.seasonal_profile_steps:
+                names.append(f"{target}_profile_{self.seasonal_profile_steps}")
+        return tuple(names)
+
+    @property
+    def seasonal_feature_targets(self) -> tuple[str, ...]:
+        """The target each seasonal feature is a forecast of (its normalisation)."""
+        per_target = len(self.seasonal_lags) + (1 if self.seasonal_profile_steps else 0)
+        return tuple(t for t in self.target_channels for _ in range(per_target))
 
     @property
     def past_channel_names(self) -> tuple[str, ...]:
@@ -302,7 +366,7 @@ class FeatureSpec(StrictModel, frozen=True):
     def future_feature_names(self) -> tuple[str, ...]:
         if self.horizon_steps == 0:
             return ()
-        return self.future_channel_names + (CALENDAR_FEATURES if self.calendar else ())
+        return self.future_channel_names + self.seasonal_feature_names + (CALENDAR_FEATURES if self.calendar else ())
 
     @property
     def derived_past_channels(self) -> tuple[str, ...]:
@@ -367,16 +431,18 @@ class FeaturePipeline:
     ) -> ModelInputs:
         """Turn raw windows into model inputs.
 
-        ``past_values`` is ``(N, input_steps, C_past)`` (or one window without the batch axis) in the
-        order of ``spec.past_channels``; ``past_timestamps`` matches its leading axes. For forecast models
+        ``past_values`` is ``(N, window_steps, C_past)`` (or one window without the batch axis) in the
+        order of ``spec.past_channels``; ``past_timestamps`` matches its leading axes. The model sees the
+        newest ``input_steps`` of it; seasonal inputs are cut from the whole window. For forecast models
         ``future_timestamps`` ``(N, horizon_steps)`` is required and ``future_values`` carries the
         known-future channels, if the spec has any.
         """
         spec = self.spec
-        past = _batched(past_values, spec.input_steps, len(spec.past_channels), "past_values")
-        batch = past.shape[0]
-        past_ts = np.asarray(past_timestamps, dtype=np.int64).reshape(batch, spec.input_steps)
-        filled = fill_gaps(past, spec.gap_policy)
+        history = _batched(past_values, spec.window_steps, len(spec.past_channels), "past_values")
+        batch = history.shape[0]
+        past_ts = np.asarray(past_timestamps, dtype=np.int64).reshape(batch, spec.window_steps)[:, -spec.input_steps :]
+        filled_history = fill_gaps(history, spec.gap_policy)
+        filled = filled_history[:, -spec.input_steps :]
         reasons = _gap_reasons(filled, spec.past_channel_names, spec.gap_policy)
         parts = [self.stats.transform(filled, spec.past_channel_names)]
         if spec.calendar:
@@ -397,6 +463,12 @@ class FeaturePipeline:
                 future_reasons = _gap_reasons(future_filled, spec.future_channel_names, spec.gap_policy)
                 reasons = [r or fr for r, fr in zip(reasons, future_reasons, strict=True)]
                 future_parts.append(self.stats.transform(future_filled, spec.future_channel_names))
+            if spec.seasonal_feature_names:
+                seasonal = seasonal_forecasts(filled_history, spec)
+                gaps = np.asarray(~np.isfinite(seasonal).all(axis=(1, 2)), dtype=bool).tolist()
+                why = f"seasonal history of {list(spec.target_channels)} has a gap longer than the fill limit"
+                reasons = [r or (why if gap else None) for r, gap in zip(reasons, gaps, strict=True)]
+                future_parts.append(self.stats.transform(seasonal, spec.seasonal_feature_targets))
             if spec.calendar:
                 future_parts.append(calendar_features(future_ts, spec.timezone))
             if future_parts:
@@ -414,9 +486,75 @@ class FeaturePipeline:
         """Scale raw target values (last axis = ``spec.target_channels``) as the model's outputs are."""
         return self.stats.transform(values, self.spec.target_channels)
 
-    def decode(self, outputs: NDArray[np.floating]) -> FloatArray:
-        """Turn normalised model outputs (last axis = targets) into physical units."""
-        return self.stats.inverse(outputs, self.spec.target_channels)
+    def decode(
+        self,
+        outputs: NDArray[np.floating],
+        step_times: NDArray[np.integer] | None = None,
+        bounds: Sequence[OutputBounds] = (),
+    ) -> FloatArray:
+        """Turn normalised model outputs (last axis = targets) into physical units within ``bounds``.
+
+        ``bounds`` holds one entry per target (the bundle's ``OutputSpec.bounds``; empty = unbounded);
+        ``step_times`` (UTC seconds of each output step, shaped like ``outputs`` without its last axis)
+        are needed by ``zero_when_sun_down``.
+        """
+        decoded = self.stats.inverse(outputs, self.spec.target_channels)
+        return within_bounds(decoded, bounds, self.spec, step_times)
+
+
+def seasonal_forecasts(history: NDArray[np.floating], spec: FeatureSpec) -> FloatArray:
+    """Seasonal-naive forecasts of each target over the horizon from gap-filled windows, in units.
+
+    ``history`` is ``(N, window_steps, C_past)``; the result ``(N, horizon_steps, len(seasonal_feature_names))``
+    holds, per target, the value one lag earlier at each horizon step (repeating the last lag when the
+    horizon is longer) and the mean of the same time of day over the profile's days (missing days skipped).
+    """
+    x = np.asarray(history, dtype=np.float32)
+    n, w = x.shape[0], x.shape[1]
+    steps = np.arange(spec.horizon_steps)
+    columns: list[FloatArray] = []
+    for target in spec.target_channels:
+        series = x[:, :, spec.past_channel_names.index(target)]
+        columns += [series[:, w - lag + steps % lag] for lag in spec.seasonal_lags]
+        if spec.seasonal_profile_steps:
+            day = spec.day_steps
+            days = series[:, w - spec.seasonal_profile_steps :].reshape(n, -1, day)
+            seen = np.isfinite(days)
+            count = seen.sum(axis=1)
+            total = np.where(seen, days, 0).sum(axis=1)
+            profile = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+            columns.append(profile[:, steps % day].astype(np.float32))
+    return np.stack(columns, axis=-1).astype(np.float32)
+
+
+def within_bounds(
+    values: NDArray[np.floating],
+    bounds: Sequence[OutputBounds],
+    spec: FeatureSpec,
+    step_times: NDArray[np.integer] | None = None,
+) -> FloatArray:
+    """Forecasts in units (last axis = ``spec.target_channels``) clipped to ``bounds``, 0 where the sun is down.
+
+    Empty ``bounds`` leave the values as they are (bundles written before bounds existed).
+    """
+    array = np.asarray(values, dtype=np.float32)
+    if not bounds:
+        return array
+    if len(bounds) != len(spec.target_channels):
+        raise FeatureError(f"{len(bounds)} output bounds for targets {list(spec.target_channels)}")
+    lower = np.array([-np.inf if b.min_value is None else b.min_value for b in bounds], dtype=np.float32)
+    upper = np.array([np.inf if b.max_value is None else b.max_value for b in bounds], dtype=np.float32)
+    array = np.clip(array, lower, upper)
+    night = np.array([b.zero_when_sun_down for b in bounds])
+    if night.any():
+        if step_times is None or spec.location is None:
+            raise FeatureError("zero_when_sun_down needs the forecast step times and the site location")
+        from edge_agent.solar import sun_down
+
+        times = np.asarray(step_times, dtype=np.int64)
+        dark = sun_down(times, spec.sample_period_s, spec.location.latitude, spec.location.longitude)
+        array = np.where(dark[..., np.newaxis] & night, np.float32(0), array)
+    return array.astype(np.float32)
 
 
 def _batched(values: NDArray[np.floating], steps: int, channels: int, name: str) -> FloatArray:
@@ -478,7 +616,7 @@ def forecast_samples(
     """
     values = np.asarray(values, dtype=np.float32)
     ts = np.asarray(timestamps, dtype=np.int64)
-    w, h = spec.input_steps, spec.horizon_steps
+    w, h = spec.window_steps, spec.horizon_steps
     if values.ndim != 2 or values.shape[1] != len(spec.past_channels):
         raise FeatureError(
             f"values: expected (time, {len(spec.past_channels)}) for {list(spec.past_channel_names)}, "
@@ -501,12 +639,24 @@ def forecast_samples(
     past_idx = origins[:, None] + np.arange(-w, 0)[None, :]
     pipeline = FeaturePipeline(spec)
     future_idx = origins[:, None] + np.arange(h)[None, :]
-    future = None
-    if spec.known_future_channels:
-        if future_values is None:
-            raise FeatureError(f"future_values needed for {list(spec.future_channel_names)}")
-        future = np.asarray(future_values, dtype=np.float32)[future_idx]
-    inputs = pipeline.build(values[past_idx], ts[past_idx], future, ts[future_idx] if h else None)
+    if spec.known_future_channels and future_values is None:
+        raise FeatureError(f"future_values needed for {list(spec.future_channel_names)}")
+    # In chunks: a week of history per origin would otherwise hold every window (and the gap filler's
+    # index arrays) in memory at once.
+    chunks = []
+    for start in range(0, len(origins), SAMPLE_CHUNK):
+        rows = slice(start, start + SAMPLE_CHUNK)
+        future = None if future_values is None else np.asarray(future_values, dtype=np.float32)[future_idx[rows]]
+        future = future if spec.known_future_channels else None
+        chunks.append(
+            pipeline.build(values[past_idx[rows]], ts[past_idx[rows]], future, ts[future_idx[rows]] if h else None)
+        )
+    inputs = ModelInputs(
+        past=np.concatenate([c.past for c in chunks]),
+        future=None if chunks[0].future is None else np.concatenate([c.future for c in chunks if c.future is not None]),
+        valid=np.concatenate([c.valid for c in chunks]),
+        reasons=tuple(r for c in chunks for r in c.reasons),
+    )
 
     target_cols = [spec.past_channel_names.index(t) for t in spec.target_channels]
     target_idx = future_idx if h else past_idx

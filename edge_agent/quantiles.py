@@ -42,16 +42,26 @@ def split_levels(outputs: NDArray[np.floating], output: OutputSpec) -> FloatArra
     return array.reshape(*array.shape[:-1], len(output.target_channels), len(output.quantiles))
 
 
-def decode_forecast(outputs: NDArray[np.floating], output: OutputSpec, pipeline: FeaturePipeline) -> DecodedForecast:
-    """Decode normalised model outputs (point or quantile layout) into units."""
+def decode_forecast(
+    outputs: NDArray[np.floating],
+    output: OutputSpec,
+    pipeline: FeaturePipeline,
+    step_times: NDArray[np.integer] | None = None,
+) -> DecodedForecast:
+    """Decode normalised model outputs (point or quantile layout) into units, within ``output.bounds``.
+
+    ``step_times`` (UTC seconds of the horizon's steps) are needed when a bound zeroes PV at night.
+    """
     array = np.asarray(outputs, dtype=np.float32)
     if not output.quantiles or array.shape[-1] == len(output.target_channels):
-        return DecodedForecast(pipeline.decode(array), (), None)
+        return DecodedForecast(pipeline.decode(array, step_times, output.bounds), (), None)
     levels = split_levels(array, output)
     middle = output.quantiles.index(0.5)
     median = levels[..., middle : middle + 1]
     if output.quantile_scales:
         levels = median + (levels - median) * np.asarray(output.quantile_scales, dtype=np.float32)
     levels = np.sort(levels, axis=-1)
-    quantiles = pipeline.decode(np.moveaxis(levels, -1, -3))
+    # The levels axis sits before the horizon: the step times broadcast over it.
+    times = None if step_times is None else np.expand_dims(np.asarray(step_times), -2)
+    quantiles = pipeline.decode(np.moveaxis(levels, -1, -3), times, output.bounds)
     return DecodedForecast(quantiles[..., middle, :, :], output.quantiles, quantiles)

@@ -50,3 +50,17 @@ def clear_sky_ghi(timestamps_utc: NDArray[np.integer], latitude: float, longitud
     up = cz > 0
     ghi = np.where(up, 1098.0 * cz * np.exp(-0.059 / np.where(up, cz, 1.0)), 0.0)
     return ghi.astype(np.float32)
+
+
+def sun_down(
+    timestamps_utc: NDArray[np.integer], period_s: int, latitude: float, longitude: float
+) -> NDArray[np.bool_]:
+    """True where the sun stays below the horizon from one sample period before to one after each timestamp.
+
+    A period's label may be its start or its end depending on the source, so the whole span around it must
+    be dark before a PV forecast is forced to zero: sunrise and sunset periods keep their small output.
+    """
+    ts = np.asarray(timestamps_utc, dtype=np.int64)
+    offsets = np.array([-1.0, -0.5, 0.0, 0.5, 1.0]) * period_s
+    cz = np.stack([cos_zenith(ts + int(o), latitude, longitude) for o in offsets])
+    return np.asarray((cz <= 0).all(axis=0))

@@ -3,7 +3,7 @@
 Readings arrive at the loop cadence (seconds); models work on samples of ``sample_period_s`` (minutes).
 :class:`SampleAggregator` averages the usable readings of each sample period on the *site's* clock, so a
 window built on the device holds the same numbers as the training data (period means, labelled with the
-start of the period). :class:`WindowBuffer` keeps the newest ``input_steps`` samples per channel on a
+start of the period). :class:`WindowBuffer` keeps the newest ``window_steps`` samples per channel on a
 regular grid: a period without readings becomes a row of NaN that the gap policy then fills or refuses.
 """
 

@@ -25,12 +25,13 @@ Predict = Callable[[Mapping[str, FloatArray]], FloatArray]
 class TestSplit:
     """The test windows an artefact is judged on: normalised feeds plus what the task metric needs.
 
-    ``targets`` are raw physical values (forecasts). Anomaly tasks give ``labels`` (one bool per window,
-    the label of the window's newest sample), ``groups`` (which labelled series each window comes from;
-    F1 is the mean over series, as the trainer reports it) and ``unscored_positives`` (labelled samples
-    per series with no usable window: always missed) and ``frozen`` (per window, whether its newest sample
-    ends a frozen run of the raw target: the stale-rule half of the shipped detector, independent of the
-    artefact).
+    ``targets`` are raw physical values (forecasts), ``step_times`` the UTC seconds of each forecast step
+    (the physical output bounds need them: PV is zero while the sun is down). Anomaly tasks give
+    ``labels`` (one bool per window, the label of the window's newest sample), ``groups`` (which
+    labelled series each window comes from; F1 is the mean over series, as the trainer reports it),
+    ``unscored_positives`` (labelled samples per series with no usable window: always missed) and
+    ``frozen`` (per window, whether its newest sample ends a frozen run of the raw target: the
+    stale-rule half of the shipped detector, independent of the artefact).
     """
 
     feeds: dict[str, FloatArray]
@@ -40,6 +41,7 @@ class TestSplit:
     unscored_positives: tuple[int, ...] = ()
     normalised_targets: FloatArray | None = None
     frozen: NDArray[np.bool_] | None = None
+    step_times: NDArray[np.int64] | None = None  # forecasts: UTC seconds of each step, for output bounds
 
     def __len__(self) -> int:
         return len(self.feeds["past"])
@@ -48,9 +50,7 @@ class TestSplit:
 def predict_batched(predict: Predict, feeds: Mapping[str, FloatArray], batch: int = 256) -> FloatArray:
     """Run ``predict`` over ``feeds`` in batches, concatenating the outputs."""
     count = len(feeds["past"])
-    parts = [
-        predict({k: v[start : start + batch] for k, v in feeds.items()}) for start in range(0, count, batch)
-    ]
+    parts = [predict({k: v[start : start + batch] for k, v in feeds.items()}) for start in range(0, count, batch)]
     return np.concatenate(parts, axis=0).astype(np.float32)
 
 
@@ -94,7 +94,7 @@ def task_metrics(outputs: FloatArray, split: TestSplit, spec: FeatureSpec, outpu
                 raise ParityError("the detector includes the stale rule but the test split carries no frozen flags")
             flags |= split.frozen
         return {"f1": mean_series_f1(flags, split)}
-    decoded = decode_forecast(outputs, output, FeaturePipeline(spec))
+    decoded = decode_forecast(outputs, output, FeaturePipeline(spec), split.step_times)
     metrics = {"mae": float(np.mean(np.abs(decoded.point - split.targets)))}
     if decoded.quantiles is not None:
         metrics.update(flat_quantile_metrics(quantile_metrics(decoded.quantiles, split.targets, decoded.levels)))

@@ -57,12 +57,59 @@ def report_rows(result: ExportResult) -> list[dict[str, Any]]:
     return rows
 
 
+SEASONAL_NAIVE = ("baseline:seasonal_naive_day", "baseline:seasonal_naive_week")
+
+
+def skill_summary(result: ExportResult) -> dict[str, Any] | None:
+    """Forecast skill, 1 − MAE / best seasonal-naive MAE, of the float model, each artefact and LightGBM.
+
+    All on the same test windows (the trainer scored the baselines on them); None for anomaly models or
+    a run without seasonal-naive baselines.
+    """
+    metrics = result.manifest.metrics
+    naive = [metrics[name]["mae"] for name in SEASONAL_NAIVE if "mae" in metrics.get(name, {})]
+    if result.manifest.output.anomaly is not None or not naive:
+        return None
+    reference = min(naive)
+
+    def skill(mae: float) -> float:
+        return 1.0 - mae / reference
+
+    lightgbm = metrics.get("baseline:lightgbm", {}).get("mae")
+    return {
+        "definition": "1 - MAE / MAE of the better seasonal naive (yesterday or last week), same test windows",
+        "best_seasonal_naive_mae": reference,
+        "float": skill(result.float_metrics["mae"]),
+        "lightgbm": None if lightgbm is None else skill(lightgbm),
+        "artefacts": {a.file: skill(a.metrics["mae"]) for a in result.manifest.artefacts},
+    }
+
+
+def _skill_lines(summary: dict[str, Any] | None) -> list[str]:
+    if summary is None:
+        return []
+    lightgbm = summary["lightgbm"]
+    lines = [
+        "",
+        f"Skill, {summary['definition']} (best seasonal-naive MAE {summary['best_seasonal_naive_mae']:.4g}): "
+        f"float model {summary['float']:.3f}" + ("" if lightgbm is None else f", LightGBM {lightgbm:.3f}") + ".",
+        "",
+        "| artefact | skill | vs LightGBM |",
+        "|---|---:|---|",
+    ]
+    for file, value in summary["artefacts"].items():
+        verdict = "—" if lightgbm is None else ("at least as good" if value >= lightgbm else "worse")
+        lines.append(f"| {file} | {value:.3f} | {verdict} |")
+    return lines
+
+
 def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
     """Write ``<prefix>.json``, ``<prefix>.md`` and ``<prefix>.png``; returns their paths."""
     manifest = result.manifest
     metric, higher_is_better = primary_metric(manifest.output)
     rows = report_rows(result)
     float_value = result.float_metrics[metric]
+    skill = skill_summary(result)
     for row in rows:
         row[f"{metric}_change_vs_float"] = relative_change(row["metrics"][metric], float_value)
     payload = {
@@ -76,9 +123,13 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
         "artefacts": rows,
         "target_notes": result.target_notes,
         "source": result.origin,
+        "skill": skill,
     }
-    paths = {"json": out_prefix.with_suffix(".json"), "md": out_prefix.with_suffix(".md"),
-             "png": out_prefix.with_suffix(".png")}
+    paths = {
+        "json": out_prefix.with_suffix(".json"),
+        "md": out_prefix.with_suffix(".md"),
+        "png": out_prefix.with_suffix(".png"),
+    }
     atomic_write_text(paths["json"], json.dumps(payload, indent=1) + "\n")
 
     lines = [
@@ -100,6 +151,7 @@ def write_report(result: ExportResult, out_prefix: Path) -> dict[str, Path]:
             f"{describe_change(row[f'{metric}_change_vs_float'], higher_is_better)} | {m['max_abs_error']:.3g} | "
             f"{row['p50_us']:.1f} | {row['p99_us']:.1f} | {', '.join(row['targets'])} |"
         )
+    lines += _skill_lines(skill)
     lines += _onnx_int8_comparison(rows, metric, higher_is_better)
     lines += _quantile_table(rows, manifest.output.quantiles, result.float_metrics)
     if result.target_notes:

@@ -42,7 +42,7 @@ def _valid_feeds(inputs: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 def _anomaly_split(prepared: Any) -> TestSplit:
     """Windows of every labelled series; each labelled by the sample it ends at (trainer's protocol)."""
-    stale_steps = prepared.config.anomaly.stale_run_steps
+    stale_steps = prepared.anomaly_steps.stale_run
     feeds: list[dict[str, np.ndarray]] = []
     labels, groups, unscored, references, frozen = [], [], [], [], []
     for index, item in enumerate(prepared.labelled):
@@ -77,7 +77,7 @@ def load_source(run_dir: Path) -> ExportSource:
     """Load a trained run and rebuild its calibration (training) and test windows."""
     run = read_run(Path(run_dir))
     try:
-        from gridedge.trainer.api import prepare_task
+        from gridedge.trainer.api import forecast_step_times, prepare_task
     except ImportError as exc:
         raise TrainingRunError(
             "the trainer package is not importable; install gridedge with the `train` extra"
@@ -94,7 +94,11 @@ def load_source(run_dir: Path) -> ExportSource:
         split = _anomaly_split(prepared)
     else:
         test_feeds, valid = _valid_feeds(prepared.test.inputs)
-        split = TestSplit(feeds=test_feeds, targets=np.asarray(prepared.test.targets, dtype=np.float32)[valid])
+        split = TestSplit(
+            feeds=test_feeds,
+            targets=np.asarray(prepared.test.targets, dtype=np.float32)[valid],
+            step_times=forecast_step_times(prepared, prepared.test)[valid],
+        )
     model = run.load_model()
     _check_model_matches(run.framework, model, run.spec, run.output, run.path, split.feeds)
     report = run.report

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from edge_agent.errors import ServiceError
 
-# 900 s of site time every 50 ms: two days of history fill the window in ~10 s of wall time.
+# 900 s of site time every 50 ms: a week of history fills the window in ~35 s of wall time.
 SITE_SPEED = 18_000.0
 CADENCE_S = 0.05
 console = Console()
@@ -137,7 +137,8 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
         receiver.wait_connected(10)
 
         _step("5/6 provision the device folder and check it")
-        cycles = int(192 + days * 96)
+        warm_up = result.manifest.input.window_steps  # the model decides once its window is full
+        cycles = int(warm_up + days * 96)
         site_values = _site_values(site.port, broker.port, cycles)
         values_path = workdir / "site.yaml"
         values_path.write_text(yaml.safe_dump(site_values, sort_keys=False), encoding="utf-8")
@@ -149,7 +150,8 @@ def run_demo(workdir: Path, framework: str = "keras", quick: bool = False, days:
         )  # fmt: skip
         _gridedge("agent", "doctor", "--config", str(device / "config.yaml"))
 
-        _step(f"6/6 run the agent for {days:g} simulated days after its 2-day warm-up")
+        warm_up_days = warm_up * result.manifest.input.sample_period_s / 86_400
+        _step(f"6/6 run the agent for {days:g} simulated days after its {warm_up_days:g}-day warm-up")
         started = time.monotonic()
         run = subprocess.run(
             [sys.executable, "-m", "gridedge.cli", "agent", "run", "--config", str(device / "config.yaml")],

@@ -22,7 +22,7 @@ from edge_agent.features import FeaturePipeline, FeatureSpec
 from gridedge.trainer.backends import Feeds, Framework, backend
 from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.run_folder import RunFolder
-from gridedge.trainer.tasks import LabelledEvaluation, PreparedTask, Split, prepare_task
+from gridedge.trainer.tasks import LabelledEvaluation, PreparedTask, Split, forecast_step_times, prepare_task
 from gridedge.trainer.training import train
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "RunFolder",
     "Split",
     "TrainedRun",
+    "forecast_step_times",
     "load_run",
     "prepare_task",
     "train",

@@ -138,7 +138,11 @@ def forecast_baselines(prepared: PreparedTask) -> dict[str, dict[str, Any]]:
     splits = {"val": prepared.val, "test": prepared.test}
     if prepared.test_rolling is not None:
         splits["test_rolling"] = prepared.test_rolling
-    per_split = {name: naive_forecasts(prepared, split) for name, split in splits.items()}
+    # The device decodes its fallback within the same physical bounds as its model; so are they scored.
+    per_split = {
+        name: {method: prepared.bounded(f, split) for method, f in naive_forecasts(prepared, split).items()}
+        for name, split in splits.items()
+    }
     results: dict[str, dict[str, Any]] = {
         method: {name: forecast_metrics(per_split[name][method], split.targets) for name, split in splits.items()}
         for method in per_split["test"]
@@ -146,7 +150,7 @@ def forecast_baselines(prepared: PreparedTask) -> dict[str, dict[str, Any]]:
     if prepared.config.baselines.lightgbm.enabled:
         predicted = lightgbm_forecasts(prepared, list(splits.values()))
         results["lightgbm"] = {
-            name: forecast_metrics(forecast, split.targets)
+            name: forecast_metrics(prepared.bounded(forecast, split), split.targets)
             for (name, split), forecast in zip(splits.items(), predicted, strict=True)
         }
     return results
@@ -154,11 +158,11 @@ def forecast_baselines(prepared: PreparedTask) -> dict[str, dict[str, Any]]:
 
 def rule_flags(prepared: PreparedTask, item: LabelledEvaluation) -> dict[str, NDArray[np.bool_]]:
     """The rolling z-score and stale-value rules applied to a labelled series."""
-    cfg = prepared.config.anomaly
-    assert cfg is not None
+    cfg, steps = prepared.config.anomaly, prepared.anomaly_steps
+    assert cfg is not None and steps is not None
     return {
-        "rolling_zscore": anomaly_rules.rolling_zscore_flags(item.values, cfg.zscore_window, cfg.zscore_threshold),
-        "stale_value": anomaly_rules.stale_value_flags(item.values, cfg.stale_run_steps),
+        "rolling_zscore": anomaly_rules.rolling_zscore_flags(item.values, steps.zscore_window, cfg.zscore_threshold),
+        "stale_value": anomaly_rules.stale_value_flags(item.values, steps.stale_run),
     }
 
 

@@ -20,7 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edge_agent.bundle import check_quantile_levels
 from edge_agent.errors import ConfigError
-from edge_agent.features import GapPolicy, SiteLocation
+from edge_agent.features import SiteLocation
 from edge_agent.ranges import PlausibleRange
 from edge_agent.yamlconfig import StrictModel, read_yaml_mapping, validate_data
 from gridedge.resources import resource_path
@@ -65,6 +65,41 @@ def duration_seconds(text: str) -> int:
     if match is None:
         raise ValueError(f"{text!r} is not a duration; write e.g. '15min', '6h' or '2d'")
     return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+def _refuse_row_counts(data: Any, renamed: dict[str, str], section: str) -> Any:
+    """Name the duration field that replaced a row-count field, instead of pydantic's 'extra field'.
+
+    A field kept under its name (``renamed[x] == x``) is refused only when it still holds a number.
+    """
+    if isinstance(data, dict):
+        for old, new in renamed.items():
+            if old in data and (old != new or isinstance(data[old], int | float)):
+                raise ValueError(
+                    f"{section}.{old} counted rows; write {section}.{new} as a duration instead, e.g. "
+                    f"{new}: '1h' (a row means another time at another data step)"
+                )
+    return data
+
+
+class GapPolicyConfig(StrictModel):
+    """How missing samples inside a window are treated, with the longest fillable gap as a duration."""
+
+    method: Literal["hold", "interpolate"] = Field(
+        default="interpolate",
+        title="Fill method",
+        description="hold repeats the last good value; interpolate draws a line between good neighbours.",
+    )
+    max_gap: Duration = Field(
+        default="1h",
+        title="Longest fillable gap",
+        description="Gaps up to this long (whole samples) are filled; longer ones invalidate the window.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: Any) -> Any:
+        return _refuse_row_counts(data, {"max_gap_steps": "max_gap"}, "features.gap_policy")
 
 
 DATA_PATH_DESCRIPTION = (
@@ -263,6 +298,21 @@ class DataConfig(ClockSource):
         return self
 
 
+class SeasonalInputsConfig(StrictModel):
+    """Seasonal-naive forecasts of the targets, fed to the model over the horizon (it learns to correct them)."""
+
+    lags: list[Duration] = Field(
+        default_factory=lambda: ["1d", "7d"],
+        title="Lags",
+        description="Same time one lag ago, for each horizon step: e.g. '1d' (yesterday), '7d' (last week).",
+    )
+    profile: Duration | None = Field(
+        default="7d",
+        title="Profile span",
+        description="Mean of the same time of day over this many past days (missing days skipped); null = none.",
+    )
+
+
 class FeaturesConfig(StrictModel):
     """Model inputs and outputs, turned into an edge_agent FeatureSpec."""
 
@@ -280,7 +330,13 @@ class FeaturesConfig(StrictModel):
         description="Channels known in advance over the horizon, e.g. clear-sky irradiance.",
     )
     calendar: bool = Field(default=True, title="Calendar features", description="Hour/day-of-week sin/cos.")
-    gap_policy: GapPolicy = Field(default_factory=GapPolicy, title="Gap policy")
+    seasonal_inputs: SeasonalInputsConfig | None = Field(
+        default=None,
+        title="Seasonal inputs",
+        description="Feed seasonal-naive forecasts of the targets over the horizon; the device then keeps the "
+        "longest lag or profile of history (e.g. a week) and decides once it has it.",
+    )
+    gap_policy: GapPolicyConfig = Field(default_factory=GapPolicyConfig, title="Gap policy")
 
 
 class SplitConfig(StrictModel):
@@ -417,24 +473,49 @@ class LabelledSeries(FileSource):
 
 
 class AnomalyConfig(StrictModel):
-    """Threshold calibration, labelled evaluation data and the rule baselines (W3)."""
+    """Threshold calibration, labelled evaluation data and the rule baselines (W3); lengths are durations."""
 
-    score_steps: int = Field(default=1, gt=0, title="Scored steps", description="Newest samples scored.")
+    score_span: Duration | None = Field(
+        default=None,
+        title="Scored span",
+        description="Newest part of the window the score averages, e.g. '15min'; default the newest sample.",
+    )
     threshold_quantile: float = Field(
         default=0.995, gt=0, lt=1, title="Threshold quantile", description="Of validation scores."
     )
-    train_stride_steps: int = Field(default=1, gt=0, title="Training window stride")
+    train_stride: Duration | None = Field(
+        default=None,
+        title="Training window stride",
+        description="Training windows end every this long, e.g. '2h'; default every sample.",
+    )
     labelled: list[LabelledSeries] = Field(min_length=1, title="Labelled evaluation series")
-    zscore_window: int = Field(default=16, ge=2, title="Rolling z-score window")
+    zscore_window: Duration = Field(
+        default="4h", title="Rolling z-score window", description="At least two samples long."
+    )
     zscore_threshold: float = Field(default=3.0, gt=0, title="Rolling z-score threshold")
-    stale_run_steps: int = Field(default=4, ge=2, title="Stale run length")
+    stale_run: Duration = Field(
+        default="1h",
+        title="Stale run length",
+        description="A non-zero value repeated this long (at least two samples) is a frozen sensor.",
+    )
     stale_rule_in_detector: bool = Field(
         default=True,
         title="Stale rule in the shipped detector",
-        description="Flag a frozen sensor (stale_run_steps equal non-zero samples) next to the model's score: "
+        description="Flag a frozen sensor (equal non-zero samples for stale_run) next to the model's score: "
         "a reconstruction model reproduces a flat line almost perfectly, so it cannot see one. The model "
         "alone is reported as metrics.test_model_only.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: Any) -> Any:
+        renamed = {
+            "score_steps": "score_span",
+            "train_stride_steps": "train_stride",
+            "stale_run_steps": "stale_run",
+            "zscore_window": "zscore_window",
+        }
+        return _refuse_row_counts(data, renamed, "anomaly")
 
 
 class TaskConfig(StrictModel):

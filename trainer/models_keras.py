@@ -145,7 +145,12 @@ def build_model(hp: dict[str, Any]) -> Any:
         parts.append(future)
     y = layers.Concatenate(name="concat")(parts)
     y = layers.Conv1D(f, 3, padding="same", activation="relu", name="head_conv")(y)
-    median = layers.Add(name="forecast")([layers.Conv1D(n_t, 1, name="head_out")(y), linear])
+    median_parts = [layers.Conv1D(n_t, 1, name="head_out")(y), linear]
+    if hp["future_features"]:
+        # A linear path from each horizon step's known-future inputs (seasonal-naive forecasts among them)
+        # to its output: the rest of the network learns a correction of that blend.
+        median_parts.append(layers.Conv1D(n_t, 1, name="future_skip")(future))
+    median = layers.Add(name="forecast")(median_parts)
     levels = hp.get("quantiles") or []
     if not levels:
         return keras.Model(inputs=inputs, outputs=median, name="tcn_forecaster")

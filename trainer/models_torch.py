@@ -55,6 +55,8 @@ class TCNForecaster(nn.Module):
         self.linear = nn.Linear(w, h * n_t)
         self.head_conv = nn.Conv1d(d + n_t + ff, f, 3, padding=1)
         self.head_out = nn.Conv1d(f, n_t, 1)
+        # Linear path from each horizon step's known-future inputs to its output (as in the Keras twin).
+        self.future_skip = nn.Conv1d(ff, n_t, 1) if ff else None
         self.relu = nn.ReLU()
         levels = hp.get("quantiles") or []
         self.quantile_head = bool(levels)
@@ -81,6 +83,8 @@ class TCNForecaster(nn.Module):
         y = torch.cat(parts, dim=2).permute(0, 2, 1)
         y = self.relu(self.head_conv(y))
         median = self.head_out(y).permute(0, 2, 1) + linear
+        if self.future_skip is not None and future is not None:
+            median = median + self.future_skip(future.permute(0, 2, 1)).permute(0, 2, 1)
         if not self.quantile_head:
             return median
         gaps = self.relu(self.head_gaps(y)).permute(0, 2, 1)

@@ -25,11 +25,14 @@ from edge_agent.features import (
     ChannelSpec,
     FeaturePipeline,
     FeatureSpec,
+    GapPolicy,
     ModelInputs,
     NormalisationStats,
+    OutputBounds,
     derive_channels,
     forecast_samples,
     local_seconds,
+    within_bounds,
 )
 from gridedge.trainer import datasets
 from gridedge.trainer.config import ChannelConfig, TaskConfig, duration_seconds
@@ -57,7 +60,7 @@ class Split:
 EDGE = "window or horizon outside the split"
 FILLED = "horizon holds an upstream-filled day"
 HISTORY = "missing samples in the 7-day baseline history"
-INPUT_GAP = "input gap longer than features.gap_policy.max_gap_steps"
+INPUT_GAP = "input gap longer than features.gap_policy.max_gap"
 TARGET_GAP = "missing target values"
 
 
@@ -102,6 +105,22 @@ class Series:
 
 
 @dataclass(frozen=True)
+class AnomalySteps:
+    """The anomaly section's durations counted in samples of the data step (what the rules and bundle use)."""
+
+    score: int
+    train_stride: int
+    zscore_window: int
+    stale_run: int
+    stale_in_detector: bool
+
+    @property
+    def detector_stale_run(self) -> int | None:
+        """The stale run the shipped detector adds to the model's score, or None when it is off."""
+        return self.stale_run if self.stale_in_detector else None
+
+
+@dataclass(frozen=True)
 class PreparedTask:
     """Everything training, baselines and export need, computed once from the config."""
 
@@ -119,6 +138,7 @@ class PreparedTask:
     screens: dict[str, OriginScreen] = field(default_factory=dict)
     channel_out_of_range: dict[str, int] = field(default_factory=dict)
     upstream_filled_days: list[str] = field(default_factory=list)
+    anomaly_steps: AnomalySteps | None = None
 
     @property
     def pipeline(self) -> FeaturePipeline:
@@ -127,6 +147,18 @@ class PreparedTask:
     @property
     def day_steps(self) -> int:
         return SECONDS_PER_DAY // self.spec.sample_period_s
+
+    @property
+    def output_bounds(self) -> tuple[OutputBounds, ...]:
+        return tuple(OutputBounds.model_validate(b) for b in self.output_spec.get("bounds", ()))
+
+    def bounded(self, forecasts: NDArray[np.floating], split: Split) -> NDArray[np.float32]:
+        """Forecasts in units for ``split``'s origins within the targets' physical bounds, as the device decodes."""
+        return within_bounds(forecasts, self.output_bounds, self.spec, forecast_step_times(self, split))
+
+    def decode(self, outputs: NDArray[np.floating], split: Split) -> NDArray[np.float32]:
+        """Normalised model outputs for ``split``'s origins in physical units, bounded like on the device."""
+        return self.bounded(self.pipeline.decode(outputs), split)
 
 
 def _channel_values(
@@ -345,14 +377,12 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             f"features: input_window + horizon = {window} steps is longer than the {len(frame)} rows selected; "
             "shorten the window/horizon or widen data.start/data.end"
         )
-    if (
-        config.anomaly is not None
-        and config.anomaly.stale_rule_in_detector
-        and config.anomaly.stale_run_steps > input_steps
-    ):
+    anomaly_steps = None if config.anomaly is None else _anomaly_steps(config, period)
+    if anomaly_steps is not None and anomaly_steps.stale_in_detector and anomaly_steps.stale_run > input_steps:
+        assert config.anomaly is not None
         raise ConfigError(
-            f"anomaly.stale_run_steps ({config.anomaly.stale_run_steps}) must fit in features.input_window "
-            f"({input_steps} steps): the device judges a frozen sensor from its window; shorten "
+            f"anomaly.stale_run ({config.anomaly.stale_run}) must fit in features.input_window "
+            f"({feats.input_window}): the device judges a frozen sensor from its window; shorten "
             "the run or set anomaly.stale_rule_in_detector: false"
         )
     try:
@@ -365,8 +395,9 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             known_future_channels=tuple(future_specs),
             calendar=feats.calendar,
             timezone=timezone,
-            gap_policy=feats.gap_policy,
+            gap_policy=GapPolicy(method=feats.gap_policy.method, max_gap_steps=_max_gap_steps(config, period)),
             location=config.data.location,
+            **_seasonal(config, period),
         )
     except ValueError as exc:
         raise ConfigError(f"features: {exc}") from exc
@@ -398,7 +429,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
         def candidates(stride: str, field_name: str) -> NDArray[np.int64]:
             return origin_candidates(timestamps, timezone, protocol.origin_hour, stride, field_name)
 
-        history = max(input_steps, WEEK_DAYS * day_steps)
+        history = max(spec.window_steps, WEEK_DAYS * day_steps)
         complete: NDArray[np.bool_] = np.asarray(np.isfinite(past).all(axis=1))
         if future is not None:
             complete &= np.asarray(np.isfinite(future).all(axis=1))
@@ -409,7 +440,7 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             spec,
             series,
             _forecast_origins(n, split_rows["train"], spec, candidates(protocol.train_stride, "protocol.train_stride"),
-                              input_steps, filled),
+                              spec.window_steps, filled),
             f"every {protocol.train_stride} from {at}",
             screens,
             strict,
@@ -464,13 +495,14 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
             "target_units": [_unit(spec, t) for t in spec.target_channels],
             "anomaly": None,
             "quantiles": list(config.model.quantiles),  # scales filled in after calibration on validation
+            "bounds": _output_bounds(config, spec),
         }
     else:
-        assert config.anomaly is not None  # guaranteed by TaskConfig validation
+        assert config.anomaly is not None and anomaly_steps is not None  # guaranteed by TaskConfig validation
         w = input_steps
         hint = "widen data.start/data.end or shorten features.input_window"
         splits = []
-        for name, stride in (("train", config.anomaly.train_stride_steps), ("val", 1), ("test", 1)):
+        for name, stride in (("train", anomaly_steps.train_stride), ("val", 1), ("test", 1)):
             start, stop = split_rows[name]
             ends = np.arange(max(start, w - 1), stop, stride, dtype=np.int64) + 1
             when = f"window ends every {stride} step(s)"
@@ -499,7 +531,79 @@ def prepare_task(config: TaskConfig, strict: bool = True) -> PreparedTask:
         screens=screens,
         channel_out_of_range=out_of_range,
         upstream_filled_days=filled_days,
+        anomaly_steps=anomaly_steps,
     )
+
+
+def _seasonal(config: TaskConfig, period: int) -> dict[str, Any]:
+    """The seasonal-input fields of the FeatureSpec, in samples; the profile must be whole days."""
+    seasonal = config.features.seasonal_inputs
+    if seasonal is None:
+        return {}
+    field_name = "features.seasonal_inputs"
+    lags = tuple(_steps(lag, period, f"{field_name}.lags[{i}]") for i, lag in enumerate(seasonal.lags))
+    profile = 0
+    if seasonal.profile is not None:
+        if duration_seconds(seasonal.profile) % SECONDS_PER_DAY:
+            raise ConfigError(f"{field_name}.profile: {seasonal.profile} is not a whole number of days, e.g. '7d'")
+        profile = _steps(seasonal.profile, period, f"{field_name}.profile")
+    if not lags and not profile:
+        raise ConfigError(f"{field_name}: give at least one lag or a profile, or remove the section")
+    return {"seasonal_lags": lags, "seasonal_profile_steps": profile}
+
+
+def _max_gap_steps(config: TaskConfig, period: int) -> int:
+    """The longest fillable gap in whole samples: a limit, so a duration between two steps rounds down."""
+    return duration_seconds(config.features.gap_policy.max_gap) // period
+
+
+def _anomaly_steps(config: TaskConfig, period: int) -> AnomalySteps:
+    """The anomaly section's durations in samples of ``period`` s, refusing lengths the step cannot hold."""
+    cfg = config.anomaly
+    assert cfg is not None
+    zscore = _steps(cfg.zscore_window, period, "anomaly.zscore_window")
+    stale = _steps(cfg.stale_run, period, "anomaly.stale_run")
+    for field_name, steps in (("zscore_window", zscore), ("stale_run", stale)):
+        if steps < 2:
+            raise ConfigError(
+                f"anomaly.{field_name}: {getattr(cfg, field_name)} is {steps} sample(s); it needs "
+                f"at least two samples of {period} s"
+            )
+    return AnomalySteps(
+        score=1 if cfg.score_span is None else _steps(cfg.score_span, period, "anomaly.score_span"),
+        train_stride=1 if cfg.train_stride is None else _steps(cfg.train_stride, period, "anomaly.train_stride"),
+        zscore_window=zscore,
+        stale_run=stale,
+        stale_in_detector=cfg.stale_rule_in_detector,
+    )
+
+
+def _output_bounds(config: TaskConfig, spec: FeatureSpec) -> list[dict[str, Any]]:
+    """Each target's physical limits: its channel's range (else data.columns', scaled); PV is 0 at night.
+
+    A PV target's ``max_value`` is the system's rating: the forecast is clipped to [min, rating], and to
+    zero whenever the sun is down at ``data.location`` (refused without one).
+    """
+    pv = config.task == "pv_forecast"
+    if pv and config.data.location is None:
+        raise ConfigError("data.location: a pv_forecast needs the site's latitude/longitude (PV is 0 at night)")
+    bounds = []
+    for target in spec.target_channels:
+        channel = next(c for c in config.features.past if c.channel == target)
+        rules = config.data.columns.get(channel.column)
+        low, high = channel.min_value, channel.max_value
+        if low is None and rules is not None and rules.min_value is not None:
+            low = rules.min_value * channel.scale
+        if high is None and rules is not None and rules.max_value is not None:
+            high = rules.max_value * channel.scale
+        bounds.append({"min_value": low, "max_value": high, "zero_when_sun_down": pv})
+    return bounds
+
+
+def forecast_step_times(prepared: PreparedTask, split: Split) -> NDArray[np.int64]:
+    """UTC seconds of every forecast step of ``split``'s origins, ``(N, horizon_steps)``."""
+    steps = np.arange(prepared.spec.horizon_steps, dtype=np.int64) * prepared.spec.sample_period_s
+    return np.asarray(split.origin_times[:, None] + steps[None, :], dtype=np.int64)
 
 
 def _unit(spec: FeatureSpec, channel: str) -> str:

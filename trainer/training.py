@@ -26,7 +26,7 @@ from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.lineage import lineage
 from gridedge.trainer.metrics import detection_metrics, forecast_metrics, hyperparameters, summarise_detection
 from gridedge.trainer.run_folder import RunFolder, RunReport
-from gridedge.trainer.tasks import PreparedTask, Split, prepare_task
+from gridedge.trainer.tasks import PreparedTask, Split, forecast_step_times, prepare_task
 
 __all__ = ["FRAMEWORKS", "Framework", "train"]
 Predict = Callable[[Feeds], NDArray[np.float32]]
@@ -45,14 +45,14 @@ def _versions(library_packages: tuple[str, ...]) -> dict[str, str]:
 
 def _window_scores(predict: Predict, prepared: PreparedTask, split: Split) -> NDArray[np.float32]:
     """Anomaly score per window (NaN where the window was unusable)."""
-    assert prepared.config.anomaly is not None
+    assert prepared.anomaly_steps is not None
     scores = np.full(len(split), np.nan, dtype=np.float32)
     valid = split.inputs.valid
     if valid.any():
         feeds = {"past": split.inputs.past[valid]}
         reconstruction = predict(feeds)
         scores[valid] = anomaly_scores.reconstruction_scores(
-            split.targets_normalised[valid], reconstruction, prepared.config.anomaly.score_steps
+            split.targets_normalised[valid], reconstruction, prepared.anomaly_steps.score
         )
     return scores
 
@@ -80,11 +80,12 @@ def _evaluate_forecast(
             output, other = recalibrated, output
         else:
             other = recalibrated
-    decoded = {name: decode_forecast(raw[name], output, prepared.pipeline) for name in splits}
+    times = {name: forecast_step_times(prepared, split) for name, split in splits.items()}
+    decoded = {name: decode_forecast(raw[name], output, prepared.pipeline, times[name]) for name in splits}
     metrics = {name: forecast_metrics(decoded[name].point, split.targets) for name, split in splits.items()}
     predictions: dict[str, Any] = {name: decoded[name].point for name in splits}
     for name, split in splits.items():
-        shipped, alternative = decoded[name], decode_forecast(raw[name], other, prepared.pipeline)
+        shipped, alternative = decoded[name], decode_forecast(raw[name], other, prepared.pipeline, times[name])
         if shipped.quantiles is None or alternative.quantiles is None:
             continue
         metrics[name]["quantiles"] = {
@@ -103,9 +104,9 @@ def _evaluate_anomaly(
     predict: Predict, prepared: PreparedTask
 ) -> tuple[dict[str, Any], dict[str, NDArray[np.float32]], dict[str, NDArray[np.bool_]], float]:
     """F1 of the shipped detector (and of the model alone) on the labelled series; threshold from validation."""
-    cfg = prepared.config.anomaly
-    assert cfg is not None
-    stale_steps = cfg.stale_run_steps if cfg.stale_rule_in_detector else None
+    cfg, steps = prepared.config.anomaly, prepared.anomaly_steps
+    assert cfg is not None and steps is not None
+    stale_steps = steps.detector_stale_run
     val_scores = _window_scores(predict, prepared, prepared.val)
     threshold = anomaly_scores.calibrate_threshold(val_scores, cfg.threshold_quantile)
     test_scores = _window_scores(predict, prepared, prepared.test)
@@ -206,12 +207,13 @@ def train(
             )
         )
     else:
-        assert config.anomaly is not None
+        steps = prepared.anomaly_steps
+        assert config.anomaly is not None and steps is not None
         metrics, series_scores, detector_flags, threshold = _evaluate_anomaly(predict, prepared)
         output_spec["anomaly"] = {
             "threshold": threshold,
-            "score_steps": config.anomaly.score_steps,
-            "stale_run_steps": config.anomaly.stale_run_steps if config.anomaly.stale_rule_in_detector else None,
+            "score_steps": steps.score,
+            "stale_run_steps": steps.detector_stale_run,
         }
         per_rule = rule_metrics(prepared)
         baselines = {rule: {"test": summarise_detection(per)} for rule, per in per_rule.items()}
@@ -222,11 +224,11 @@ def train(
         }
         protocol = (
             f"reconstruction of {prepared.spec.input_steps}-step windows; score = mean |error| of the newest "
-            f"{config.anomaly.score_steps} step(s), normalised units; threshold = "
+            f"{steps.score} step(s), normalised units; threshold = "
             f"{config.anomaly.threshold_quantile} quantile of validation scores (normal data); F1/precision/"
             "recall = mean over the labelled series (each fault type counts once), pooled counts alongside"
             + (
-                f"; shipped detector = model score OR stale-value rule ({config.anomaly.stale_run_steps} equal "
+                f"; shipped detector = model score OR stale-value rule ({steps.stale_run} equal "
                 "non-zero samples), the model alone in metrics.test_model_only"
                 if config.anomaly.stale_rule_in_detector
                 else ""

@@ -16,6 +16,7 @@ from edge_agent.keys import load_public_key
 from edge_agent.reporting.base import MemoryReporter
 from edge_agent.runtimes import load_model
 from edge_agent.runtimes.litert import LiteRTConfig
+from edge_agent.solar import sun_down
 from gridedge.datafiles import read_series
 from gridedge.sim.site import SimulatedSite, SiteServer
 from gridedge.sites import site_values
@@ -47,7 +48,7 @@ def test_pv_forecasts_on_the_device_match_the_exported_model(
     clock = site[1]
     forecasts = []
     windows = []
-    for _ in range(spec.input_steps + 8):
+    for _ in range(spec.window_steps + 8):
         if agent.cycle() and agent.latest_forecasts:
             forecast = agent.latest_forecasts[0]
             forecasts.append((int(forecast.origin.timestamp()), np.array(forecast.values, dtype=np.float64)))
@@ -66,12 +67,12 @@ def test_pv_forecasts_on_the_device_match_the_exported_model(
     measured = [c for c in spec.past_channel_names if c not in spec.derived_past_channels]
     for (origin, got), (device_raw, device_ts) in zip(forecasts, windows, strict=True):
         i = index[origin]
-        past_ts = times[i - spec.input_steps : i]
+        past_ts = times[i - spec.window_steps : i]
         future_ts = times[i : i + spec.horizon_steps]
         assert np.array_equal(device_ts, past_ts)
         # What the device saw is the measured data at the registers' resolution ...
         for name in measured:
-            served = columns[name][i - spec.input_steps : i]
+            served = columns[name][i - spec.window_steps : i]
             seen = device_raw[:, spec.past_channel_names.index(name)]
             assert np.max(np.abs(seen - served)) <= REGISTER_RESOLUTION[name] + 1e-4, name
         # ... and what it forecast from that window is what the exported model computes from it. One input
@@ -84,9 +85,13 @@ def test_pv_forecasts_on_the_device_match_the_exported_model(
         )[:, 0]
         future = derive_channels(spec.future_channel_names, future_ts, spec.location)
         inputs = pipeline.build(past, past_ts, future, future_ts)
-        expected = pipeline.decode(model.run(inputs.as_feeds())[0])[:, 0]
+        expected = pipeline.decode(model.run(inputs.as_feeds())[0], future_ts, bundle.manifest.output.bounds)[:, 0]
         differences_in_steps = np.abs(got - expected) / output_step
         assert differences_in_steps.max() <= 1.0 + 1e-6, f"{differences_in_steps.max():.2f} of {output_step:.1f} W"
+        # Physical limits on the device: never below zero or above the rating, zero while the sun is down.
+        dark = sun_down(future_ts, PERIOD, spec.location.latitude, spec.location.longitude)  # type: ignore[union-attr]
+        assert dark.any() and np.all(got[dark] == 0)
+        assert got.min() >= 0 and got.max() <= bundle.manifest.output.bounds[0].max_value  # type: ignore[operator]
 
 
 def _output_step_in_units(artefact: Artefact, pipeline: FeaturePipeline) -> float:

@@ -107,7 +107,9 @@ def test_summary_carries_the_quantiles_the_artefact_computed(
     assert supervisor.bundle is not None and supervisor.artefact is not None
     _, model = load_model(supervisor.bundle, supervisor.artefact.file, RUNTIMES[runtime][1])
     inputs = pipeline.build(values[window], times[window], None, times[last : last + spec.horizon_steps])
-    expected = decode_forecast(model.run(inputs.as_feeds())[0], supervisor.bundle.manifest.output, pipeline)
+    future_ts = times[last : last + spec.horizon_steps]
+    output = supervisor.bundle.manifest.output
+    expected = decode_forecast(model.run(inputs.as_feeds())[0], output, pipeline, future_ts)
     assert expected.quantiles is not None
     np.testing.assert_allclose(bands, expected.quantiles[:, :, 0], rtol=1e-5, atol=1e-5)
 

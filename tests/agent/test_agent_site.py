@@ -68,7 +68,7 @@ def _reference(bundle_dir: Path, keys: Path, runtime: str, artefact: str, origin
         window = values[i - spec.input_steps : i]
         future_ts = times[i : i + spec.horizon_steps]
         inputs = pipeline.build(window, times[i - spec.input_steps : i], None, future_ts)
-        out.append(pipeline.decode(model.run(inputs.as_feeds())[0])[:, 0])
+        out.append(pipeline.decode(model.run(inputs.as_feeds())[0], future_ts, bundle.manifest.output.bounds)[:, 0])
     return np.asarray(out, dtype=np.float64)
 
 

@@ -68,7 +68,9 @@ def test_forecasts_equal_the_exported_model_on_the_same_window_and_survive_a_res
     pipeline = FeaturePipeline(spec)
     _, model = load_model(models.supervisor.bundle, models.supervisor.artefact.file, LiteRTConfig())  # type: ignore[arg-type, union-attr]
     inputs = pipeline.build(values[window], times[window], None, times[last : last + spec.horizon_steps])
-    expected = pipeline.decode(model.run(inputs.as_feeds())[0])[:, 0]
+    bounds = models.supervisor.bundle.manifest.output.bounds  # type: ignore[union-attr]
+    future_ts = times[last : last + spec.horizon_steps]
+    expected = pipeline.decode(model.run(inputs.as_feeds())[0], future_ts, bounds)[:, 0]
     (forecast,) = step.latest_forecasts
     assert int(forecast.origin.timestamp()) == times[last] and forecast.step_s == PERIOD
     np.testing.assert_allclose(np.asarray(forecast.values, dtype=np.float64), expected, rtol=1e-5, atol=1e-5)

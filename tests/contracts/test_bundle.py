@@ -149,3 +149,16 @@ def test_a_public_key_file_is_not_taken_for_a_private_key(tmp_path: Path) -> Non
     _, public_path = new_keypair(tmp_path / "keys")
     with pytest.raises(SignatureError, match=r"not an unencrypted PEM private key"):
         load_private_key(public_path)
+
+
+def test_output_bounds_are_optional_and_one_per_target() -> None:
+    from pydantic import ValidationError
+
+    from edge_agent.bundle import OutputSpec
+
+    old = {"kind": "forecast", "horizon_steps": 4, "target_channels": ["p"], "target_units": ["W"], "anomaly": None}
+    assert OutputSpec.model_validate(old).bounds == ()
+    bounded = OutputSpec.model_validate({**old, "bounds": [{"min_value": 0, "max_value": 3500}]})
+    assert bounded.bounds[0].max_value == 3500 and not bounded.bounds[0].zero_when_sun_down
+    with pytest.raises(ValidationError, match="2 entries for targets"):
+        OutputSpec.model_validate({**old, "bounds": [{"min_value": 0}, {"min_value": 0}]})

@@ -242,3 +242,103 @@ def test_derived_channels_need_a_location() -> None:
         location={"latitude": 48.78, "longitude": 2.29},
     )
     assert spec.future_is_derivable and spec.derived_past_channels == ()
+
+
+def _pv_spec() -> FeatureSpec:
+    from edge_agent.features import SiteLocation
+
+    spec = _spec(
+        past_channels=(ChannelSpec(name="ac_power", unit="W", min_value=0, max_value=3500),),
+        target_channels=("ac_power",),
+        timezone="America/Denver",
+        location=SiteLocation(latitude=39.742, longitude=-105.179),
+    )
+    stats = NormalisationStats(channels=("ac_power",), mean=(700.0,), std=(1000.0,))
+    return spec.with_normalisation(stats)
+
+
+def test_pv_forecasts_are_decoded_within_zero_and_the_rating_and_zero_while_the_sun_is_down() -> None:
+    from edge_agent.features import OutputBounds
+    from edge_agent.solar import sun_down
+
+    spec = _pv_spec()
+    pipeline = FeaturePipeline(spec)
+    # Local midnight to midnight (UTC-6 in June) at Golden, CO: hours of dark on both ends, the day between.
+    times = 1_370_066_400 + 900 * np.arange(96, dtype=np.int64)
+    raw = np.where(np.arange(96) % 2 == 0, -280.0, 4200.0).astype(np.float32)[:, None]
+    outputs = pipeline.normalise_targets(raw)
+    bounds = (OutputBounds(min_value=0, max_value=3500, zero_when_sun_down=True),)
+    decoded = pipeline.decode(outputs, times, bounds)[:, 0]
+    dark = sun_down(times, 900, 39.742, -105.179)
+    assert 20 < dark.sum() < 60
+    assert np.all(decoded[dark] == 0)
+    np.testing.assert_allclose(decoded[~dark], np.where(raw[~dark, 0] < 0, 0.0, 3500.0))
+    # Without bounds (a bundle from before they existed) the decoding is unchanged.
+    np.testing.assert_allclose(pipeline.decode(outputs)[:, 0], raw[:, 0], rtol=1e-5)
+    with pytest.raises(FeatureError, match="step times"):
+        pipeline.decode(outputs, None, bounds)
+    with pytest.raises(FeatureError, match="2 output bounds"):
+        pipeline.decode(outputs, times, bounds * 2)
+
+
+def test_sun_down_matches_when_the_measured_pv_system_is_dark() -> None:
+    from edge_agent.solar import sun_down
+    from gridedge.datafiles import read_series
+
+    times, columns = read_series("w2_pv_system50_15min")
+    dark = sun_down(times, 900, 39.742, -105.179)
+    power = columns["ac_power"]
+    assert 0.4 < dark.mean() < 0.55
+    # The measured system produces nothing worth a watt-hour while the rule says the sun is down.
+    assert np.nanmax(power[dark]) < 15 and np.nanmean(power[dark]) < 0.05
+
+
+def _seasonal_spec(**overrides: object) -> FeatureSpec:
+    # 6-hour "days" (24 samples of 15 min) keep the arrays small; lags of one and two days, a 3-day profile.
+    spec = _spec(sample_period_s=900, input_steps=8, horizon_steps=30, seasonal_lags=(96, 192), **overrides)
+    return spec
+
+
+def test_seasonal_inputs_are_the_seasonal_naive_forecasts_over_the_horizon() -> None:
+    from edge_agent.baselines import seasonal_naive
+
+    values, ts = _ramp(600)
+    values[:, 0] = 3.0 + np.arange(600) % 96 + 0.01 * np.arange(600)
+    spec = _seasonal_spec(seasonal_profile_steps=3 * 96)
+    spec = spec.with_normalisation(NormalisationStats.fit(values, spec.past_channel_names))
+    assert spec.window_steps == 3 * 96
+    assert spec.future_feature_names[:3] == ("p_lag_96", "p_lag_192", "p_profile_288")
+    origins = np.array([300, 450])
+    batch, _, _ = forecast_samples(spec, values, ts, origins=origins)
+    assert batch.past.shape == (2, 8, len(spec.past_feature_names)) and batch.valid.all()
+    # The model's past is the newest input_steps; the seasonal inputs come from the whole window.
+    window = values[origins[0] - 288 : origins[0]]
+    pipeline = FeaturePipeline(spec)
+    np.testing.assert_allclose(batch.past[0, :, :2], pipeline.stats.transform(window[-8:], ("p", "q")), atol=1e-6)
+    seasonal = pipeline.stats.inverse(batch.future[:, :, :3], ("p", "p", "p"))  # type: ignore[index]
+    for lag, column in ((96, 0), (192, 1)):
+        expected = seasonal_naive(window[None, :, :1], 30, lag)[0, :, 0]
+        np.testing.assert_allclose(seasonal[0, :, column], expected, rtol=1e-5)
+    days = window[:, 0].reshape(3, 96)
+    np.testing.assert_allclose(seasonal[0, :, 2], days.mean(axis=0)[:30], rtol=1e-5)
+    # The device builds the same numbers from one window of window_steps samples.
+    one = pipeline.build(window, ts[origins[0] - 288 : origins[0]], None, ts[origins[0] : origins[0] + 30])
+    np.testing.assert_array_equal(one.future[0], batch.future[0])  # type: ignore[index]
+
+
+def test_a_gap_in_the_seasonal_history_invalidates_the_window_and_says_why() -> None:
+    values, ts = _ramp(600)
+    spec = _seasonal_spec(gap_policy=GapPolicy(max_gap_steps=2))
+    spec = spec.with_normalisation(NormalisationStats.fit(values, spec.past_channel_names))
+    values[300 - 192 : 300 - 182, 0] = np.nan  # ten samples, two days before the origin: lag 192's span
+    batch, _, _ = forecast_samples(spec, values, ts, origins=np.array([300, 500]))
+    assert batch.valid.tolist() == [False, True]
+    assert "seasonal history of ['p'] has a gap" in (batch.reasons[0] or "")
+
+
+def test_seasonal_inputs_are_refused_without_a_horizon_or_off_whole_days() -> None:
+    with pytest.raises(ValueError, match="seasonal inputs need a horizon"):
+        _spec(horizon_steps=0, seasonal_lags=(96,))
+    with pytest.raises(ValueError, match=r"seasonal_profile_steps \(100\) must be whole days"):
+        _spec(seasonal_profile_steps=100)
+    assert _spec().window_steps == 8 and _spec().seasonal_feature_names == ()

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from edge_agent.bundle import read_bundle
@@ -57,3 +58,41 @@ def test_model_config_mismatch_is_named(w3_run, signing_keys, tmp_path) -> None:
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2
     assert "feature_spec.json differs" in result.output
+
+
+def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(signing_keys, tmp_path) -> None:
+    """A small W2 PV run: the export scores artefacts within the PV bounds, as the trainer scored the float
+    model and the baselines, and reports every skill on the same test windows."""
+    from edge_agent.keys import load_private_key
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.report import write_report
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.api import train
+    from gridedge.trainer.config import parse_config
+
+    raw = yaml.safe_load((CONFIG.parent / "w2_pv.yaml").read_text())
+    edits = {
+        "data": {"start": "2013-05-01", "end": "2013-07-10"},
+        "protocol": {"train_stride": "6h"},
+        "model": {"filters": 4, "hidden": 8, "decoder_channels": 2},
+        "training": {"epochs": 2},
+        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride": "12h"}},
+    }
+    for section, values in edits.items():
+        raw[section].update(values)
+    config = parse_config(raw, base_dir=CONFIG.parent)
+    trained = train(config, "torch", tmp_path / "run", plots=False)
+    options = ExportOptions(name="w2-skill", targets=("ort",), max_degradation=1.0, latency_runs=10)
+    result = export_bundle(
+        load_source(tmp_path / "run"), tmp_path / "bundle", load_private_key(signing_keys[0]), options
+    )
+    assert result.float_metrics["mae"] == pytest.approx(trained["metrics"]["test"]["mae"], rel=1e-4)
+    paths = write_report(result, tmp_path / "bundle-report")
+    skill = json.loads(paths["json"].read_text())["skill"]
+    naive = min(trained["baselines"][m]["test"]["mae"] for m in ("seasonal_naive_day", "seasonal_naive_week"))
+    assert skill["best_seasonal_naive_mae"] == pytest.approx(naive)
+    assert skill["lightgbm"] == pytest.approx(1 - trained["baselines"]["lightgbm"]["test"]["mae"] / naive)
+    assert skill["float"] == pytest.approx(1 - trained["metrics"]["test"]["mae"] / naive, rel=1e-4)
+    for artefact in result.manifest.artefacts:
+        assert skill["artefacts"][artefact.file] == pytest.approx(1 - artefact.metrics["mae"] / naive)
+    assert "LightGBM" in paths["md"].read_text() and "w2-skill.int8.onnx" in paths["md"].read_text()

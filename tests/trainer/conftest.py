@@ -29,7 +29,7 @@ TINY: dict[str, dict[str, Any]] = {
     },
     "w3_anomaly": {
         "data": {"start": "2013-04-01", "end": "2013-05-15"},
-        "anomaly": {"train_stride_steps": 8},
+        "anomaly": {"train_stride": "2h"},
     },
 }
 TINY_MODEL = {"filters": 4, "hidden": 8, "decoder_channels": 2, "latent_channels": 2}

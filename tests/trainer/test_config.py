@@ -41,10 +41,10 @@ def test_unknown_field_is_named(tiny_dict: DictBuilder) -> None:
 
 
 def test_stale_run_must_fit_in_the_window(tiny_dict: DictBuilder) -> None:
-    with pytest.raises(ConfigError, match=r"anomaly\.stale_run_steps \(20\) must fit in features\.input_window"):
-        prepare_task(parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20})))
-    relaxed = parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run_steps": 20, "stale_rule_in_detector": False}))
-    assert relaxed.anomaly is not None and relaxed.anomaly.stale_run_steps == 20
+    with pytest.raises(ConfigError, match=r"anomaly\.stale_run \(5h\) must fit in features\.input_window \(4h\)"):
+        prepare_task(parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run": "5h"})))
+    relaxed = parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run": "5h", "stale_rule_in_detector": False}))
+    assert relaxed.anomaly is not None and relaxed.anomaly.stale_run == "5h"
 
 
 def test_target_must_be_an_input_channel(tiny_dict: DictBuilder) -> None:
@@ -92,3 +92,52 @@ def test_missing_config_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump(["not", "a", "mapping"]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_pv_forecast_needs_the_site_location_for_its_night_rule(tiny_dict: DictBuilder) -> None:
+    data = tiny_dict(
+        "w2_pv",
+        features={"past": [{"column": "ac_power", "min_value": 0, "max_value": 3500}], "known_future": []},
+        baselines={"clear_sky_channel": None},
+    )
+    del data["data"]["location"]
+    with pytest.raises(ConfigError, match=r"data\.location: a pv_forecast needs the site's latitude/longitude"):
+        prepare_task(parse_config(data))
+
+
+@pytest.mark.parametrize(
+    ("section", "old", "new"),
+    [
+        ("anomaly", "stale_run_steps", "stale_run"),
+        ("anomaly", "score_steps", "score_span"),
+        ("anomaly", "train_stride_steps", "train_stride"),
+        ("anomaly", "zscore_window", "zscore_window"),
+        ("features.gap_policy", "max_gap_steps", "max_gap"),
+    ],
+)
+def test_row_counts_are_refused_naming_the_duration_field(
+    tiny_dict: DictBuilder, section: str, old: str, new: str
+) -> None:
+    edit: dict[str, Any] = {old: 4}
+    if section == "features.gap_policy":
+        data = tiny_dict("w3_anomaly", features={"gap_policy": edit})
+    else:
+        data = tiny_dict("w3_anomaly", anomaly=edit)
+    with pytest.raises(ConfigError, match=rf"{section}\.{old} counted rows; write {section}\.{new} as a duration"):
+        parse_config(data)
+
+
+def test_anomaly_and_gap_durations_become_samples_of_the_data_step(tiny_dict: DictBuilder) -> None:
+    edits = {"score_span": "30min", "train_stride": "2h", "zscore_window": "4h", "stale_run": "1h"}
+    prepared = prepare_task(parse_config(tiny_dict("w3_anomaly", anomaly=edits)))
+    steps = prepared.anomaly_steps
+    assert steps is not None
+    assert (steps.score, steps.train_stride, steps.zscore_window, steps.stale_run) == (2, 8, 16, 4)
+    # A gap limit is a limit: 40 min at a 15 min step fills gaps of up to two samples.
+    assert prepared.spec.gap_policy.max_gap_steps == 2
+    loose = prepare_task(parse_config(tiny_dict("w3_anomaly", features={"gap_policy": {"max_gap": "40min"}})))
+    assert loose.spec.gap_policy.max_gap_steps == 2
+    with pytest.raises(ConfigError, match=r"anomaly\.score_span: 20min is not a whole number of 900 s steps"):
+        prepare_task(parse_config(tiny_dict("w3_anomaly", anomaly={"score_span": "20min"})))
+    with pytest.raises(ConfigError, match=r"anomaly\.stale_run: 15min is 1 sample\(s\); it needs at least two"):
+        prepare_task(parse_config(tiny_dict("w3_anomaly", anomaly={"stale_run": "15min"})))

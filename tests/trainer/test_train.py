@@ -13,8 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from edge_agent.features import FeatureSpec
+from edge_agent.solar import sun_down
 from gridedge.cli import app
-from gridedge.trainer.api import load_run, prepare_task
+from gridedge.trainer.api import forecast_step_times, load_run, prepare_task
 from gridedge.trainer.config import TaskConfig
 from gridedge.trainer.metrics import forecast_metrics
 from gridedge.trainer.training import Framework, train
@@ -66,6 +67,7 @@ def test_tiny_w1_run_folder_contract(framework: Framework, tiny: Callable[..., T
         "target_channels": ["Global_active_power"],
         "target_units": ["kW"],
         "anomaly": None,
+        "bounds": [{"min_value": 0.0, "max_value": 12.0, "zero_when_sun_down": False}],
     }
     spec = FeatureSpec.model_validate_json((tmp_path / "feature_spec.json").read_text())
     assert spec.normalisation is not None
@@ -75,7 +77,7 @@ def test_tiny_w1_run_folder_contract(framework: Framework, tiny: Callable[..., T
     prepared = prepare_task(run.config)
     outputs = run.predict(prepared.test.inputs.as_feeds())
     assert outputs.shape == (len(prepared.test), 96, 1)
-    mae = forecast_metrics(run.pipeline.decode(outputs), prepared.test.targets)["mae"]
+    mae = forecast_metrics(prepared.decode(outputs, prepared.test), prepared.test.targets)["mae"]
     assert mae == pytest.approx(report["metrics"]["test"]["mae"], rel=1e-4)
 
 
@@ -87,6 +89,19 @@ def test_tiny_w2_pv_has_clear_sky_baseline(
     _check_forecast_report(report, framework)
     assert "clear_sky_persistence" in report["baselines"]
     run = load_run(tmp_path)
+    # PV physical limits: the rating (features.past max_value) and zero while the sun is down, applied to
+    # what the report scores exactly as the device decodes.
+    assert json.loads((tmp_path / "output_spec.json").read_text())["bounds"] == [
+        {"min_value": 0.0, "max_value": 3500.0, "zero_when_sun_down": True}
+    ]
+    prepared = prepare_task(run.config)
+    raw = run.pipeline.decode(run.predict(prepared.test.inputs.as_feeds()))
+    forecast = prepared.decode(run.predict(prepared.test.inputs.as_feeds()), prepared.test)
+    assert forecast.min() >= 0 and forecast.max() <= 3500
+    dark = sun_down(forecast_step_times(prepared, prepared.test), 900, 39.742, -105.179)
+    assert dark.any() and np.all(forecast[dark] == 0) and np.any(raw[dark] != 0)
+    mae = forecast_metrics(forecast, prepared.test.targets)["mae"]
+    assert mae == pytest.approx(report["metrics"]["test"]["mae"], rel=1e-4)
     if framework == "keras":
         assert [t.name for t in run.model.inputs] == ["past", "future"]
         assert not any(type(layer).__name__ == "Lambda" for layer in run.model.layers)

@@ -1,0 +1,212 @@
+"""Forecast skill of the int8 model the device runs, next to LightGBM's, on the shipped W1 and W2, over seeds.
+
+For every workload x framework x seed, the shipped config (seed replaced) is trained by gridedge's trainer
+and exported through the real pipeline: Keras to LiteRT int8 (what a Pi runs), PyTorch to ORT static int8.
+Skill is 1 - MAE / MAE of the better seasonal naive (yesterday or last week) on the same test windows, read
+from each export report (``skill``), where LightGBM's skill is computed on those windows too. Each run is a
+separate process (``--jobs`` at a time, one thread each); its wall time and the load average are recorded,
+because this machine is shared; a finished run is reused when the script runs again on the same
+``--workdir``. Writes ``results/skill.json`` and ``results/skill.md``:
+
+    python benchmarks/bench_skill.py [--seeds 7 8 9] [--jobs 2] [--workdir runs/skill]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchreport import markdown_table, publish
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = {"w1_load": "W1 load", "w2_pv": "W2 PV"}
+# The artefact the device runs: LiteRT int8 from Keras (raspberry-pi-4), ORT static int8 from PyTorch.
+DEVICE_TARGET = {"keras": "litert", "torch": "ort"}
+# Each finished run leaves its row here; a rerun with the same --workdir reuses it (delete it to remeasure).
+ROW_FILE = "skill-row.json"
+
+
+def measure(workload: str, framework: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """Train and export one combination; returns its skills, MAEs and timings."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.report import skill_summary, write_report
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.config import load_config
+    from gridedge.trainer.training import train
+
+    run_dir = workdir / f"{workload}-{framework}-{seed}"
+    saved = run_dir / ROW_FILE
+    if saved.is_file():
+        kept: dict[str, Any] = json.loads(saved.read_text())
+        return kept
+    load_before = os.getloadavg()[0]
+    if (run_dir / "report.json").is_file():
+        # Trained by an earlier, interrupted measurement: export it (the training time is in its report).
+        report = json.loads((run_dir / "report.json").read_text())
+        train_wall = None
+    else:
+        config = load_config(ROOT / "configs" / f"{workload}.yaml").model_copy(update={"seed": seed})
+        started = time.perf_counter()
+        report = train(config, framework, run_dir, plots=False, progress=lambda _line: None)  # type: ignore[arg-type]
+        train_wall = time.perf_counter() - started
+    private_key = Ed25519PrivateKey.generate()  # a throwaway signing key: the bundle is only measured
+    options = ExportOptions(
+        name=f"{workload}-{framework}-{seed}".replace("_", "-"),
+        targets=(DEVICE_TARGET[framework],),
+        latency_runs=20,
+    )
+    result = export_bundle(load_source(run_dir), run_dir / "bundle", private_key, options)
+    write_report(result, run_dir / "export-report")
+    skill = skill_summary(result)
+    assert skill is not None
+    int8 = next(a for a in result.manifest.artefacts if a.precision == "int8")
+    row = {
+        "workload": workload,
+        "framework": framework,
+        "seed": seed,
+        "float_skill": skill["float"],
+        "int8_skill": skill["artefacts"][int8.file],
+        "int8_file": int8.file,
+        "lightgbm_skill": skill["lightgbm"],
+        "best_seasonal_naive_mae": skill["best_seasonal_naive_mae"],
+        "int8_mae": int8.metrics["mae"],
+        "float_mae": result.float_metrics["mae"],
+        "test_origins": report["metrics"]["test"]["n_origins"],
+        "train_seconds": report["train_seconds"],
+        "train_wall_seconds": train_wall,
+        "epochs_run": report["epochs_run"],
+        "best_epoch": report["best_epoch"],
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+    }
+    saved.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--frameworks", nargs="+", default=["keras", "torch"], choices=["keras", "torch"])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "skill")
+    parser.add_argument(
+        "--saved-only", action="store_true", help="Publish the runs already finished in --workdir; measure none."
+    )
+    args = parser.parse_args()
+
+    # Seed by seed, so that an interrupted run has every workload and framework for the seeds it finished.
+    combos = [(w, f, s) for s in args.seeds for w in args.workloads for f in args.frameworks]
+    if args.saved_only:
+        combos = [(w, f, s) for w, f, s in combos if (args.workdir / f"{w}-{f}-{s}" / ROW_FILE).is_file()]
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    context = multiprocessing.get_context("spawn")  # TensorFlow and torch do not survive a fork
+    with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = [pool.submit(measure, w, f, s, args.workdir) for w, f, s in combos]
+        rows: list[dict[str, Any]] = []
+        for done, future in enumerate(futures, 1):
+            row = future.result()
+            rows.append(row)
+            print(
+                f"[{done}/{len(combos)}] {row['workload']} {row['framework']} seed {row['seed']}: int8 skill "
+                f"{row['int8_skill']:.3f} (float {row['float_skill']:.3f}), LightGBM {row['lightgbm_skill']:.3f}, "
+                f"fit in {row['train_seconds']:.0f} s",
+                flush=True,
+            )
+            # Published after every run: the results so far survive an interrupted measurement.
+            _publish(rows, args.jobs, load_start, time.perf_counter() - started, done == len(combos))
+
+
+def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per workload and framework: mean ± standard deviation over the seeds measured."""
+    summary = []
+    for workload, framework in dict.fromkeys((r["workload"], r["framework"]) for r in rows):
+        mine = [r for r in rows if r["workload"] == workload and r["framework"] == framework]
+        summary.append(
+            {
+                "workload": workload,
+                "framework": framework,
+                "seeds": [r["seed"] for r in mine],
+                "int8_skill": _spread([r["int8_skill"] for r in mine]),
+                "float_skill": _spread([r["float_skill"] for r in mine]),
+                "lightgbm_skill": _spread([r["lightgbm_skill"] for r in mine]),
+                "int8_at_least_lightgbm": all(r["int8_skill"] >= r["lightgbm_skill"] for r in mine),
+                "train_seconds_max": max(r["train_seconds"] for r in mine),
+            }
+        )
+    return summary
+
+
+def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...], wall: float, final: bool) -> None:
+    load_end = os.getloadavg()
+    loads = [value for r in rows for value in r["load_average_1min"]]
+    summary = _summary(rows)
+    payload = {
+        "complete": final,
+        "rows": rows,
+        "summary": summary,
+        "jobs": jobs,
+        "load_average_start": load_start,
+        "load_average_end": load_end,
+        "cpu_count": os.cpu_count(),
+        "wall_seconds": wall,
+    }
+    table = markdown_table(
+        ["workload", "framework", "seed", "float skill", "int8 skill (device)", "LightGBM skill", "fit s", "epochs"],
+        [
+            (
+                WORKLOADS[r["workload"]],
+                r["framework"],
+                r["seed"],
+                f"{r['float_skill']:.3f}",
+                f"{r['int8_skill']:.3f}",
+                f"{r['lightgbm_skill']:.3f}",
+                f"{r['train_seconds']:.0f}",
+                f"{r['best_epoch']}/{r['epochs_run']}",
+            )
+            for r in rows
+        ],
+    )
+    table += ["", "Mean ± standard deviation over the seeds:", ""]
+    table += markdown_table(
+        ["workload", "framework", "seeds", "int8 skill", "float skill", "LightGBM skill", "int8 ≥ LightGBM every seed"],
+        [
+            (
+                WORKLOADS[s["workload"]],
+                s["framework"],
+                len(s["seeds"]),
+                s["int8_skill"],
+                s["float_skill"],
+                s["lightgbm_skill"],
+                "yes" if s["int8_at_least_lightgbm"] else "no",
+            )
+            for s in summary
+        ],
+    )
+    intro = (
+        "Skill = 1 − MAE / MAE of the better seasonal naive (yesterday or last week), on each run's test windows "
+        "(one origin per local midnight), from the export report. int8 = the artefact the device runs (Keras: "
+        "LiteRT int8; PyTorch: ORT static int8). Shipped configs, seed replaced. "
+        f"Runs in parallel processes, one thread each, at nice 10, on {os.cpu_count()} cores; the 1-minute load "
+        f"average seen at the start and end of the runs ranged {min(loads):.1f}-{max(loads):.1f} (a shared "
+        "machine: fit times are longer than on an idle one; per-run values in the JSON)."
+        + ("" if final else " Measurement still running or interrupted: not every run is in yet.")
+    )
+    publish("skill", payload, "Forecast skill of the device's int8 model vs LightGBM", intro, table)
+
+
+if __name__ == "__main__":
+    main()
