@@ -45,8 +45,9 @@ from edge_agent.messages import MAX_QUANTILE_LEVELS
 from edge_agent.yamlconfig import StrictModel, format_validation_error
 
 FORMAT_VERSION = 1
-# Bundles of quantile models are format 2: an agent that predates quantiles refuses them by version
-# ("upgrade gridedge on the device") instead of misreading the output. Point bundles stay format 1.
+# Bundles whose output needs decoding an older agent does not know (quantile levels, output bounds such
+# as PV's zero at night) are format 2: such an agent refuses them by version ("upgrade gridedge on the
+# device") instead of misreading the output. Bundles without them stay format 1.
 QUANTILE_FORMAT_VERSION = 2
 SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
 MANIFEST_NAME = "manifest.json"
@@ -151,8 +152,8 @@ class OutputSpec(StrictModel, frozen=True):
 
     @property
     def format_version(self) -> int:
-        """The bundle format this output needs (quantile outputs need :data:`QUANTILE_FORMAT_VERSION`)."""
-        return QUANTILE_FORMAT_VERSION if self.quantiles else FORMAT_VERSION
+        """The bundle format this output needs (quantiles or bounds need :data:`QUANTILE_FORMAT_VERSION`)."""
+        return QUANTILE_FORMAT_VERSION if self.quantiles or self.bounds else FORMAT_VERSION
 
     @model_validator(mode="after")
     def _bounds_per_target(self) -> OutputSpec:
@@ -266,7 +267,8 @@ class Manifest(StrictModel, frozen=True):
     def _format_holds_the_output(self) -> Manifest:
         if self.format_version < self.output.format_version:
             raise ValueError(
-                f"a quantile output needs format_version {self.output.format_version}, got {self.format_version}"
+                f"an output with quantiles or bounds needs format_version {self.output.format_version}, got "
+                f"{self.format_version}"
             )
         return self
 

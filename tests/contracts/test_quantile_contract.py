@@ -65,7 +65,7 @@ def test_quantile_bundle_round_trips_with_its_levels(
 def test_quantile_output_in_a_format_1_manifest_is_refused(manifest: Manifest) -> None:
     raw = json.loads(manifest.to_bytes())
     raw["output"].update(QUANTILE_OUTPUT)
-    with pytest.raises(BundleFormatError, match="quantile output needs format_version 2"):
+    with pytest.raises(BundleFormatError, match="output with quantiles or bounds needs format_version 2"):
         parse_manifest(json.dumps(raw).encode())
 
 
