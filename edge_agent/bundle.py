@@ -63,14 +63,13 @@ Precision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
 class AnomalySpec(StrictModel, frozen=True):
     """How a reconstruction becomes an anomaly decision."""
 
-    threshold: float = Field(description="Score above which a window is anomalous (normalised units).")
-    score_steps: int = Field(gt=0, description="Newest samples of the window that the score averages.")
-    stale_run_steps: int | None = Field(
-        default=None,
-        ge=2,
-        description="Also flag the newest sample when the target has repeated the same non-zero value this "
-        "many samples (a frozen sensor, which reconstruction cannot see); null = the model's score alone.",
-    )
+    threshold: float
+    """Score above which a window is anomalous (normalised units)."""
+    score_steps: int = Field(gt=0)
+    """Newest samples of the window that the score averages."""
+    stale_run_steps: int | None = Field(default=None, ge=2)
+    """Also flag the newest sample when the target has repeated the same non-zero value this many samples (a frozen
+    sensor, which reconstruction cannot see); null = the model's score alone."""
 
 
 def check_quantile_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
@@ -101,22 +100,14 @@ class OutputSpec(StrictModel, frozen=True):
     target_channels: tuple[str, ...] = Field(min_length=1)
     target_units: tuple[str, ...] = Field(min_length=1)
     anomaly: AnomalySpec | None = None
-    bounds: tuple[OutputBounds, ...] = Field(
-        default=(),
-        description="Physical limits per target applied after decoding (e.g. PV in [0, rating], 0 at night); "
-        "empty in bundles written before they existed, which are decoded unbounded as before.",
-    )
-    quantiles: tuple[float, ...] = Field(
-        default=(),
-        max_length=MAX_QUANTILE_LEVELS,
-        description="Levels of a quantile forecast, increasing, including 0.5 (the point forecast); empty for "
-        "a point model.",
-    )
-    quantile_scales: tuple[tuple[float, ...], ...] = Field(
-        default=(),
-        description="Per target, per level: factor applied to each quantile's distance from the median "
-        "(normalised units) before decoding, recalibrated on the validation split; empty = all 1.",
-    )
+    bounds: tuple[OutputBounds, ...] = Field(default=())
+    """Physical limits per target applied after decoding (e.g. PV in [0, rating], 0 at night); empty in bundles written
+    before they existed, which are decoded unbounded as before."""
+    quantiles: tuple[float, ...] = Field(default=(), max_length=MAX_QUANTILE_LEVELS)
+    """Levels of a quantile forecast, increasing, including 0.5 (the point forecast); empty for a point model."""
+    quantile_scales: tuple[tuple[float, ...], ...] = Field(default=())
+    """Per target, per level: factor applied to each quantile's distance from the median (normalised units) before
+    decoding, recalibrated on the validation split; empty = all 1."""
 
     @field_validator("quantiles")
     @classmethod
@@ -183,18 +174,16 @@ class Artefact(StrictModel, frozen=True):
     precision: Precision
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
-    quantisation: dict[str, TensorQuantisation] = Field(
-        default_factory=dict, description="Per input/output tensor name, when the tensor is quantised."
-    )
-    compatibility_targets: tuple[str, ...] = Field(
-        default=(), description="Runtimes this file was loaded and run in, e.g. litert, ort-1.16."
-    )
+    quantisation: dict[str, TensorQuantisation] = Field(default_factory=dict)
+    """Per input/output tensor name, when the tensor is quantised."""
+    compatibility_targets: tuple[str, ...] = Field(default=())
+    """Runtimes this file was loaded and run in, e.g. litert, ort-1.16."""
     min_runtime_versions: dict[str, str] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict, description="Test-split metrics of this file.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Test-split metrics of this file."""
     latency: Latency | None = None
-    self_test_atol: float = Field(
-        gt=0, description="Largest absolute difference from the recorded test-vector outputs accepted."
-    )
+    self_test_atol: float = Field(gt=0)
+    """Largest absolute difference from the recorded test-vector outputs accepted."""
 
     @field_validator("file")
     @classmethod
@@ -207,27 +196,32 @@ class TestVector(StrictModel, frozen=True):
 
     inputs: dict[str, list[Any]]
     float_output: list[Any]
-    artefact_outputs: dict[str, list[Any]] = Field(
-        description="Output of each artefact (by file name) on these inputs, recorded at export time."
-    )
+    artefact_outputs: dict[str, list[Any]]
+    """Output of each artefact (by file name) on these inputs, recorded at export time."""
 
 
 class DataLineage(StrictModel, frozen=True):
     """The data a model was trained on: where from, which time range, and a hash of its content."""
 
-    source: str = Field(description="file:<path> or fleet:<store>#<site>/<device>.")
-    start_utc: str | None = Field(None, description="First sample used (ISO, UTC).")
-    end_utc: str | None = Field(None, description="Last sample used (ISO, UTC).")
-    sha256: str = Field(description="Of the bytes read: the file, or the fleet store's rows.")
+    source: str
+    """file:<path> or fleet:<store>#<site>/<device>."""
+    start_utc: str | None = Field(None)
+    """First sample used (ISO, UTC)."""
+    end_utc: str | None = Field(None)
+    """Last sample used (ISO, UTC)."""
+    sha256: str
+    """Of the bytes read: the file, or the fleet store's rows."""
 
 
 class Lineage(StrictModel, frozen=True):
     """Where a bundle came from: its data, its task config and the code that trained it."""
 
     data: DataLineage
-    config_sha256: str = Field(description="Of the resolved task config (canonical JSON).")
+    config_sha256: str
+    """Of the resolved task config (canonical JSON)."""
     gridedge_version: str
-    git_commit: str | None = Field(None, description="Commit of the checkout that trained it, when it was one.")
+    git_commit: str | None = Field(None)
+    """Commit of the checkout that trained it, when it was one."""
 
 
 class Provenance(StrictModel, frozen=True, extra="allow"):
@@ -250,18 +244,19 @@ class Manifest(StrictModel, frozen=True):
 
     format_version: int
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$", description="Semantic version.")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+    """Semantic version."""
     task: Task
     source_framework: Literal["keras", "torch"]
     created_utc: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     input: FeatureSpec
     output: OutputSpec
     artefacts: tuple[Artefact, ...] = Field(min_length=1)
-    metrics: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="Test metrics of the float model and the baselines, by name."
-    )
+    metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Test metrics of the float model and the baselines, by name."""
     provenance: Provenance
-    test_vectors: tuple[TestVector, ...] = Field(default=(), description="Used by the device's self-test.")
+    test_vectors: tuple[TestVector, ...] = Field(default=())
+    """Used by the device's self-test."""
 
     @model_validator(mode="after")
     def _format_holds_the_output(self) -> Manifest:

@@ -28,50 +28,30 @@ from edge_agent.yamlconfig import StrictModel, load_yaml_model
 class BundleSection(StrictModel):
     """Which model bundle to run and the key that must have signed it."""
 
-    path: Path = Field(
-        title="Bundle folder", description="Folder holding manifest.json, manifest.sig and the model files."
-    )
-    public_key: Path = Field(
-        title="Public key", description="PEM Ed25519 public key of the fleet; bundles signed otherwise are refused."
-    )
-    artefact: str | None = Field(
-        default=None,
-        title="Artefact",
-        description="Model file to run; None picks the most compact one proven for the installed runtime.",
-    )
+    path: Path = Field(title="Bundle folder")
+    """Folder holding manifest.json, manifest.sig and the model files."""
+    public_key: Path = Field(title="Public key")
+    """PEM Ed25519 public key of the fleet; bundles signed otherwise are refused."""
+    artefact: str | None = Field(default=None, title="Artefact")
+    """Model file to run; None picks the most compact one proven for the installed runtime."""
 
 
 class ClockSection(StrictModel):
     """Which clock labels the samples: the device's own, or one a sensor serves (e.g. a site controller)."""
 
-    source: Literal["system", "sensor", "reading"] = Field(
-        default="system",
-        title="Clock source",
-        description="system: the device clock (UTC); sensor: a channel holding UTC seconds; reading: the time "
-        "the first sensor source stamps on its readings (a replay's data time).",
-    )
-    channel: str | None = Field(
-        default=None,
-        title="Clock channel",
-        description="Sensor channel holding UTC epoch seconds, when source is sensor.",
-    )
+    source: Literal["system", "sensor", "reading"] = Field(default="system", title="Clock source")
+    """system: the device clock (UTC); sensor: a channel holding UTC seconds; reading: the time the first sensor source
+    stamps on its readings (a replay's data time)."""
+    channel: str | None = Field(default=None, title="Clock channel")
+    """Sensor channel holding UTC epoch seconds, when source is sensor."""
 
-    max_jump_s: float = Field(
-        default=86_400.0,
-        gt=0,
-        title="Largest clock jump",
-        description="A sensor clock that moves backwards or jumps further ahead than this is treated as "
-        "unreadable (a garbled register must not throw the window into another year).",
-    )
+    max_jump_s: float = Field(default=86_400.0, gt=0, title="Largest clock jump")
+    """A sensor clock that moves backwards or jumps further ahead than this is treated as unreadable (a garbled register
+    must not throw the window into another year)."""
 
-    confirm_readings: int = Field(
-        default=5,
-        ge=1,
-        le=1000,
-        title="Readings to re-acquire",
-        description="Consecutive site clock readings that agree with each other but not with the time in use "
-        "and that replace it (a garbage first reading must not anchor the clock for good).",
-    )
+    confirm_readings: int = Field(default=5, ge=1, le=1000, title="Readings to re-acquire")
+    """Consecutive site clock readings that agree with each other but not with the time in use and that replace it (a
+    garbage first reading must not anchor the clock for good)."""
 
     @model_validator(mode="after")
     def _sensor_needs_channel(self) -> ClockSection:
@@ -83,90 +63,70 @@ class ClockSection(StrictModel):
 class LoopSection(StrictModel):
     """Timing of the control loop and the model supervision policy."""
 
-    cadence_s: float = Field(
-        default=1.0, gt=0, title="Cadence", description="Seconds between sensor reads (monotonic clock)."
-    )
-    latency_budget_ms: float = Field(
-        default=200.0, gt=0, title="Latency budget", description="Inference slower than this counts a strike."
-    )
-    latency_strikes: int = Field(
-        default=3, ge=1, title="Latency strikes", description="Consecutive strikes before falling back."
-    )
-    retry_every: int = Field(
-        default=10, ge=1, title="Retry every", description="While degraded, retry the model every N inferences."
-    )
-    recover_after: int = Field(
-        default=3, ge=1, title="Recover after", description="Good model inferences in a row to leave degraded."
-    )
-    max_cycles: int | None = Field(
-        default=None, ge=1, title="Stop after", description="Stop after this many cycles (tests, demos)."
-    )
-    stall_after_s: float | None = Field(
-        default=None,
-        gt=0,
-        title="Stalled after (s)",
-        description="A site whose window received no sample period for this long is degraded, with one alert; "
-        "by default three sample periods of the model in use.",
-    )
+    cadence_s: float = Field(default=1.0, gt=0, title="Cadence")
+    """Seconds between sensor reads (monotonic clock)."""
+    latency_budget_ms: float = Field(default=200.0, gt=0, title="Latency budget")
+    """Inference slower than this counts a strike."""
+    latency_strikes: int = Field(default=3, ge=1, title="Latency strikes")
+    """Consecutive strikes before falling back."""
+    retry_every: int = Field(default=10, ge=1, title="Retry every")
+    """While degraded, retry the model every N inferences."""
+    recover_after: int = Field(default=3, ge=1, title="Recover after")
+    """Good model inferences in a row to leave degraded."""
+    max_cycles: int | None = Field(default=None, ge=1, title="Stop after")
+    """Stop after this many cycles (tests, demos)."""
+    stall_after_s: float | None = Field(default=None, gt=0, title="Stalled after (s)")
+    """A site whose window received no sample period for this long is degraded, with one alert; by default three sample
+    periods of the model in use."""
 
 
 class AnomalySection(StrictModel):
     """Hysteresis of anomaly alerts, so a noisy score does not flood the fleet."""
 
-    raise_after: int = Field(
-        default=2, ge=1, title="Raise after", description="Windows over threshold in a row that raise an alert."
-    )
-    clear_after: int = Field(
-        default=4, ge=1, title="Clear after", description="Windows under threshold in a row that clear it."
-    )
+    raise_after: int = Field(default=2, ge=1, title="Raise after")
+    """Windows over threshold in a row that raise an alert."""
+    clear_after: int = Field(default=4, ge=1, title="Clear after")
+    """Windows under threshold in a row that clear it."""
 
 
 class ChannelLink(StrictModel):
     """Where a model channel comes from, with a linear unit conversion (model = source * scale + offset)."""
 
-    source: str = Field(min_length=1, title="Sensor channel", description="Sensor channel, e.g. meter.active_power.")
-    scale: float = Field(default=1.0, title="Scale", description="Multiplier, e.g. 0.001 to turn W into kW.")
-    offset: float = Field(default=0.0, title="Offset", description="Added after scaling.")
+    source: str = Field(min_length=1, title="Sensor channel")
+    """Sensor channel, e.g. meter.active_power."""
+    scale: float = Field(default=1.0, title="Scale")
+    """Multiplier, e.g. 0.001 to turn W into kW."""
+    offset: float = Field(default=0.0, title="Offset")
+    """Added after scaling."""
 
 
 class AgentConfig(StrictModel):
     """Everything one device's agent needs: identity, sensors, model, runtime, loop and reporting."""
 
-    site: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Site", description="Site id; a topic level.")
-    device: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Device", description="Device id, unique in its site.")
-    state_dir: Path = Field(
-        default=Path("state"),
-        title="State folder",
-        description="Where the agent keeps its outbox, sequence counter and previous bundle.",
-    )
-    bundle: BundleSection = Field(title="Model bundle", description="The signed model to run.")
-    runtime: RuntimeConfig = Field(title="Runtime", description="Inference backend and its options.")
-    sensors: list[SensorConfig] = Field(
-        min_length=1, title="Sensor sources", description="Where measurements come from."
-    )
-    channels: dict[str, str | ChannelLink] = Field(
-        default_factory=dict,
-        title="Channel map",
-        description="Model channel -> sensor channel (a name, or source/scale/offset to convert units); "
-        "channels not listed are looked up by the same name.",
-    )
+    site: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Site")
+    """Site id; a topic level."""
+    device: str = Field(pattern=TOPIC_LEVEL_PATTERN, title="Device")
+    """Device id, unique in its site."""
+    state_dir: Path = Field(default=Path("state"), title="State folder")
+    """Where the agent keeps its outbox, sequence counter and previous bundle."""
+    bundle: BundleSection = Field(title="Model bundle")
+    """The signed model to run."""
+    runtime: RuntimeConfig = Field(title="Runtime")
+    """Inference backend and its options."""
+    sensors: list[SensorConfig] = Field(min_length=1, title="Sensor sources")
+    """Where measurements come from."""
+    channels: dict[str, str | ChannelLink] = Field(default_factory=dict, title="Channel map")
+    """Model channel -> sensor channel (a name, or source/scale/offset to convert units); channels not listed are looked
+    up by the same name."""
     clock: ClockSection = Field(default_factory=ClockSection, title="Clock")
     loop: LoopSection = Field(default_factory=LoopSection, title="Loop")
     anomaly: AnomalySection = Field(default_factory=AnomalySection, title="Anomaly alerts")
-    mqtt: MqttConfig | None = Field(
-        default=None, title="MQTT", description="Reporting to the fleet; None keeps reports on the device log."
-    )
-    commands: CommandsSection = Field(
-        default_factory=CommandsSection,
-        title="Remote commands",
-        description="The operator key that signs state-changing commands, and the replay window.",
-    )
-    planning: PlanningSection | None = Field(
-        default=None,
-        title="Planning",
-        description="Battery/generator dispatch planning on the device (site model, cadence, actuation); "
-        "None: no planning.",
-    )
+    mqtt: MqttConfig | None = Field(default=None, title="MQTT")
+    """Reporting to the fleet; None keeps reports on the device log."""
+    commands: CommandsSection = Field(default_factory=CommandsSection, title="Remote commands")
+    """The operator key that signs state-changing commands, and the replay window."""
+    planning: PlanningSection | None = Field(default=None, title="Planning")
+    """Battery/generator dispatch planning on the device (site model, cadence, actuation); None: no planning."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", title="Log level")
     # Set when loaded from a file: the folder that relative register-map and replay paths start from.
     _base_dir: Path | None = PrivateAttr(default=None)

@@ -44,24 +44,19 @@ SAMPLE_CHUNK = 2048
 class ChannelSpec(PlausibleRange, frozen=True):
     """One measured quantity: its name, unit and physically plausible range."""
 
-    name: str = Field(min_length=1, title="Name", description="Channel name as used in data and configs.")
-    unit: str = Field(title="Unit", description="Physical unit, e.g. kW, W, degC, W/m2.")
+    name: str = Field(min_length=1, title="Name")
+    """Channel name as used in data and configs."""
+    unit: str = Field(title="Unit")
+    """Physical unit, e.g. kW, W, degC, W/m2."""
 
 
 class GapPolicy(StrictModel, frozen=True):
     """How missing values inside a window are treated."""
 
-    method: Literal["hold", "interpolate"] = Field(
-        default="interpolate",
-        title="Fill method",
-        description="hold repeats the last good value; interpolate draws a line between good neighbours.",
-    )
-    max_gap_steps: int = Field(
-        default=4,
-        ge=0,
-        title="Longest fillable gap",
-        description="Runs of missing samples up to this length are filled; longer runs invalidate the window.",
-    )
+    method: Literal["hold", "interpolate"] = Field(default="interpolate", title="Fill method")
+    """hold repeats the last good value; interpolate draws a line between good neighbours."""
+    max_gap_steps: int = Field(default=4, ge=0, title="Longest fillable gap")
+    """Runs of missing samples up to this length are filled; longer runs invalidate the window."""
 
 
 class NormalisationStats(StrictModel, frozen=True):
@@ -202,8 +197,10 @@ def calendar_features(timestamps_utc: NDArray[np.integer], timezone: str) -> Flo
 class SiteLocation(StrictModel, frozen=True):
     """Where the site is: what derived astronomical channels are computed for."""
 
-    latitude: float = Field(ge=-90, le=90, title="Latitude", description="Degrees north.")
-    longitude: float = Field(ge=-180, le=180, title="Longitude", description="Degrees east (west is negative).")
+    latitude: float = Field(ge=-90, le=90, title="Latitude")
+    """Degrees north."""
+    longitude: float = Field(ge=-180, le=180, title="Longitude")
+    """Degrees east (west is negative)."""
 
 
 class OutputBounds(PlausibleRange, frozen=True):
@@ -214,9 +211,8 @@ class OutputBounds(PlausibleRange, frozen=True):
     site (``FeatureSpec.location``), as the measured PV output is.
     """
 
-    zero_when_sun_down: bool = Field(
-        default=False, title="Zero when the sun is down", description="PV output: 0 while the sun is down."
-    )
+    zero_when_sun_down: bool = Field(default=False, title="Zero when the sun is down")
+    """PV output: 0 while the sun is down."""
 
 
 def _clear_sky_ghi(timestamps_utc: NDArray[np.integer], location: SiteLocation) -> FloatArray:
@@ -245,50 +241,32 @@ def derive_channels(
 class FeatureSpec(StrictModel, frozen=True):
     """Everything needed to turn raw channels into model inputs; carried in every bundle's manifest."""
 
-    sample_period_s: int = Field(gt=0, title="Sample period", description="Seconds between samples.")
-    input_steps: int = Field(gt=0, title="Input window", description="Past samples the model sees.")
-    horizon_steps: int = Field(
-        ge=0, title="Horizon", description="Future samples forecast; 0 for a reconstruction (anomaly) model."
-    )
-    past_channels: tuple[ChannelSpec, ...] = Field(
-        min_length=1, title="Observed channels", description="Measured channels fed as history."
-    )
-    target_channels: tuple[str, ...] = Field(
-        min_length=1,
-        title="Targets",
-        description="Channels the model forecasts (or reconstructs); each must be an observed channel.",
-    )
-    known_future_channels: tuple[ChannelSpec, ...] = Field(
-        default=(),
-        title="Known-future channels",
-        description="Channels known over the horizon in advance, e.g. clear-sky irradiance.",
-    )
-    calendar: bool = Field(
-        default=True, title="Calendar features", description="Add hour-of-day and day-of-week as sin/cos."
-    )
-    timezone: str = Field(
-        default="UTC", title="Site time zone", description="IANA zone used for the calendar features."
-    )
+    sample_period_s: int = Field(gt=0, title="Sample period")
+    """Seconds between samples."""
+    input_steps: int = Field(gt=0, title="Input window")
+    """Past samples the model sees."""
+    horizon_steps: int = Field(ge=0, title="Horizon")
+    """Future samples forecast; 0 for a reconstruction (anomaly) model."""
+    past_channels: tuple[ChannelSpec, ...] = Field(min_length=1, title="Observed channels")
+    """Measured channels fed as history."""
+    target_channels: tuple[str, ...] = Field(min_length=1, title="Targets")
+    """Channels the model forecasts (or reconstructs); each must be an observed channel."""
+    known_future_channels: tuple[ChannelSpec, ...] = Field(default=(), title="Known-future channels")
+    """Channels known over the horizon in advance, e.g. clear-sky irradiance."""
+    calendar: bool = Field(default=True, title="Calendar features")
+    """Add hour-of-day and day-of-week as sin/cos."""
+    timezone: str = Field(default="UTC", title="Site time zone")
+    """IANA zone used for the calendar features."""
     gap_policy: GapPolicy = Field(default_factory=GapPolicy, title="Gap policy")
-    location: SiteLocation | None = Field(
-        default=None, title="Site location", description="Needed by derived channels such as clear_sky_ghi."
-    )
-    normalisation: NormalisationStats | None = Field(
-        default=None, title="Normalisation", description="Fitted on the training split; required to serve."
-    )
-    seasonal_lags: tuple[int, ...] = Field(
-        default=(),
-        title="Seasonal lags",
-        description="Periods in samples (a day, a week) whose seasonal-naive forecast of each target is fed "
-        "over the horizon as a known-future input, so the model learns a correction of those baselines.",
-    )
-    seasonal_profile_steps: int = Field(
-        default=0,
-        ge=0,
-        title="Seasonal profile",
-        description="Also feed each target's mean at the same time of day over this many past samples "
-        "(whole days); 0 = none.",
-    )
+    location: SiteLocation | None = Field(default=None, title="Site location")
+    """Needed by derived channels such as clear_sky_ghi."""
+    normalisation: NormalisationStats | None = Field(default=None, title="Normalisation")
+    """Fitted on the training split; required to serve."""
+    seasonal_lags: tuple[int, ...] = Field(default=(), title="Seasonal lags")
+    """Periods in samples (a day, a week) whose seasonal-naive forecast of each target is fed over the horizon as a
+    known-future input, so the model learns a correction of those baselines."""
+    seasonal_profile_steps: int = Field(default=0, ge=0, title="Seasonal profile")
+    """Also feed each target's mean at the same time of day over this many past samples (whole days); 0 = none."""
 
     @field_validator("timezone")
     @classmethod

@@ -71,27 +71,21 @@ class _Message(StrictModel):
 class Envelope(_Message):
     """Fields every device message carries."""
 
-    schema_version: Literal["1.0"] = Field(
-        SCHEMA_VERSION, description="Payload schema version; receivers reject majors they do not know."
-    )
-    message_id: str = Field(
-        default_factory=new_message_id,
-        pattern=MESSAGE_ID_PATTERN,
-        description="Unique id of this message; a replay keeps it, receivers deduplicate on it.",
-    )
-    site: str = Field(..., pattern=TOPIC_LEVEL_PATTERN, description="Site id (same as the topic level).")
-    device: str = Field(..., pattern=TOPIC_LEVEL_PATTERN, description="Device id (same as the topic level).")
-    seq: int = Field(
-        ...,
-        ge=0,
-        le=MAX_SEQ,
-        description="Per-device sequence number; increases across restarts. Gaps are normal "
-        "(status messages and wills that were never sent consume numbers).",
-    )
-    ts: AwareDatetime = Field(default_factory=utc_now, description="When the message was created, UTC.")
-    is_historical: bool = Field(
-        False, description="True when the message is replayed from the outbox instead of sent live."
-    )
+    schema_version: Literal["1.0"] = Field(SCHEMA_VERSION)
+    """Payload schema version; receivers reject majors they do not know."""
+    message_id: str = Field(default_factory=new_message_id, pattern=MESSAGE_ID_PATTERN)
+    """Unique id of this message; a replay keeps it, receivers deduplicate on it."""
+    site: str = Field(..., pattern=TOPIC_LEVEL_PATTERN)
+    """Site id (same as the topic level)."""
+    device: str = Field(..., pattern=TOPIC_LEVEL_PATTERN)
+    """Device id (same as the topic level)."""
+    seq: int = Field(..., ge=0, le=MAX_SEQ)
+    """Per-device sequence number; increases across restarts. Gaps are normal (status messages and wills that were never
+    sent consume numbers)."""
+    ts: AwareDatetime = Field(default_factory=utc_now)
+    """When the message was created, UTC."""
+    is_historical: bool = Field(False)
+    """True when the message is replayed from the outbox instead of sent live."""
 
     @field_validator("ts")
     @classmethod
@@ -102,10 +96,14 @@ class Envelope(_Message):
 class ModelInfo(_Message):
     """The model a device is running."""
 
-    name: Name | None = Field(None, description="Model name from the bundle manifest.")
-    version: Name | None = Field(None, description="Model semantic version.")
-    runtime: Name | None = Field(None, description="Runtime executing it (tflite, onnx, baseline ...).")
-    precision: Name | None = Field(None, description="Artefact precision (fp32, int8 ...).")
+    name: Name | None = Field(None)
+    """Model name from the bundle manifest."""
+    version: Name | None = Field(None)
+    """Model semantic version."""
+    runtime: Name | None = Field(None)
+    """Runtime executing it (tflite, onnx, baseline ...)."""
+    precision: Name | None = Field(None)
+    """Artefact precision (fp32, int8 ...)."""
 
 
 class StatusMessage(Envelope):
@@ -113,55 +111,61 @@ class StatusMessage(Envelope):
     ``stopped`` on a clean shutdown."""
 
     kind: Literal["status"] = "status"
-    state: DeviceState = Field(
-        ...,
-        description=(
-            "online, degraded (running on the fallback), stopped (the agent shut down cleanly) or offline "
-            "(the connection was lost: the broker published the last will)."
-        ),
-    )
-    reason: Text | None = Field(None, description="Why the state was entered, when known.")
-    model: ModelInfo | None = Field(None, description="Model in use, when known.")
-    agent_version: Name | None = Field(None, description="gridedge agent version.")
+    state: DeviceState = Field(...)
+    """online, degraded (running on the fallback), stopped (the agent shut down cleanly) or offline (the connection was
+    lost: the broker published the last will)."""
+    reason: Text | None = Field(None)
+    """Why the state was entered, when known."""
+    model: ModelInfo | None = Field(None)
+    """Model in use, when known."""
+    agent_version: Name | None = Field(None)
+    """gridedge agent version."""
 
 
 class ChannelAggregate(_Message):
     """Aggregates of one input channel over the summary window; null when no valid sample."""
 
-    count: Count = Field(..., description="Valid samples in the window.")
-    missing: Count = Field(0, description="Samples missing or rejected in the window.")
-    mean: float | None = Field(None, description="Mean of valid samples.")
-    min: float | None = Field(None, description="Minimum of valid samples.")
-    max: float | None = Field(None, description="Maximum of valid samples.")
-    last: float | None = Field(None, description="Latest valid sample.")
-    unit: Name | None = Field(None, description="Unit of the channel.")
+    count: Count = Field(...)
+    """Valid samples in the window."""
+    missing: Count = Field(0)
+    """Samples missing or rejected in the window."""
+    mean: float | None = Field(None)
+    """Mean of valid samples."""
+    min: float | None = Field(None)
+    """Minimum of valid samples."""
+    max: float | None = Field(None)
+    """Maximum of valid samples."""
+    last: float | None = Field(None)
+    """Latest valid sample."""
+    unit: Name | None = Field(None)
+    """Unit of the channel."""
 
 
 class QuantileForecast(_Message):
     """One quantile level of a probabilistic forecast."""
 
-    level: float = Field(..., gt=0, lt=1, description="Quantile level, e.g. 0.1 for P10.")
-    values: list[float | None] = Field(
-        ..., max_length=MAX_FORECAST_STEPS, description="One value per horizon step; null when unknown."
-    )
+    level: float = Field(..., gt=0, lt=1)
+    """Quantile level, e.g. 0.1 for P10."""
+    values: list[float | None] = Field(..., max_length=MAX_FORECAST_STEPS)
+    """One value per horizon step; null when unknown."""
 
 
 class Forecast(_Message):
     """The latest forecast of one target channel."""
 
-    target: ChannelName = Field(..., description="Target channel name.")
-    unit: Name | None = Field(None, description="Unit of the values.")
-    origin: AwareDatetime = Field(..., description="Time of the last observed sample, UTC.")
-    step_s: float = Field(..., gt=0, description="Seconds between forecast steps.")
-    values: list[float | None] = Field(
-        ..., max_length=MAX_FORECAST_STEPS, description="One value per horizon step; null when unknown."
-    )
-    quantiles: list[QuantileForecast] | None = Field(
-        None,
-        max_length=MAX_QUANTILE_LEVELS,
-        description="Quantile levels in increasing order, each with one value per step like `values` (the "
-        "median); null for a point model or while the baseline forecasts.",
-    )
+    target: ChannelName = Field(...)
+    """Target channel name."""
+    unit: Name | None = Field(None)
+    """Unit of the values."""
+    origin: AwareDatetime = Field(...)
+    """Time of the last observed sample, UTC."""
+    step_s: float = Field(..., gt=0)
+    """Seconds between forecast steps."""
+    values: list[float | None] = Field(..., max_length=MAX_FORECAST_STEPS)
+    """One value per horizon step; null when unknown."""
+    quantiles: list[QuantileForecast] | None = Field(None, max_length=MAX_QUANTILE_LEVELS)
+    """Quantile levels in increasing order, each with one value per step like `values` (the median); null for a point
+    model or while the baseline forecasts."""
 
     @model_validator(mode="after")
     def _quantiles_match_values(self) -> Forecast:
@@ -178,58 +182,77 @@ class Forecast(_Message):
 class AnomalyStats(_Message):
     """Anomaly detection over the summary window."""
 
-    windows: Count = Field(..., description="Windows scored.")
-    anomalies: Count = Field(..., description="Windows whose score exceeded the threshold.")
-    max_score: float | None = Field(None, description="Highest score, when any window was scored.")
-    threshold: float | None = Field(None, description="Threshold in force.")
+    windows: Count = Field(...)
+    """Windows scored."""
+    anomalies: Count = Field(...)
+    """Windows whose score exceeded the threshold."""
+    max_score: float | None = Field(None)
+    """Highest score, when any window was scored."""
+    threshold: float | None = Field(None)
+    """Threshold in force."""
 
 
 class LatencyStats(_Message):
     """Inference latency percentiles over the summary window, milliseconds."""
 
-    count: Count = Field(..., description="Inferences measured.")
-    p50_ms: float | None = Field(None, description="Median latency.")
-    p95_ms: float | None = Field(None, description="95th percentile latency.")
-    p99_ms: float | None = Field(None, description="99th percentile latency.")
-    max_ms: float | None = Field(None, description="Worst latency.")
+    count: Count = Field(...)
+    """Inferences measured."""
+    p50_ms: float | None = Field(None)
+    """Median latency."""
+    p95_ms: float | None = Field(None)
+    """95th percentile latency."""
+    p99_ms: float | None = Field(None)
+    """99th percentile latency."""
+    max_ms: float | None = Field(None)
+    """Worst latency."""
 
 
 class ChannelDrift(_Message):
     """Input drift of one channel versus the training statistics of the model."""
 
-    z_mean: float | None = Field(None, description="(window mean - training mean) / training std.")
-    std_ratio: float | None = Field(None, description="Window std / training std.")
+    z_mean: float | None = Field(None)
+    """(window mean - training mean) / training std."""
+    std_ratio: float | None = Field(None)
+    """Window std / training std."""
 
 
 class DroppedCounts(_Message):
     """Messages dropped from the outbox by the overflow policy since the outbox was created."""
 
-    telemetry: Count = Field(0, description="Telemetry messages dropped.")
-    summary: Count = Field(0, description="Summaries dropped.")
-    alert: Count = Field(0, description="Alerts dropped.")
+    telemetry: Count = Field(0)
+    """Telemetry messages dropped."""
+    summary: Count = Field(0)
+    """Summaries dropped."""
+    alert: Count = Field(0)
+    """Alerts dropped."""
 
 
 class OutboxStats(_Message):
     """State of the device's outbox when the summary was made."""
 
-    depth: Count = Field(..., description="Messages waiting for acknowledgement.")
-    bytes: Count = Field(..., description="Payload bytes waiting.")
-    dropped: DroppedCounts = Field(default_factory=DroppedCounts, description="Overflow drops so far.")
+    depth: Count = Field(...)
+    """Messages waiting for acknowledgement."""
+    bytes: Count = Field(...)
+    """Payload bytes waiting."""
+    dropped: DroppedCounts = Field(default_factory=DroppedCounts)
+    """Overflow drops so far."""
 
 
 class HealthStats(_Message):
     """How the agent itself is doing, counted since it started."""
 
-    cycles: Count = Field(..., description="Loop cycles run.")
-    overruns: Count = Field(0, description="Cycles that started late because the previous one overran.")
-    sensor_errors: Count = Field(0, description="Failed device reads (timeouts, exceptions, disconnects).")
-    latency_moving_average_ms: float | None = Field(
-        None, description="Exponential moving average of inference latency, when the model has run."
-    )
-    dropped_commands: Count = Field(
-        0, description="Commands that could not be answered (e.g. an invalid MQTT 5 response topic)."
-    )
-    worker_restarts: Count = Field(0, description="Times a dead worker thread was restarted.")
+    cycles: Count = Field(...)
+    """Loop cycles run."""
+    overruns: Count = Field(0)
+    """Cycles that started late because the previous one overran."""
+    sensor_errors: Count = Field(0)
+    """Failed device reads (timeouts, exceptions, disconnects)."""
+    latency_moving_average_ms: float | None = Field(None)
+    """Exponential moving average of inference latency, when the model has run."""
+    dropped_commands: Count = Field(0)
+    """Commands that could not be answered (e.g. an invalid MQTT 5 response topic)."""
+    worker_restarts: Count = Field(0)
+    """Times a dead worker thread was restarted."""
 
 
 MAX_PLAN_POINTS = 48
@@ -238,88 +261,98 @@ MAX_PLAN_POINTS = 48
 class PlanState(_Message):
     """The site's dispatch plan in force: who made it and why, the next step's setpoints, what it predicts."""
 
-    source: Literal["planner", "rule"] = Field(
-        ..., description="planner (forecast-driven optimisation) or rule (the conservative fallback)."
-    )
-    reason: Text | None = Field(
-        None, description="Why the rule replaces the planner (no forecast, degraded model, stale SoC, solver)."
-    )
-    made_at: AwareDatetime = Field(..., description="Start of the plan's first step, UTC.")
-    step_s: float = Field(..., gt=0, description="Seconds per plan step.")
-    steps: Count = Field(..., description="Steps planned.")
-    solver_status: Name | None = Field(None, description="Solver outcome (optimal, time limit ...), for the planner.")
-    solve_time_ms: float | None = Field(None, ge=0, description="Wall time of the solve.")
-    soc: float | None = Field(None, ge=0, le=1, description="Measured state of charge the plan started from (0..1).")
-    battery_setpoint_kw: float = Field(
-        ..., description="Battery power of the next step in kW, positive charging (as the BMS register)."
-    )
-    generator_on: bool = Field(..., description="Generator running in the next step.")
-    shed_kw: float = Field(..., ge=0, description="Sheddable load switched off in the next step, kW.")
-    generator_starts: Count = Field(0, description="Generator starts in the plan's horizon.")
-    unserved_critical_kwh: float = Field(..., ge=0, description="Critical energy the plan expects to leave unserved.")
-    stress_unserved_critical_kwh: float | None = Field(
-        None, ge=0, description="The same on the bad-day scenario (high load, low PV quantiles), when planned."
-    )
-    soc_trajectory: list[float] = Field(
-        default_factory=list,
-        max_length=MAX_PLAN_POINTS,
-        description="Planned SoC (0..1) at the end of evenly spaced steps, at most 48 points over the horizon.",
-    )
-    soc_trajectory_step_s: float | None = Field(None, gt=0, description="Seconds between soc_trajectory points.")
-    actuation: Literal["advisory", "written", "released", "held", "failed"] = Field(
-        "advisory",
-        description="advisory (nothing written), written (setpoints clamped and written), released (control "
-        "handed back to the device's own rule), held (nothing written: see actuation_detail), failed "
-        "(the write did not succeed after its retries).",
-    )
-    actuation_detail: Text | None = Field(None, description="What was written or why not.")
+    source: Literal["planner", "rule"] = Field(...)
+    """planner (forecast-driven optimisation) or rule (the conservative fallback)."""
+    reason: Text | None = Field(None)
+    """Why the rule replaces the planner (no forecast, degraded model, stale SoC, solver)."""
+    made_at: AwareDatetime = Field(...)
+    """Start of the plan's first step, UTC."""
+    step_s: float = Field(..., gt=0)
+    """Seconds per plan step."""
+    steps: Count = Field(...)
+    """Steps planned."""
+    solver_status: Name | None = Field(None)
+    """Solver outcome (optimal, time limit ...), for the planner."""
+    solve_time_ms: float | None = Field(None, ge=0)
+    """Wall time of the solve."""
+    soc: float | None = Field(None, ge=0, le=1)
+    """Measured state of charge the plan started from (0..1)."""
+    battery_setpoint_kw: float = Field(...)
+    """Battery power of the next step in kW, positive charging (as the BMS register)."""
+    generator_on: bool = Field(...)
+    """Generator running in the next step."""
+    shed_kw: float = Field(..., ge=0)
+    """Sheddable load switched off in the next step, kW."""
+    generator_starts: Count = Field(0)
+    """Generator starts in the plan's horizon."""
+    unserved_critical_kwh: float = Field(..., ge=0)
+    """Critical energy the plan expects to leave unserved."""
+    stress_unserved_critical_kwh: float | None = Field(None, ge=0)
+    """The same on the bad-day scenario (high load, low PV quantiles), when planned."""
+    soc_trajectory: list[float] = Field(default_factory=list, max_length=MAX_PLAN_POINTS)
+    """Planned SoC (0..1) at the end of evenly spaced steps, at most 48 points over the horizon."""
+    soc_trajectory_step_s: float | None = Field(None, gt=0)
+    """Seconds between soc_trajectory points."""
+    actuation: Literal["advisory", "written", "released", "held", "failed"] = Field("advisory")
+    """advisory (nothing written), written (setpoints clamped and written), released (control handed back to the
+    device's own rule), held (nothing written: see actuation_detail), failed (the write did not succeed after its
+    retries)."""
+    actuation_detail: Text | None = Field(None)
+    """What was written or why not."""
 
 
 class SummaryContent(_Message):
     """What the agent reports periodically; the reporter adds envelope and outbox state."""
 
-    window_start: AwareDatetime = Field(..., description="Start of the summarised window, UTC.")
-    window_end: AwareDatetime = Field(..., description="End of the summarised window, UTC.")
-    channels: dict[ChannelName, ChannelAggregate] = Field(
-        default_factory=dict, max_length=MAX_CHANNELS, description="Per-channel aggregates by channel name."
-    )
-    forecasts: list[Forecast] = Field(
-        default_factory=list, max_length=MAX_CHANNELS, description="Latest forecast per target."
-    )
-    anomaly: AnomalyStats | None = Field(None, description="Anomaly counts, for anomaly models.")
-    model: ModelInfo | None = Field(None, description="Model in use.")
-    fallback_active: bool = Field(False, description="True while the baseline fallback replaces the model.")
-    latency: LatencyStats | None = Field(None, description="Inference latency percentiles.")
-    drift: dict[ChannelName, ChannelDrift] = Field(
-        default_factory=dict, max_length=MAX_CHANNELS, description="Input drift per channel versus training statistics."
-    )
-    skipped_inferences: Count = Field(0, description="Inference cycles skipped (gaps, errors).")
-    health: HealthStats | None = Field(None, description="Loop and sensor health of the agent.")
-    plan: PlanState | None = Field(None, description="The dispatch plan in force, when planning is configured.")
+    window_start: AwareDatetime = Field(...)
+    """Start of the summarised window, UTC."""
+    window_end: AwareDatetime = Field(...)
+    """End of the summarised window, UTC."""
+    channels: dict[ChannelName, ChannelAggregate] = Field(default_factory=dict, max_length=MAX_CHANNELS)
+    """Per-channel aggregates by channel name."""
+    forecasts: list[Forecast] = Field(default_factory=list, max_length=MAX_CHANNELS)
+    """Latest forecast per target."""
+    anomaly: AnomalyStats | None = Field(None)
+    """Anomaly counts, for anomaly models."""
+    model: ModelInfo | None = Field(None)
+    """Model in use."""
+    fallback_active: bool = Field(False)
+    """True while the baseline fallback replaces the model."""
+    latency: LatencyStats | None = Field(None)
+    """Inference latency percentiles."""
+    drift: dict[ChannelName, ChannelDrift] = Field(default_factory=dict, max_length=MAX_CHANNELS)
+    """Input drift per channel versus training statistics."""
+    skipped_inferences: Count = Field(0)
+    """Inference cycles skipped (gaps, errors)."""
+    health: HealthStats | None = Field(None)
+    """Loop and sensor health of the agent."""
+    plan: PlanState | None = Field(None)
+    """The dispatch plan in force, when planning is configured."""
 
 
 class SummaryMessage(SummaryContent, Envelope):
     """Periodic summary as published."""
 
     kind: Literal["summary"] = "summary"
-    outbox: OutboxStats = Field(..., description="Outbox depth and drops when the summary was made.")
+    outbox: OutboxStats = Field(...)
+    """Outbox depth and drops when the summary was made."""
 
 
 class AlertContent(_Message):
     """An event that needs attention now."""
 
-    severity: Literal["info", "warning", "critical"] = Field(..., description="How urgent.")
-    code: str = Field(
-        ...,
-        min_length=1,
-        max_length=64,
-        pattern=NO_NUL,
-        description="Machine-readable cause, e.g. anomaly, model-fallback.",
-    )
-    message: Text = Field(..., description="Human-readable explanation.")
-    channel: ChannelName | None = Field(None, description="Channel concerned, when one is.")
-    value: float | None = Field(None, description="Observed value or score, when known.")
-    threshold: float | None = Field(None, description="Threshold crossed, when one was.")
+    severity: Literal["info", "warning", "critical"] = Field(...)
+    """How urgent."""
+    code: str = Field(..., min_length=1, max_length=64, pattern=NO_NUL)
+    """Machine-readable cause, e.g. anomaly, model-fallback."""
+    message: Text = Field(...)
+    """Human-readable explanation."""
+    channel: ChannelName | None = Field(None)
+    """Channel concerned, when one is."""
+    value: float | None = Field(None)
+    """Observed value or score, when known."""
+    threshold: float | None = Field(None)
+    """Threshold crossed, when one was."""
 
 
 class AlertMessage(AlertContent, Envelope):
@@ -331,18 +364,14 @@ class AlertMessage(AlertContent, Envelope):
 class TelemetryContent(_Message):
     """One set of raw channel samples."""
 
-    sample_ts: AwareDatetime = Field(..., description="When the samples were read, UTC.")
-    values: dict[ChannelName, float | None] = Field(
-        ..., max_length=MAX_CHANNELS, description="Value per channel; null when missing."
-    )
-    step_s: int | None = Field(
-        None,
-        gt=0,
-        le=86_400,
-        description="Set for telemetry at the model's step: the values are the model inputs' means over "
-        "[sample_ts, sample_ts + step_s), in the model's channel names and units (the series the fleet "
-        "retrains from); null for one raw sensor sweep.",
-    )
+    sample_ts: AwareDatetime = Field(...)
+    """When the samples were read, UTC."""
+    values: dict[ChannelName, float | None] = Field(..., max_length=MAX_CHANNELS)
+    """Value per channel; null when missing."""
+    step_s: int | None = Field(None, gt=0, le=86_400)
+    """Set for telemetry at the model's step: the values are the model inputs' means over [sample_ts, sample_ts +
+    step_s), in the model's channel names and units (the series the fleet retrains from); null for one raw sensor
+    sweep."""
 
 
 class TelemetryMessage(TelemetryContent, Envelope):
@@ -354,51 +383,40 @@ class TelemetryMessage(TelemetryContent, Envelope):
 class CommandRequest(_Message):
     """A command sent to ``gridedge/v1/{site}/{device}/cmd/{name}`` by an operator or the fleet."""
 
-    schema_version: Literal["1.0"] = Field(SCHEMA_VERSION, description="Payload schema version.")
-    request_id: str = Field(
-        default_factory=new_message_id,
-        min_length=1,
-        max_length=64,
-        description="Id echoed in the result so the caller can match replies (also without MQTT 5).",
-    )
-    ts: AwareDatetime = Field(
-        default_factory=utc_now, description="When the command was issued, UTC (signed; checked against a window)."
-    )
-    args: dict[str, JsonValue] = Field(
-        default_factory=dict,
-        description="Command arguments: set-log-level {level, logger}; model-update {transfer_id, chunk_index, "
-        "chunk_count, total_bytes, sha256, data (base64), allow_downgrade}; replay {ranges: [[first, last], ...]}.",
-    )
-    site: str | None = Field(
-        None, pattern=TOPIC_LEVEL_PATTERN, description="Target site (signed; must be the receiving device's)."
-    )
-    device: str | None = Field(
-        None, pattern=TOPIC_LEVEL_PATTERN, description="Target device (signed; must be the receiving device's)."
-    )
-    nonce: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9_-]{16,64}$",
-        description="Single-use random value (signed); a device refuses a nonce it has already accepted.",
-    )
-    signature: str | None = Field(
-        None,
-        max_length=128,
-        description="base64 Ed25519 signature by the operator key over the canonical command "
-        "(docs/mqtt/README.md); required for state-changing commands.",
-    )
+    schema_version: Literal["1.0"] = Field(SCHEMA_VERSION)
+    """Payload schema version."""
+    request_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
+    """Id echoed in the result so the caller can match replies (also without MQTT 5)."""
+    ts: AwareDatetime = Field(default_factory=utc_now)
+    """When the command was issued, UTC (signed; checked against a window)."""
+    args: dict[str, JsonValue] = Field(default_factory=dict)
+    """Command arguments: set-log-level {level, logger}; model-update {transfer_id, chunk_index, chunk_count,
+    total_bytes, sha256, data (base64), allow_downgrade}; replay {ranges: [[first, last], ...]}."""
+    site: str | None = Field(None, pattern=TOPIC_LEVEL_PATTERN)
+    """Target site (signed; must be the receiving device's)."""
+    device: str | None = Field(None, pattern=TOPIC_LEVEL_PATTERN)
+    """Target device (signed; must be the receiving device's)."""
+    nonce: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{16,64}$")
+    """Single-use random value (signed); a device refuses a nonce it has already accepted."""
+    signature: str | None = Field(None, max_length=128)
+    """base64 Ed25519 signature by the operator key over the canonical command (docs/mqtt/README.md); required for
+    state-changing commands."""
 
 
 class CommandResult(Envelope):
     """The reply to a command, on ``cmd/{name}/result`` or the MQTT 5 response topic."""
 
     kind: Literal["command-result"] = "command-result"
-    command: Name = Field(..., description="Command name as received (may be unknown).")
-    request_id: Name | None = Field(None, description="request_id of the request, when it could be read.")
-    outcome: Literal["ok", "error", "in-progress"] = Field(
-        ..., description="ok, error, or in-progress (a chunk of a transfer was stored)."
-    )
-    error: Text | None = Field(None, description="What was wrong and what to do, when outcome is error.")
-    data: dict[str, JsonValue] = Field(default_factory=dict, description="Command-specific reply data.")
+    command: Name = Field(...)
+    """Command name as received (may be unknown)."""
+    request_id: Name | None = Field(None)
+    """request_id of the request, when it could be read."""
+    outcome: Literal["ok", "error", "in-progress"] = Field(...)
+    """ok, error, or in-progress (a chunk of a transfer was stored)."""
+    error: Text | None = Field(None)
+    """What was wrong and what to do, when outcome is error."""
+    data: dict[str, JsonValue] = Field(default_factory=dict)
+    """Command-specific reply data."""
 
 
 # The models documented in docs/mqtt/schemas, by file stem.

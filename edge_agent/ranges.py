@@ -20,12 +20,10 @@ from edge_agent.yamlconfig import StrictModel
 class PlausibleRange(StrictModel):
     """Base of models with an optional physical range; ``None`` leaves that side open."""
 
-    min_value: float | None = Field(
-        default=None, title="Minimum", description="Lowest plausible value: flagged below it, missing in training."
-    )
-    max_value: float | None = Field(
-        default=None, title="Maximum", description="Highest plausible value: flagged above it, missing in training."
-    )
+    min_value: float | None = Field(default=None, title="Minimum")
+    """Lowest plausible value: flagged below it, missing in training."""
+    max_value: float | None = Field(default=None, title="Maximum")
+    """Highest plausible value: flagged above it, missing in training."""
 
     @model_validator(mode="after")
     def _range_ordered(self) -> Self:

@@ -27,22 +27,14 @@ if TYPE_CHECKING:
 class TlsConfig(StrictModel):
     """TLS settings; the broker certificate is always verified unless ``insecure`` is set."""
 
-    ca_file: Path | None = Field(
-        None,
-        title="CA certificate",
-        description="PEM file of the CA that signed the broker certificate; None uses the system store.",
-    )
-    cert_file: Path | None = Field(
-        None, title="Client certificate", description="PEM client certificate for mutual TLS."
-    )
-    key_file: Path | None = Field(
-        None, title="Client key", description="PEM private key of the client certificate."
-    )
-    insecure: bool = Field(
-        False,
-        title="Skip hostname check",
-        description="Do not check the broker hostname against its certificate (lab use only).",
-    )
+    ca_file: Path | None = Field(None, title="CA certificate")
+    """PEM file of the CA that signed the broker certificate; None uses the system store."""
+    cert_file: Path | None = Field(None, title="Client certificate")
+    """PEM client certificate for mutual TLS."""
+    key_file: Path | None = Field(None, title="Client key")
+    """PEM private key of the client certificate."""
+    insecure: bool = Field(False, title="Skip hostname check")
+    """Do not check the broker hostname against its certificate (lab use only)."""
 
     @model_validator(mode="after")
     def _cert_needs_key(self) -> TlsConfig:
@@ -70,38 +62,26 @@ class TlsConfig(StrictModel):
 class BrokerConfig(StrictModel):
     """Where and how to connect to the MQTT broker."""
 
-    host: str = Field("127.0.0.1", title="Broker host", description="Host name or IP of the MQTT broker.")
-    port: int = Field(1883, ge=1, le=65535, title="Broker port", description="TCP port (8883 for TLS).")
-    protocol: Literal["5", "3.1.1"] = Field(
-        "5",
-        title="MQTT protocol version",
-        description="MQTT 5 (default; response topics, shared subscriptions) or 3.1.1 for old brokers.",
-    )
-    keepalive_s: int = Field(
-        30, ge=5, le=3600, title="Keepalive", description="Seconds between pings when idle."
-    )
-    client_id: str | None = Field(
-        None,
-        title="Client id",
-        description="MQTT client id; None derives a unique one from site and device.",
-    )
-    tls: TlsConfig | None = Field(None, title="TLS", description="TLS settings; None connects in clear.")
-    username_env: str | None = Field(
-        None,
-        title="Username variable",
-        description="Name of the environment variable holding the broker username.",
-    )
-    password_env: str | None = Field(
-        None,
-        title="Password variable",
-        description="Name of the environment variable holding the broker password.",
-    )
-    reconnect_min_s: float = Field(
-        0.5, gt=0, title="Minimum reconnect delay", description="First reconnect wait, in seconds."
-    )
-    reconnect_max_s: float = Field(
-        60.0, gt=0, title="Maximum reconnect delay", description="Cap of the jittered exponential backoff."
-    )
+    host: str = Field("127.0.0.1", title="Broker host")
+    """Host name or IP of the MQTT broker."""
+    port: int = Field(1883, ge=1, le=65535, title="Broker port")
+    """TCP port (8883 for TLS)."""
+    protocol: Literal["5", "3.1.1"] = Field("5", title="MQTT protocol version")
+    """MQTT 5 (default; response topics, shared subscriptions) or 3.1.1 for old brokers."""
+    keepalive_s: int = Field(30, ge=5, le=3600, title="Keepalive")
+    """Seconds between pings when idle."""
+    client_id: str | None = Field(None, title="Client id")
+    """MQTT client id; None derives a unique one from site and device."""
+    tls: TlsConfig | None = Field(None, title="TLS")
+    """TLS settings; None connects in clear."""
+    username_env: str | None = Field(None, title="Username variable")
+    """Name of the environment variable holding the broker username."""
+    password_env: str | None = Field(None, title="Password variable")
+    """Name of the environment variable holding the broker password."""
+    reconnect_min_s: float = Field(0.5, gt=0, title="Minimum reconnect delay")
+    """First reconnect wait, in seconds."""
+    reconnect_max_s: float = Field(60.0, gt=0, title="Maximum reconnect delay")
+    """Cap of the jittered exponential backoff."""
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> BrokerConfig:

@@ -25,7 +25,7 @@ class StrictModel(BaseModel):
     must not change after loading add ``frozen=True`` as a class keyword.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 def field_path(location: tuple[int | str, ...]) -> str:

@@ -94,23 +94,21 @@ class ExportSource:
 class ExportOptions(BaseModel):
     """What to export and how strictly to judge it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    name: str = Field(description="Bundle name, e.g. w1-load-keras.")
-    version: str = Field(default="0.1.0", description="Semantic version of this bundle.")
-    targets: tuple[str, ...] | None = Field(
-        default=None, description="Compatibility targets; default litert+ort (Keras) or ort (PyTorch)."
-    )
-    max_degradation: float = Field(
-        default=0.02, ge=0, description="Largest relative loss of the task metric an artefact may show."
-    )
-    onnx_dynamic_int8: bool = Field(default=False, description="Also write a dynamic-int8 ONNX artefact.")
-    fault_margin_std: float = Field(
-        default=4.0,
-        gt=0,
-        description="Anomaly models: int8 ranges cover spikes this many standard deviations past the "
-        "training range (normalised units), so the quantised detector does not clip the faults it looks for.",
-    )
+    name: str
+    """Bundle name, e.g. w1-load-keras."""
+    version: str = Field(default="0.1.0")
+    """Semantic version of this bundle."""
+    targets: tuple[str, ...] | None = Field(default=None)
+    """Compatibility targets; default litert+ort (Keras) or ort (PyTorch)."""
+    max_degradation: float = Field(default=0.02, ge=0)
+    """Largest relative loss of the task metric an artefact may show."""
+    onnx_dynamic_int8: bool = Field(default=False)
+    """Also write a dynamic-int8 ONNX artefact."""
+    fault_margin_std: float = Field(default=4.0, gt=0)
+    """Anomaly models: int8 ranges cover spikes this many standard deviations past the training range (normalised
+    units), so the quantised detector does not clip the faults it looks for."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
 
 

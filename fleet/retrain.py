@@ -49,38 +49,34 @@ ERROR_SUMMARIES = 7  # newest summaries whose forecasts are scored against the t
 class PlanSite(StrictModel):
     """One site of the plan: which device reports its meter, its group, and its task config if not the default."""
 
-    site: str = Field(title="Site", description="Site id, as in the device's topics.")
-    device: str = Field(title="Device", description="Device whose model-step telemetry is the site's series.")
-    group: str | None = Field(default=None, title="Group", description="Selectable with --group.")
-    task: str | None = Field(
-        default=None, title="Task config", description="This site's task config (relative to the plan)."
-    )
+    site: str = Field(title="Site")
+    """Site id, as in the device's topics."""
+    device: str = Field(title="Device")
+    """Device whose model-step telemetry is the site's series."""
+    group: str | None = Field(default=None, title="Group")
+    """Selectable with --group."""
+    task: str | None = Field(default=None, title="Task config")
+    """This site's task config (relative to the plan)."""
 
 
 class RetrainPlan(StrictModel):
     """The retraining plan: task configs per site and the rules of a run."""
 
-    task: str = Field(title="Default task config", description="Task config YAML, relative to the plan file.")
+    task: str = Field(title="Default task config")
+    """Task config YAML, relative to the plan file."""
     framework: Literal["keras", "torch"] = Field(default="torch", title="Training framework")
     since: Duration = Field(
         default="30d", title="Recent data", description="Train and compare on the last this-long of each series."
     )
-    drift_threshold: float = Field(
-        default=2.0, gt=0, title="Drift threshold", description="|z| of any input channel that selects a site."
-    )
-    error_ratio_threshold: float = Field(
-        default=1.5,
-        gt=0,
-        title="Error threshold",
-        description="Live forecast MAE (reported forecasts vs the telemetry that followed) over the running "
-        "bundle's test MAE at export that selects a site.",
-    )
-    min_improvement: float = Field(
-        default=0.02, ge=0, lt=1, title="Minimum improvement", description="Relative error cut a challenger needs."
-    )
-    export_targets: list[str] | None = Field(
-        default=None, title="Compatibility targets", description="Export targets; default those of the framework."
-    )
+    drift_threshold: float = Field(default=2.0, gt=0, title="Drift threshold")
+    """|z| of any input channel that selects a site."""
+    error_ratio_threshold: float = Field(default=1.5, gt=0, title="Error threshold")
+    """Live forecast MAE (reported forecasts vs the telemetry that followed) over the running bundle's test MAE at
+    export that selects a site."""
+    min_improvement: float = Field(default=0.02, ge=0, lt=1, title="Minimum improvement")
+    """Relative error cut a challenger needs."""
+    export_targets: list[str] | None = Field(default=None, title="Compatibility targets")
+    """Export targets; default those of the framework."""
     sites: list[PlanSite] = Field(min_length=1, title="Sites")
 
 

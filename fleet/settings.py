@@ -33,22 +33,18 @@ DEFAULT_DB = Path("fleet.sqlite3")
 class FleetFileConfig(StrictModel):
     """The fleet config file (``~/.config/gridedge/fleet.yaml``)."""
 
-    db: Path | None = Field(None, description="SQLite file of the fleet store, relative to this file.")
-    dsn: str | None = Field(None, description="PostgreSQL DSN of the fleet store (instead of db).")
-    retention_days: float | None = Field(
-        None, gt=0, description="Keep stored messages this many days; older ones are dropped by the receiver."
-    )
-    series_retention_days: float | None = Field(
-        None,
-        gt=0,
-        description="Keep model-step telemetry (the training data of `fleet retrain`) this many days; usually "
-        "longer than the messages, to cover the seasons a model must learn.",
-    )
-    groups: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="Named device groups for `fleet deploy --group`: SITE/DEVICE patterns (shell-style, "
-        "e.g. farm-*/inverter-*) matched against the devices the fleet store knows.",
-    )
+    db: Path | None = Field(None)
+    """SQLite file of the fleet store, relative to this file."""
+    dsn: str | None = Field(None)
+    """PostgreSQL DSN of the fleet store (instead of db)."""
+    retention_days: float | None = Field(None, gt=0)
+    """Keep stored messages this many days; older ones are dropped by the receiver."""
+    series_retention_days: float | None = Field(None, gt=0)
+    """Keep model-step telemetry (the training data of `fleet retrain`) this many days; usually longer than the
+    messages, to cover the seasons a model must learn."""
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    """Named device groups for `fleet deploy --group`: SITE/DEVICE patterns (shell-style, e.g. farm-*/inverter-*)
+    matched against the devices the fleet store knows."""
 
     @model_validator(mode="after")
     def _one_store(self) -> FleetFileConfig:

@@ -49,31 +49,28 @@ PROFILE_DIR = resource_path("firmware_configs")
 class ProfileInfo(StrictModel):
     """What a device profile targets."""
 
-    name: str = Field(title="Name", description="Profile name, as given to --profile.")
-    description: str = Field(title="Description", description="The hardware and OS image it is for.")
-    arch: Literal["aarch64", "armv7l", "x86_64"] = Field(title="Architecture", description="CPU architecture.")
-    python: str = Field(
-        pattern=r"^3\.\d+$", title="Python", description="Python version of the device's venv, e.g. 3.11."
-    )
-    glibc: str = Field(
-        pattern=r"^2\.\d+$", title="glibc", description="The OS image's glibc: the newest manylinux wheels it runs."
-    )
-    compatibility_target: str = Field(
-        title="Compatibility target",
-        description="Runtime version the bundle's artefact must have been proven on, e.g. litert, ort-1.16.",
-    )
-    requirements: list[str] = Field(
-        min_length=1,
-        title="Requirements",
-        description="Pinned pip requirements of the device's venv besides gridedge: its runtime and libraries.",
-    )
+    name: str = Field(title="Name")
+    """Profile name, as given to --profile."""
+    description: str = Field(title="Description")
+    """The hardware and OS image it is for."""
+    arch: Literal["aarch64", "armv7l", "x86_64"] = Field(title="Architecture")
+    """CPU architecture."""
+    python: str = Field(pattern=r"^3\.\d+$", title="Python")
+    """Python version of the device's venv, e.g. 3.11."""
+    glibc: str = Field(pattern=r"^2\.\d+$", title="glibc")
+    """The OS image's glibc: the newest manylinux wheels it runs."""
+    compatibility_target: str = Field(title="Compatibility target")
+    """Runtime version the bundle's artefact must have been proven on, e.g. litert, ort-1.16."""
+    requirements: list[str] = Field(min_length=1, title="Requirements")
+    """Pinned pip requirements of the device's venv besides gridedge: its runtime and libraries."""
 
 
 class DeviceProfile(StrictModel):
     """A firmware profile: target facts plus the agent settings every device of that kind shares."""
 
     profile: ProfileInfo
-    agent: dict[str, Any] = Field(description="Partial agent config; site values are merged over it.")
+    agent: dict[str, Any]
+    """Partial agent config; site values are merged over it."""
 
 
 def profile_path(name_or_path: str) -> Path:

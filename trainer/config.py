@@ -32,19 +32,14 @@ TaskKind = Literal["load_forecast", "pv_forecast", "anomaly"]
 class ChannelConfig(PlausibleRange):
     """One input channel: which column of the data, under which name, in which unit."""
 
-    column: str = Field(title="Column", description="Column of the data file (or a derived channel) to read.")
-    name: str | None = Field(
-        default=None, title="Channel name", description="Name inside the model; defaults to the column."
-    )
-    unit: str | None = Field(
-        default=None, title="Unit", description="Physical unit; defaults to data.columns' unit for the column."
-    )
-    scale: float = Field(
-        default=1.0,
-        gt=0,
-        title="Scale",
-        description="Raw values are multiplied by this, e.g. 1/rating to express power as a fraction.",
-    )
+    column: str = Field(title="Column")
+    """Column of the data file (or a derived channel) to read."""
+    name: str | None = Field(default=None, title="Channel name")
+    """Name inside the model; defaults to the column."""
+    unit: str | None = Field(default=None, title="Unit")
+    """Physical unit; defaults to data.columns' unit for the column."""
+    scale: float = Field(default=1.0, gt=0, title="Scale")
+    """Raw values are multiplied by this, e.g. 1/rating to express power as a fraction."""
 
     @property
     def channel(self) -> str:
@@ -85,11 +80,8 @@ def _refuse_row_counts(data: Any, renamed: dict[str, str], section: str) -> Any:
 class GapPolicyConfig(StrictModel):
     """How missing samples inside a window are treated, with the longest fillable gap as a duration."""
 
-    method: Literal["hold", "interpolate"] = Field(
-        default="interpolate",
-        title="Fill method",
-        description="hold repeats the last good value; interpolate draws a line between good neighbours.",
-    )
+    method: Literal["hold", "interpolate"] = Field(default="interpolate", title="Fill method")
+    """hold repeats the last good value; interpolate draws a line between good neighbours."""
     max_gap: Duration = Field(
         default="1h",
         title="Longest fillable gap",
@@ -111,34 +103,17 @@ DATA_PATH_DESCRIPTION = (
 class ClockSource(StrictModel):
     """How to read the clock of a series (and which zone its local days are in)."""
 
-    time_column: str | None = Field(
-        default=None,
-        title="Time column",
-        description="Column holding the timestamps; default the first column if its name starts with time/date.",
-    )
-    timezone: str | None = Field(
-        default=None,
-        title="Site time zone",
-        description="IANA zone of the site: local midnight and calendar features, and the clock of naive "
-        "timestamps (daylight saving applied) unless utc_offset is given.",
-    )
-    utc_offset: str | None = Field(
-        default=None,
-        pattern=r"^[+-]\d\d:\d\d$",
-        title="Fixed UTC offset",
-        description="Offset of naive timestamps from UTC when the clock has no daylight saving, e.g. '+01:00'.",
-    )
-    ambiguous: Literal["infer", "drop"] = Field(
-        default="infer",
-        title="Repeated local hour",
-        description="Naive times in the hour repeated when DST ends: 'infer' from the order of rows, or 'drop'.",
-    )
-    nonexistent: Literal["shift_forward", "drop"] = Field(
-        default="drop",
-        title="Skipped local hour",
-        description="Naive times in the hour skipped when DST starts: 'shift_forward' to the next valid time, "
-        "or 'drop'.",
-    )
+    time_column: str | None = Field(default=None, title="Time column")
+    """Column holding the timestamps; default the first column if its name starts with time/date."""
+    timezone: str | None = Field(default=None, title="Site time zone")
+    """IANA zone of the site: local midnight and calendar features, and the clock of naive timestamps (daylight saving
+    applied) unless utc_offset is given."""
+    utc_offset: str | None = Field(default=None, pattern=r"^[+-]\d\d:\d\d$", title="Fixed UTC offset")
+    """Offset of naive timestamps from UTC when the clock has no daylight saving, e.g. '+01:00'."""
+    ambiguous: Literal["infer", "drop"] = Field(default="infer", title="Repeated local hour")
+    """Naive times in the hour repeated when DST ends: 'infer' from the order of rows, or 'drop'."""
+    nonexistent: Literal["shift_forward", "drop"] = Field(default="drop", title="Skipped local hour")
+    """Naive times in the hour skipped when DST starts: 'shift_forward' to the next valid time, or 'drop'."""
 
     @property
     def utc_offset_seconds(self) -> int:
@@ -187,11 +162,9 @@ def is_dsn(db: str) -> bool:
 class FleetSource(StrictModel):
     """A device's telemetry at the model's step, as kept by the fleet store (``gridedge fleet listen``)."""
 
-    db: str = Field(
-        title="Fleet store",
-        description="SQLite file of the fleet store (relative to the config file) or a PostgreSQL DSN "
-        "(postgresql://... or key=value).",
-    )
+    db: str = Field(title="Fleet store")
+    """SQLite file of the fleet store (relative to the config file) or a PostgreSQL DSN (postgresql://... or
+    key=value)."""
     site: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", title="Site")
     device: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", title="Device")
     since: Duration | None = Field(
@@ -210,12 +183,10 @@ class FleetSource(StrictModel):
 class ColumnRules(PlausibleRange):
     """What a column means and which of its values are not measurements."""
 
-    unit: str | None = Field(default=None, title="Unit", description="Physical unit, e.g. kW, W, degC, W/m2.")
-    sentinels: list[float] = Field(
-        default_factory=list,
-        title="Sentinel values",
-        description="Values that mean 'no measurement' (e.g. -999, -1000000); they become missing (counted).",
-    )
+    unit: str | None = Field(default=None, title="Unit")
+    """Physical unit, e.g. kW, W, degC, W/m2."""
+    sentinels: list[float] = Field(default_factory=list, title="Sentinel values")
+    """Values that mean 'no measurement' (e.g. -999, -1000000); they become missing (counted)."""
 
 
 class DataConfig(ClockSource):
@@ -223,49 +194,35 @@ class DataConfig(ClockSource):
     cleaning and resampling."""
 
     path: str | None = Field(default=None, title="Data file", description=DATA_PATH_DESCRIPTION)
-    fleet: FleetSource | None = Field(
-        default=None,
-        title="Fleet series",
-        description="Instead of a file: a device's model-step telemetry from the fleet store; its columns are "
-        "the model's channel names, its timestamps UTC.",
-    )
-    source: str | None = Field(default=None, title="Source", description="Where the data comes from (provenance).")
-    licence: str | None = Field(default=None, title="Licence", description="Licence the data is used under.")
-    columns: dict[str, ColumnRules] = Field(
-        default_factory=dict, title="Columns", description="Units, plausible ranges and sentinels per column."
-    )
+    fleet: FleetSource | None = Field(default=None, title="Fleet series")
+    """Instead of a file: a device's model-step telemetry from the fleet store; its columns are the model's channel
+    names, its timestamps UTC."""
+    source: str | None = Field(default=None, title="Source")
+    """Where the data comes from (provenance)."""
+    licence: str | None = Field(default=None, title="Licence")
+    """Licence the data is used under."""
+    columns: dict[str, ColumnRules] = Field(default_factory=dict, title="Columns")
+    """Units, plausible ranges and sentinels per column."""
     step: Duration | None = Field(
         default=None,
         title="Step",
         description="Resample to this step (e.g. '15min') with `aggregation`; default the file's own regular step.",
     )
-    aggregation: Literal["mean", "sum", "last", "max"] = Field(
-        default="mean", title="Aggregation", description="How samples inside one step are combined."
-    )
-    fill_night_with_zero: list[str] = Field(
-        default_factory=list,
-        title="Zero at night",
-        description="Columns (PV power) whose missing samples are 0 while the sun is down at `location`: many "
-        "monitoring exports omit the night.",
-    )
-    start: str | None = Field(
-        default=None, title="Start", description="First UTC time to use (ISO); default the file's start."
-    )
-    end: str | None = Field(
-        default=None, title="End", description="Last UTC time to use (ISO); default the file's end."
-    )
-    location: SiteLocation | None = Field(
-        default=None,
-        title="Site location",
-        description="Latitude/longitude of the site; derived channels such as clear_sky_ghi are computed "
-        "from it (the device computes them the same way).",
-    )
-    exclude_upstream_filled: bool = Field(
-        default=False,
-        title="Exclude upstream-filled days",
-        description="Keep local days holding a copy of the previous day (every column equal, not flat, for "
-        "at least upstream_copy_min) out of forecast targets.",
-    )
+    aggregation: Literal["mean", "sum", "last", "max"] = Field(default="mean", title="Aggregation")
+    """How samples inside one step are combined."""
+    fill_night_with_zero: list[str] = Field(default_factory=list, title="Zero at night")
+    """Columns (PV power) whose missing samples are 0 while the sun is down at `location`: many monitoring exports omit
+    the night."""
+    start: str | None = Field(default=None, title="Start")
+    """First UTC time to use (ISO); default the file's start."""
+    end: str | None = Field(default=None, title="End")
+    """Last UTC time to use (ISO); default the file's end."""
+    location: SiteLocation | None = Field(default=None, title="Site location")
+    """Latitude/longitude of the site; derived channels such as clear_sky_ghi are computed from it (the device computes
+    them the same way)."""
+    exclude_upstream_filled: bool = Field(default=False, title="Exclude upstream-filled days")
+    """Keep local days holding a copy of the previous day (every column equal, not flat, for at least upstream_copy_min)
+    out of forecast targets."""
     upstream_copy_min: Duration = Field(
         default="1d",
         title="Shortest upstream copy",
@@ -321,21 +278,15 @@ class FeaturesConfig(StrictModel):
         title="Horizon", description="Time forecast, e.g. '24h'; '0h' for a reconstruction (anomaly) model."
     )
     past: list[ChannelConfig] = Field(min_length=1, title="Observed channels")
-    targets: list[str] = Field(
-        min_length=1, title="Targets", description="Channel names (of `past`) the model outputs."
-    )
-    known_future: list[ChannelConfig] = Field(
-        default_factory=list,
-        title="Known-future channels",
-        description="Channels known in advance over the horizon, e.g. clear-sky irradiance.",
-    )
-    calendar: bool = Field(default=True, title="Calendar features", description="Hour/day-of-week sin/cos.")
-    seasonal_inputs: SeasonalInputsConfig | None = Field(
-        default=None,
-        title="Seasonal inputs",
-        description="Feed seasonal-naive forecasts of the targets over the horizon; the device then keeps the "
-        "longest lag or profile of history (e.g. a week) and decides once it has it.",
-    )
+    targets: list[str] = Field(min_length=1, title="Targets")
+    """Channel names (of `past`) the model outputs."""
+    known_future: list[ChannelConfig] = Field(default_factory=list, title="Known-future channels")
+    """Channels known in advance over the horizon, e.g. clear-sky irradiance."""
+    calendar: bool = Field(default=True, title="Calendar features")
+    """Hour/day-of-week sin/cos."""
+    seasonal_inputs: SeasonalInputsConfig | None = Field(default=None, title="Seasonal inputs")
+    """Feed seasonal-naive forecasts of the targets over the horizon; the device then keeps the longest lag or profile
+    of history (e.g. a week) and decides once it has it."""
     gap_policy: GapPolicyConfig = Field(default_factory=GapPolicyConfig, title="Gap policy")
 
 
@@ -355,9 +306,8 @@ class SplitConfig(StrictModel):
 class ProtocolConfig(StrictModel):
     """How forecast origins are chosen: all of them at origin_hour local time, or every stride from it."""
 
-    origin_hour: int = Field(
-        default=0, ge=0, le=23, title="Origin hour", description="Local hour of the daily forecast origin."
-    )
+    origin_hour: int = Field(default=0, ge=0, le=23, title="Origin hour")
+    """Local hour of the daily forecast origin."""
     train_stride: Duration = Field(
         default="1h",
         title="Training origin stride",
@@ -370,20 +320,11 @@ class ProtocolConfig(StrictModel):
         description="Validation (epoch choice) origins at origin_hour local and every this long after it: "
         "rolling origins give early stopping enough samples to choose an epoch.",
     )
-    min_val_origins: int = Field(
-        default=20,
-        ge=1,
-        title="Minimum validation origins",
-        description="Refuse to train when validation has fewer usable origins: fewer cannot choose an epoch.",
-    )
-    rolling_every_hours: int | None = Field(
-        default=6,
-        gt=0,
-        le=24,
-        title="Rolling origin interval",
-        description="Also report test metrics for intraday origins every this many local hours (same 24 h "
-        "horizon, same baselines) as metrics.test_rolling; null = day-ahead only.",
-    )
+    min_val_origins: int = Field(default=20, ge=1, title="Minimum validation origins")
+    """Refuse to train when validation has fewer usable origins: fewer cannot choose an epoch."""
+    rolling_every_hours: int | None = Field(default=6, gt=0, le=24, title="Rolling origin interval")
+    """Also report test metrics for intraday origins every this many local hours (same 24 h horizon, same baselines) as
+    metrics.test_rolling; null = day-ahead only."""
 
 
 class ModelConfig(StrictModel):
@@ -392,30 +333,21 @@ class ModelConfig(StrictModel):
     architecture: Literal["tcn_forecaster", "conv_autoencoder"] = Field(title="Architecture")
     filters: int = Field(default=32, gt=0, title="Conv filters")
     kernel_size: int = Field(default=5, gt=0, title="Kernel size")
-    hidden: int = Field(default=64, gt=0, title="Hidden units", description="Bottleneck/dense width.")
-    decoder_channels: int = Field(
-        default=8, gt=0, title="Decoder channels", description="Per-step features decoded for the horizon."
-    )
-    latent_channels: int = Field(
-        default=4, gt=0, title="Latent channels", description="Autoencoder bottleneck channels per step."
-    )
+    hidden: int = Field(default=64, gt=0, title="Hidden units")
+    """Bottleneck/dense width."""
+    decoder_channels: int = Field(default=8, gt=0, title="Decoder channels")
+    """Per-step features decoded for the horizon."""
+    latent_channels: int = Field(default=4, gt=0, title="Latent channels")
+    """Autoencoder bottleneck channels per step."""
     dropout: float = Field(default=0.0, ge=0, lt=1, title="Dropout")
-    quantiles: list[float] = Field(
-        default_factory=list,
-        title="Quantile levels",
-        description="Forecast these quantiles as well, e.g. [0.1, 0.5, 0.9]: increasing, including 0.5 (the "
-        "point forecast). They are trained with the pinball loss (training.loss then does not apply) and "
-        "cannot cross. Empty = a point forecast.",
-    )
-    recalibrate_quantiles: bool = Field(
-        default=False,
-        title="Recalibrate quantiles",
-        description="Ship the levels with each distance from the median scaled so that its coverage on the "
-        "validation split is nominal (the bundle carries the scales). The report shows test coverage of the "
-        "raw and the recalibrated levels either way. On W1/W2 the raw P10-P90 covered 76-84 % of test values in "
-        "both frameworks; recalibrating on the validation days helped some runs and over-widened others "
-        "(benchmarks/results/quantiles.md).",
-    )
+    quantiles: list[float] = Field(default_factory=list, title="Quantile levels")
+    """Forecast these quantiles as well, e.g. [0.1, 0.5, 0.9]: increasing, including 0.5 (the point forecast). They are
+    trained with the pinball loss (training.loss then does not apply) and cannot cross. Empty = a point forecast."""
+    recalibrate_quantiles: bool = Field(default=False, title="Recalibrate quantiles")
+    """Ship the levels with each distance from the median scaled so that its coverage on the validation split is nominal
+    (the bundle carries the scales). The report shows test coverage of the raw and the recalibrated levels either
+    way. On W1/W2 the raw P10-P90 covered 76-84 % of test values in both frameworks; recalibrating on the validation
+    days helped some runs and over-widened others (benchmarks/results/quantiles.md)."""
 
     @field_validator("quantiles")
     @classmethod
@@ -431,15 +363,10 @@ class TrainingConfig(StrictModel):
     learning_rate: float = Field(default=2e-3, gt=0, title="Learning rate")
     patience: int = Field(default=8, ge=1, title="Early-stopping patience (epochs)")
     loss: Literal["mae", "mse"] = Field(default="mae", title="Loss")
-    weight_decay: float = Field(
-        default=0.0, ge=0, title="Weight decay", description="Decoupled (AdamW) weight decay, same in both frameworks."
-    )
-    threads: int = Field(
-        default=1,
-        gt=0,
-        title="CPU threads",
-        description="Intra-op threads; 1 is fastest for these small models on a shared machine.",
-    )
+    weight_decay: float = Field(default=0.0, ge=0, title="Weight decay")
+    """Decoupled (AdamW) weight decay, same in both frameworks."""
+    threads: int = Field(default=1, gt=0, title="CPU threads")
+    """Intra-op threads; 1 is fastest for these small models on a shared machine."""
 
 
 class LightGBMConfig(StrictModel):
@@ -457,19 +384,18 @@ class LightGBMConfig(StrictModel):
 class BaselinesConfig(StrictModel):
     """Baselines scored on exactly the model's test windows."""
 
-    clear_sky_channel: str | None = Field(
-        default=None,
-        title="Clear-sky channel",
-        description="Known-future clear-sky irradiance channel; enables clear-sky-scaled persistence.",
-    )
+    clear_sky_channel: str | None = Field(default=None, title="Clear-sky channel")
+    """Known-future clear-sky irradiance channel; enables clear-sky-scaled persistence."""
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig, title="LightGBM baseline")
 
 
 class LabelledSeries(FileSource):
     """A labelled series the anomaly detector is evaluated on."""
 
-    column: str = Field(title="Value column", description="Mapped onto the model's single target channel.")
-    label_column: str = Field(title="Label column", description="1/True where the sample is anomalous.")
+    column: str = Field(title="Value column")
+    """Mapped onto the model's single target channel."""
+    label_column: str = Field(title="Label column")
+    """1/True where the sample is anomalous."""
 
 
 class AnomalyConfig(StrictModel):
@@ -480,9 +406,8 @@ class AnomalyConfig(StrictModel):
         title="Scored span",
         description="Newest part of the window the score averages, e.g. '15min'; default the newest sample.",
     )
-    threshold_quantile: float = Field(
-        default=0.995, gt=0, lt=1, title="Threshold quantile", description="Of validation scores."
-    )
+    threshold_quantile: float = Field(default=0.995, gt=0, lt=1, title="Threshold quantile")
+    """Of validation scores."""
     train_stride: Duration | None = Field(
         default=None,
         title="Training window stride",
@@ -498,13 +423,10 @@ class AnomalyConfig(StrictModel):
         title="Stale run length",
         description="A non-zero value repeated this long (at least two samples) is a frozen sensor.",
     )
-    stale_rule_in_detector: bool = Field(
-        default=True,
-        title="Stale rule in the shipped detector",
-        description="Flag a frozen sensor (equal non-zero samples for stale_run) next to the model's score: "
-        "a reconstruction model reproduces a flat line almost perfectly, so it cannot see one. The model "
-        "alone is reported as metrics.test_model_only.",
-    )
+    stale_rule_in_detector: bool = Field(default=True, title="Stale rule in the shipped detector")
+    """Flag a frozen sensor (equal non-zero samples for stale_run) next to the model's score: a reconstruction model
+    reproduces a flat line almost perfectly, so it cannot see one. The model alone is reported as
+    metrics.test_model_only."""
 
     @model_validator(mode="before")
     @classmethod
@@ -521,7 +443,8 @@ class AnomalyConfig(StrictModel):
 class TaskConfig(StrictModel):
     """One training task: data, features, protocol, model and training settings."""
 
-    name: str = Field(min_length=1, title="Task name", description="Model name used in bundles and reports.")
+    name: str = Field(min_length=1, title="Task name")
+    """Model name used in bundles and reports."""
     task: TaskKind = Field(title="Task kind")
     seed: int = Field(default=0, ge=0, title="Random seed")
     data: DataConfig

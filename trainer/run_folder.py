@@ -38,17 +38,21 @@ REQUIRED_FILES = (TASK_FILE, FEATURE_SPEC_FILE, OUTPUT_SPEC_FILE, REPORT_FILE)
 class RunReport(BaseModel):
     """``report.json``: the fields export relies on are typed; the rest (history, plots...) rides along."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
 
     name: str
     task: TaskKind
     framework: Framework
     seed: int
-    metrics: dict[str, Any] = Field(description="Float model metrics by split (val, test, ...).")
-    baselines: dict[str, Any] = Field(description="Baseline metrics by baseline name, then split.")
-    data: dict[str, Any] = Field(description="Data provenance: the source and its sha256 fingerprint.")
+    metrics: dict[str, Any]
+    """Float model metrics by split (val, test, ...)."""
+    baselines: dict[str, Any]
+    """Baseline metrics by baseline name, then split."""
+    data: dict[str, Any]
+    """Data provenance: the source and its sha256 fingerprint."""
     library_versions: dict[str, str]
-    lineage: Lineage | None = Field(default=None, description="Data, config hash and code version (newer runs).")
+    lineage: Lineage | None = Field(default=None)
+    """Data, config hash and code version (newer runs)."""
 
     @property
     def data_fingerprint(self) -> str:
@@ -58,7 +62,7 @@ class RunReport(BaseModel):
 class RunFolder(BaseModel):
     """A training run on disk: its config, specs (with normalisation statistics), report and framework."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     path: Path
     config: TaskConfig

@@ -52,26 +52,15 @@ class CommandRefusedError(GridedgeError):
 class CommandsSection(StrictModel):
     """How the device authenticates remote commands (the ``commands`` section of the agent config)."""
 
-    operator_public_key: Path | None = Field(
-        None,
-        title="Operator public key",
-        description="PEM Ed25519 public key of the fleet operator (operator.pub); state-changing commands "
-        "must be signed by its private key. None refuses every state-changing command.",
-    )
-    max_clock_skew_s: float = Field(
-        300.0,
-        gt=0,
-        title="Clock window",
-        description="A signed command whose issued-at time is further than this from the device clock is "
-        "refused (stale or from the future).",
-    )
-    max_nonces: int = Field(
-        100_000,
-        ge=100,
-        title="Remembered nonces",
-        description="Nonces of accepted commands kept to refuse replays; beyond it the oldest are "
-        "forgotten and commands issued before them are refused.",
-    )
+    operator_public_key: Path | None = Field(None, title="Operator public key")
+    """PEM Ed25519 public key of the fleet operator (operator.pub); state-changing commands must be signed by its
+    private key. None refuses every state-changing command."""
+    max_clock_skew_s: float = Field(300.0, gt=0, title="Clock window")
+    """A signed command whose issued-at time is further than this from the device clock is refused (stale or from the
+    future)."""
+    max_nonces: int = Field(100_000, ge=100, title="Remembered nonces")
+    """Nonces of accepted commands kept to refuse replays; beyond it the oldest are forgotten and commands issued before
+    them are refused."""
 
 
 def issued_at_text(moment: datetime) -> str:

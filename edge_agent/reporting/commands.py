@@ -61,12 +61,14 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 class UpdateOutcome(StrictModel):
     """What a model swap or rollback did."""
 
-    active: ModelInfo = Field(..., description="The model running now.")
-    previous: ModelInfo | None = Field(None, description="The model kept for rollback, if any.")
-    message: str = Field("", description="Human-readable account of what happened.")
-    bundle_sha256: str | None = Field(
-        None, description="sha256 of the active bundle's signed manifest: its identity for fleet rollouts."
-    )
+    active: ModelInfo = Field(...)
+    """The model running now."""
+    previous: ModelInfo | None = Field(None)
+    """The model kept for rollback, if any."""
+    message: str = Field("")
+    """Human-readable account of what happened."""
+    bundle_sha256: str | None = Field(None)
+    """sha256 of the active bundle's signed manifest: its identity for fleet rollouts."""
 
 
 @runtime_checkable
@@ -105,22 +107,29 @@ class Replayer(Protocol):
 class ModelUpdateChunk(StrictModel):
     """Arguments of one ``model-update`` request."""
 
-    transfer_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Id shared by all chunks.")
-    chunk_index: int = Field(..., ge=0, description="Position of this chunk, from 0.")
-    chunk_count: int = Field(..., ge=1, le=100_000, description="Number of chunks in the transfer.")
-    total_bytes: int = Field(..., ge=1, description="Size of the whole archive.")
-    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="sha256 of the whole archive, hex.")
-    data: str = Field(..., description="This chunk's bytes, base64.")
-    allow_downgrade: bool = Field(
-        False, description="Install even when it is a lower version of the running model (signed)."
-    )
+    transfer_id: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Id shared by all chunks."""
+    chunk_index: int = Field(..., ge=0)
+    """Position of this chunk, from 0."""
+    chunk_count: int = Field(..., ge=1, le=100_000)
+    """Number of chunks in the transfer."""
+    total_bytes: int = Field(..., ge=1)
+    """Size of the whole archive."""
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the whole archive, hex."""
+    data: str = Field(...)
+    """This chunk's bytes, base64."""
+    allow_downgrade: bool = Field(False)
+    """Install even when it is a lower version of the running model (signed)."""
 
 
 class SetLogLevelArgs(StrictModel):
     """Arguments of ``set-log-level``."""
 
-    level: str = Field(..., description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
-    logger: str = Field("", description="Logger name; empty for the root logger.")
+    level: str = Field(...)
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+    logger: str = Field("")
+    """Logger name; empty for the root logger."""
 
 
 @dataclass

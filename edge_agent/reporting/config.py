@@ -21,111 +21,60 @@ from edge_agent.yamlconfig import StrictModel
 class OutboxConfig(StrictModel):
     """The durable SQLite outbox every report passes through."""
 
-    path: Path = Field(
-        Path("state/outbox.sqlite3"),
-        title="Outbox file",
-        description="SQLite database holding unacknowledged messages and the device sequence counter; a "
-        "relative path names a file in the state folder.",
-    )
-    max_bytes: int = Field(
-        64 * 1024 * 1024,
-        ge=4096,
-        title="Outbox byte cap",
-        description="Payload bytes kept at most; beyond it the oldest telemetry, then summaries, then "
-        "alerts are dropped and counted.",
-    )
-    replay_rate_per_s: float = Field(
-        50.0,
-        gt=0,
-        title="Replay rate cap",
-        description="Messages per second replayed from the backlog after a reconnect, so live "
-        "messages keep flowing.",
-    )
-    retain_messages: int = Field(
-        10_000,
-        ge=0,
-        title="Delivered messages kept",
-        description="Acknowledged messages kept at most for the fleet's replay command (0 keeps none).",
-    )
-    retain_age_s: float = Field(
-        7 * 86_400.0,
-        gt=0,
-        title="Delivered messages kept for",
-        description="Seconds an acknowledged message stays available for replay.",
-    )
-    synchronous: Literal["NORMAL", "FULL"] = Field(
-        "NORMAL",
-        title="SQLite synchronous mode",
-        description="NORMAL survives a killed process; FULL also survives power loss at some cost in "
-        "throughput.",
-    )
+    path: Path = Field(Path("state/outbox.sqlite3"), title="Outbox file")
+    """SQLite database holding unacknowledged messages and the device sequence counter; a relative path names a file in
+    the state folder."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=4096, title="Outbox byte cap")
+    """Payload bytes kept at most; beyond it the oldest telemetry, then summaries, then alerts are dropped and
+    counted."""
+    replay_rate_per_s: float = Field(50.0, gt=0, title="Replay rate cap")
+    """Messages per second replayed from the backlog after a reconnect, so live messages keep flowing."""
+    retain_messages: int = Field(10_000, ge=0, title="Delivered messages kept")
+    """Acknowledged messages kept at most for the fleet's replay command (0 keeps none)."""
+    retain_age_s: float = Field(7 * 86_400.0, gt=0, title="Delivered messages kept for")
+    """Seconds an acknowledged message stays available for replay."""
+    synchronous: Literal["NORMAL", "FULL"] = Field("NORMAL", title="SQLite synchronous mode")
+    """NORMAL survives a killed process; FULL also survives power loss at some cost in throughput."""
 
 
 class TelemetryConfig(StrictModel):
     """Optional raw telemetry; off by default because summaries carry what a fleet needs."""
 
-    enabled: bool = Field(False, title="Send telemetry", description="Publish raw channel samples.")
-    max_per_s: float = Field(
-        1.0, gt=0, title="Telemetry rate cap", description="Telemetry messages per second at most."
-    )
-    model_step: bool = Field(
-        False,
-        title="Telemetry at the model's step",
-        description="Instead of every raw sweep, publish one compact message per closed model step: the "
-        "model inputs' step means, the series `gridedge fleet retrain` trains from.",
-    )
+    enabled: bool = Field(False, title="Send telemetry")
+    """Publish raw channel samples."""
+    max_per_s: float = Field(1.0, gt=0, title="Telemetry rate cap")
+    """Telemetry messages per second at most."""
+    model_step: bool = Field(False, title="Telemetry at the model's step")
+    """Instead of every raw sweep, publish one compact message per closed model step: the model inputs' step means, the
+    series `gridedge fleet retrain` trains from."""
 
 
 class MqttConfig(StrictModel):
     """MQTT reporting of one device (the ``mqtt`` section of the agent config)."""
 
-    site: str = Field(
-        ..., pattern=TOPIC_LEVEL_PATTERN, title="Site", description="Site id; a topic level."
-    )
-    device: str = Field(
-        ..., pattern=TOPIC_LEVEL_PATTERN, title="Device", description="Device id, unique in its site."
-    )
-    broker: BrokerConfig = Field(
-        default_factory=BrokerConfig, title="Broker", description="Connection to the MQTT broker."
-    )
-    outbox: OutboxConfig = Field(
-        default_factory=OutboxConfig, title="Outbox", description="Durable store of outgoing messages."
-    )
-    telemetry: TelemetryConfig = Field(
-        default_factory=TelemetryConfig, title="Telemetry", description="Raw sample publishing."
-    )
-    summary_interval_s: float = Field(
-        300.0, gt=0, title="Summary interval", description="Seconds between periodic summaries."
-    )
-    command_staging_dir: Path = Field(
-        Path("state/incoming"),
-        title="Command staging folder",
-        description="Where chunks of a model-update archive are assembled before verification; a relative "
-        "path names a folder in the state folder.",
-    )
-    home_assistant: HomeAssistantConfig = Field(
-        default_factory=HomeAssistantConfig,
-        title="Home Assistant",
-        description="MQTT discovery so a site's Home Assistant shows the forecast, model status and alerts.",
-    )
-    max_update_bytes: int = Field(
-        64 * 1024 * 1024,
-        ge=1024,
-        title="Largest model update",
-        description="Refuse model-update transfers announcing more bytes than this.",
-    )
-    staging_reserve_bytes: int = Field(
-        16 * 1024 * 1024,
-        ge=0,
-        title="Disk reserve during updates",
-        description="Refuse a model-update whose staging would leave less free space than this.",
-    )
-    staging_max_age_s: float = Field(
-        3600.0,
-        gt=0,
-        title="Abandoned transfer age",
-        description="Delete the staged chunks of a model-update that received nothing for this long.",
-    )
+    site: str = Field(..., pattern=TOPIC_LEVEL_PATTERN, title="Site")
+    """Site id; a topic level."""
+    device: str = Field(..., pattern=TOPIC_LEVEL_PATTERN, title="Device")
+    """Device id, unique in its site."""
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, title="Broker")
+    """Connection to the MQTT broker."""
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig, title="Outbox")
+    """Durable store of outgoing messages."""
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig, title="Telemetry")
+    """Raw sample publishing."""
+    summary_interval_s: float = Field(300.0, gt=0, title="Summary interval")
+    """Seconds between periodic summaries."""
+    command_staging_dir: Path = Field(Path("state/incoming"), title="Command staging folder")
+    """Where chunks of a model-update archive are assembled before verification; a relative path names a folder in the
+    state folder."""
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig, title="Home Assistant")
+    """MQTT discovery so a site's Home Assistant shows the forecast, model status and alerts."""
+    max_update_bytes: int = Field(64 * 1024 * 1024, ge=1024, title="Largest model update")
+    """Refuse model-update transfers announcing more bytes than this."""
+    staging_reserve_bytes: int = Field(16 * 1024 * 1024, ge=0, title="Disk reserve during updates")
+    """Refuse a model-update whose staging would leave less free space than this."""
+    staging_max_age_s: float = Field(3600.0, gt=0, title="Abandoned transfer age")
+    """Delete the staged chunks of a model-update that received nothing for this long."""
 
     def client_id(self) -> str:
         """The MQTT client id: configured, or unique per device."""

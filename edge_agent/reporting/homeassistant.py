@@ -32,17 +32,12 @@ FORECAST_ATTRIBUTES_TEMPLATE = (
 class HomeAssistantConfig(StrictModel):
     """Optional Home Assistant MQTT discovery of the device's entities."""
 
-    enabled: bool = Field(False, title="Home Assistant discovery", description="Publish discovery configs.")
-    discovery_prefix: str = Field(
-        "homeassistant",
-        min_length=1,
-        pattern=r"^[^#+\s]+$",
-        title="Discovery prefix",
-        description="Home Assistant's discovery prefix (its MQTT integration setting).",
-    )
-    forecast_unit: str | None = Field(
-        None, title="Forecast unit", description="Unit of the forecast target (e.g. kW), shown by Home Assistant."
-    )
+    enabled: bool = Field(False, title="Home Assistant discovery")
+    """Publish discovery configs."""
+    discovery_prefix: str = Field("homeassistant", min_length=1, pattern=r"^[^#+\s]+$", title="Discovery prefix")
+    """Home Assistant's discovery prefix (its MQTT integration setting)."""
+    forecast_unit: str | None = Field(None, title="Forecast unit")
+    """Unit of the forecast target (e.g. kW), shown by Home Assistant."""
 
 
 def node_id(site: str, device: str) -> str:

@@ -29,12 +29,8 @@ SeqRange = tuple[int, int]
 class ReplayArgs(StrictModel):
     """Arguments of ``replay``."""
 
-    ranges: list[tuple[int, int]] = Field(
-        ...,
-        min_length=1,
-        max_length=MAX_REPLAY_RANGES,
-        description="Inclusive [first, last] sequence ranges to republish.",
-    )
+    ranges: list[tuple[int, int]] = Field(..., min_length=1, max_length=MAX_REPLAY_RANGES)
+    """Inclusive [first, last] sequence ranges to republish."""
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> ReplayArgs:

@@ -21,12 +21,10 @@ class RuntimeSettings(StrictModel, frozen=True):
     """What every runtime backend's config has: which precision to run when a bundle offers several."""
 
     prefer_precision: tuple[Precision, ...] = Field(
-        default=PRECISION_PREFERENCE,
-        min_length=1,
-        title="Preferred precisions",
-        description="Artefact precisions in order of preference, e.g. [fp32, int8] where int8 measured slower; "
-        "precisions left out are used only when nothing listed is in the bundle.",
+        default=PRECISION_PREFERENCE, min_length=1, title="Preferred precisions"
     )
+    """Artefact precisions in order of preference, e.g. [fp32, int8] where int8 measured slower; precisions left out are
+    used only when nothing listed is in the bundle."""
 
 
 @dataclass(frozen=True)

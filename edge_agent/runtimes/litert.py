@@ -23,10 +23,10 @@ ARTEFACT_RUNTIME = "tflite"
 class LiteRTConfig(RuntimeSettings, frozen=True):
     """Run ``.tflite`` artefacts with LiteRT."""
 
-    type: Literal["litert"] = Field(default="litert", title="Runtime", description="LiteRT / TFLite.")
-    num_threads: int = Field(
-        default=1, ge=1, le=64, title="Threads", description="CPU threads for one inference; 1 suits tiny models."
-    )
+    type: Literal["litert"] = Field(default="litert", title="Runtime")
+    """LiteRT / TFLite."""
+    num_threads: int = Field(default=1, ge=1, le=64, title="Threads")
+    """CPU threads for one inference; 1 suits tiny models."""
 
 
 def _interpreter_module() -> tuple[ModuleType, str, str]:

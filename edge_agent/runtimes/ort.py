@@ -27,22 +27,16 @@ PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 class OnnxRuntimeConfig(RuntimeSettings, frozen=True):
     """Run ``.onnx`` artefacts with ONNX Runtime."""
 
-    type: Literal["onnxruntime"] = Field(
-        default="onnxruntime", title="Runtime", description="ONNX Runtime."
-    )
-    providers: tuple[str, ...] | Literal["auto"] = Field(
-        default="auto",
-        title="Execution providers",
-        description="'auto' uses TensorRT, then CUDA, then CPU, whichever this build offers; or list them.",
-    )
+    type: Literal["onnxruntime"] = Field(default="onnxruntime", title="Runtime")
+    """ONNX Runtime."""
+    providers: tuple[str, ...] | Literal["auto"] = Field(default="auto", title="Execution providers")
+    """'auto' uses TensorRT, then CUDA, then CPU, whichever this build offers; or list them."""
     graph_optimization: Literal["all", "extended", "basic", "disabled"] = Field(
-        default="all",
-        title="Graph optimisation",
-        description="ORT graph optimisation level; 'basic' avoids the int8 QDQ fusions of 'extended'/'all'.",
+        default="all", title="Graph optimisation"
     )
-    intra_op_threads: int = Field(
-        default=1, ge=0, le=64, title="Intra-op threads", description="Threads inside one operator; 0 = ORT default."
-    )
+    """ORT graph optimisation level; 'basic' avoids the int8 QDQ fusions of 'extended'/'all'."""
+    intra_op_threads: int = Field(default=1, ge=0, le=64, title="Intra-op threads")
+    """Threads inside one operator; 0 = ORT default."""
 
 
 def _onnxruntime():  # type: ignore[no-untyped-def]

@@ -55,49 +55,29 @@ MODBUS_EXCEPTIONS = {
 class ModbusDeviceConfig(StrictModel, frozen=True):
     """One Modbus device: its unit id, register map and how patiently to ask it."""
 
-    name: str = Field(
-        pattern=DEVICE_NAME_PATTERN,
-        title="Device name",
-        description="Prefix of the device's channels: channel 'soc' of device 'battery' is 'battery.soc'.",
-    )
-    unit_id: int = Field(default=1, ge=0, le=247, title="Unit id", description="Modbus unit (slave) id of the device.")
-    register_map: Path | RegisterMap = Field(
-        title="Register map",
-        description="A shipped register map by name (e.g. load_meter), the path of a register map YAML "
-        "(relative to the config file), or the map inline.",
-    )
-    timeout_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=60,
-        title="Timeout (s)",
-        description="How long to wait for each answer before counting the attempt as failed.",
-    )
-    retries: int = Field(
-        default=1,
-        ge=0,
-        le=10,
-        title="Retries",
-        description="Extra attempts per block after a timeout or a broken connection.",
-    )
-    backoff_max_s: float = Field(
-        default=30.0,
-        ge=0,
-        le=3600,
-        title="Longest back-off (s)",
-        description="After the device stops answering, skip it for a jittered 1, 2, 4 … s up to this long and then "
-        "ask it once (no retries), so a dead or hung device does not cost a timeout every cycle; 0 asks it every "
-        "cycle.",
-    )
+    name: str = Field(pattern=DEVICE_NAME_PATTERN, title="Device name")
+    """Prefix of the device's channels: channel 'soc' of device 'battery' is 'battery.soc'."""
+    unit_id: int = Field(default=1, ge=0, le=247, title="Unit id")
+    """Modbus unit (slave) id of the device."""
+    register_map: Path | RegisterMap = Field(title="Register map")
+    """A shipped register map by name (e.g. load_meter), the path of a register map YAML (relative to the config file),
+    or the map inline."""
+    timeout_s: float = Field(default=1.0, gt=0, le=60, title="Timeout (s)")
+    """How long to wait for each answer before counting the attempt as failed."""
+    retries: int = Field(default=1, ge=0, le=10, title="Retries")
+    """Extra attempts per block after a timeout or a broken connection."""
+    backoff_max_s: float = Field(default=30.0, ge=0, le=3600, title="Longest back-off (s)")
+    """After the device stops answering, skip it for a jittered 1, 2, 4 … s up to this long and then ask it once (no
+    retries), so a dead or hung device does not cost a timeout every cycle; 0 asks it every cycle."""
 
 
 class ModbusTcpDeviceConfig(ModbusDeviceConfig):
     """A Modbus TCP device; host and port default to the source's (a gateway serving several units)."""
 
-    host: str | None = Field(default=None, title="Host", description="Device address; the source's host when omitted.")
-    port: int | None = Field(
-        default=None, ge=1, le=65535, title="Port", description="TCP port; the source's port when omitted."
-    )
+    host: str | None = Field(default=None, title="Host")
+    """Device address; the source's host when omitted."""
+    port: int | None = Field(default=None, ge=1, le=65535, title="Port")
+    """TCP port; the source's port when omitted."""
 
 
 def _unique_device_names(devices: list[Any]) -> None:
@@ -110,13 +90,16 @@ def _unique_device_names(devices: list[Any]) -> None:
 class ModbusTcpConfig(StrictModel, frozen=True):
     """Modbus TCP devices, each read over its own kept-open connection."""
 
-    type: Literal["modbus_tcp"] = Field(title="Type", description="Selects the Modbus TCP source.")
-    name: str = Field(default="modbus_tcp", min_length=1, title="Name", description="Name of this source.")
-    host: str = Field(default="127.0.0.1", title="Host", description="Default host of the devices.")
-    port: int = Field(default=502, ge=1, le=65535, title="Port", description="Default TCP port of the devices.")
-    devices: list[ModbusTcpDeviceConfig] = Field(
-        min_length=1, title="Devices", description="The devices to read, each with its register map."
-    )
+    type: Literal["modbus_tcp"] = Field(title="Type")
+    """Selects the Modbus TCP source."""
+    name: str = Field(default="modbus_tcp", min_length=1, title="Name")
+    """Name of this source."""
+    host: str = Field(default="127.0.0.1", title="Host")
+    """Default host of the devices."""
+    port: int = Field(default=502, ge=1, le=65535, title="Port")
+    """Default TCP port of the devices."""
+    devices: list[ModbusTcpDeviceConfig] = Field(min_length=1, title="Devices")
+    """The devices to read, each with its register map."""
 
     @model_validator(mode="after")
     def _names(self) -> ModbusTcpConfig:
@@ -127,18 +110,22 @@ class ModbusTcpConfig(StrictModel, frozen=True):
 class ModbusRtuConfig(StrictModel, frozen=True):
     """Modbus RTU devices sharing one serial line (RS-485)."""
 
-    type: Literal["modbus_rtu"] = Field(title="Type", description="Selects the Modbus RTU source.")
-    name: str = Field(default="modbus_rtu", min_length=1, title="Name", description="Name of this source.")
-    port: str = Field(min_length=1, title="Serial port", description="Serial device, e.g. /dev/ttyUSB0.")
-    baudrate: int = Field(default=19200, gt=0, title="Baud rate", description="Line speed in bit/s.")
-    parity: Literal["N", "E", "O"] = Field(
-        default="N", title="Parity", description="N none, E even, O odd (Modbus's default is E)."
-    )
-    stopbits: Literal[1, 2] = Field(default=1, title="Stop bits", description="Stop bits per character.")
-    bytesize: Literal[7, 8] = Field(default=8, title="Data bits", description="Data bits per character.")
-    devices: list[ModbusDeviceConfig] = Field(
-        min_length=1, title="Devices", description="The devices on this line, each with its register map."
-    )
+    type: Literal["modbus_rtu"] = Field(title="Type")
+    """Selects the Modbus RTU source."""
+    name: str = Field(default="modbus_rtu", min_length=1, title="Name")
+    """Name of this source."""
+    port: str = Field(min_length=1, title="Serial port")
+    """Serial device, e.g. /dev/ttyUSB0."""
+    baudrate: int = Field(default=19200, gt=0, title="Baud rate")
+    """Line speed in bit/s."""
+    parity: Literal["N", "E", "O"] = Field(default="N", title="Parity")
+    """N none, E even, O odd (Modbus's default is E)."""
+    stopbits: Literal[1, 2] = Field(default=1, title="Stop bits")
+    """Stop bits per character."""
+    bytesize: Literal[7, 8] = Field(default=8, title="Data bits")
+    """Data bits per character."""
+    devices: list[ModbusDeviceConfig] = Field(min_length=1, title="Devices")
+    """The devices on this line, each with its register map."""
 
     @model_validator(mode="after")
     def _names(self) -> ModbusRtuConfig:

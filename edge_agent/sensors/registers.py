@@ -70,34 +70,29 @@ DTYPES: dict[str, DType] = {
 class RegisterSpec(PlausibleRange, frozen=True):
     """One row of a register map: where a value lives and how to turn its words into units."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", title="Name", description="Channel name.")
-    address: int = Field(ge=0, le=0xFFFF, title="Address", description="Zero-based address of the first word.")
-    function: FunctionName = Field(
-        default="holding",
-        title="Register table",
-        description="holding (function code 3) or input (function code 4) registers.",
-    )
-    dtype: DTypeName = Field(default="uint16", title="Data type", description="How the words encode the value.")
-    kind: Literal["measurement", "scale_factor", "setpoint"] = Field(
-        default="measurement",
-        title="Kind",
-        description="measurement becomes a channel; scale_factor is a SunSpec exponent used by others; "
-        "setpoint is a holding register a controller writes (the planner's actuation), never read.",
-    )
-    scale: float = Field(default=1.0, title="Scale", description="Multiplier applied to the raw integer.")
-    offset: float = Field(default=0.0, title="Offset", description="Added after scaling.")
-    scale_factor: str | None = Field(
-        default=None,
-        title="Scale-factor register",
-        description="Name of the int16 scale_factor register whose power of ten multiplies this value.",
-    )
-    word_order: Order | None = Field(
-        default=None,
-        title="Word order",
-        description="Overrides the map's word order for this register (big: first word most significant).",
-    )
-    unit: str = Field(default="", title="Unit", description="Engineering unit after scaling, e.g. W, %, V.")
-    description: str = Field(default="", title="Description", description="What the value measures.")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", title="Name")
+    """Channel name."""
+    address: int = Field(ge=0, le=0xFFFF, title="Address")
+    """Zero-based address of the first word."""
+    function: FunctionName = Field(default="holding", title="Register table")
+    """holding (function code 3) or input (function code 4) registers."""
+    dtype: DTypeName = Field(default="uint16", title="Data type")
+    """How the words encode the value."""
+    kind: Literal["measurement", "scale_factor", "setpoint"] = Field(default="measurement", title="Kind")
+    """measurement becomes a channel; scale_factor is a SunSpec exponent used by others; setpoint is a holding register
+    a controller writes (the planner's actuation), never read."""
+    scale: float = Field(default=1.0, title="Scale")
+    """Multiplier applied to the raw integer."""
+    offset: float = Field(default=0.0, title="Offset")
+    """Added after scaling."""
+    scale_factor: str | None = Field(default=None, title="Scale-factor register")
+    """Name of the int16 scale_factor register whose power of ten multiplies this value."""
+    word_order: Order | None = Field(default=None, title="Word order")
+    """Overrides the map's word order for this register (big: first word most significant)."""
+    unit: str = Field(default="", title="Unit")
+    """Engineering unit after scaling, e.g. W, %, V."""
+    description: str = Field(default="", title="Description")
+    """What the value measures."""
 
     @property
     def words(self) -> int:
@@ -118,43 +113,25 @@ class RegisterSpec(PlausibleRange, frozen=True):
 class RegisterMap(StrictModel, frozen=True):
     """A device's register map: byte/word order and the rows to read."""
 
-    name: str = Field(min_length=1, title="Name", description="Device model this map describes.")
-    description: str = Field(default="", title="Description", description="Where the map comes from.")
-    word_order: Order = Field(
-        default="big",
-        title="Word order",
-        description="big: the first register holds the most significant word (ABCD); little: CDAB.",
-    )
-    byte_order: Order = Field(
-        default="big",
-        title="Byte order",
-        description="Byte order inside each 16-bit register; Modbus is big-endian, a few devices swap.",
-    )
-    sunspec_sentinels: bool = Field(
-        default=False,
-        title="SunSpec sentinels",
-        description="Treat SunSpec 'not implemented' values (0x8000, 0xFFFF, ...) as missing.",
-    )
+    name: str = Field(min_length=1, title="Name")
+    """Device model this map describes."""
+    description: str = Field(default="", title="Description")
+    """Where the map comes from."""
+    word_order: Order = Field(default="big", title="Word order")
+    """big: the first register holds the most significant word (ABCD); little: CDAB."""
+    byte_order: Order = Field(default="big", title="Byte order")
+    """Byte order inside each 16-bit register; Modbus is big-endian, a few devices swap."""
+    sunspec_sentinels: bool = Field(default=False, title="SunSpec sentinels")
+    """Treat SunSpec 'not implemented' values (0x8000, 0xFFFF, ...) as missing."""
     max_block_registers: int = Field(
-        default=MAX_REGISTERS_PER_READ,
-        ge=1,
-        le=MAX_REGISTERS_PER_READ,
-        title="Largest block",
-        description="Most registers fetched in one request; some devices accept fewer than 125.",
+        default=MAX_REGISTERS_PER_READ, ge=1, le=MAX_REGISTERS_PER_READ, title="Largest block"
     )
-    max_gap: int = Field(
-        default=0,
-        ge=0,
-        le=MAX_REGISTERS_PER_READ,
-        title="Largest hole read through",
-        description=(
-            "Merge reads across up to this many unused registers. Only for devices that answer for every "
-            "address in the span (SunSpec models do); others reject the whole block."
-        ),
-    )
-    registers: list[RegisterSpec] = Field(
-        min_length=1, title="Registers", description="The values to read, one row each."
-    )
+    """Most registers fetched in one request; some devices accept fewer than 125."""
+    max_gap: int = Field(default=0, ge=0, le=MAX_REGISTERS_PER_READ, title="Largest hole read through")
+    """Merge reads across up to this many unused registers. Only for devices that answer for every address in the span
+    (SunSpec models do); others reject the whole block."""
+    registers: list[RegisterSpec] = Field(min_length=1, title="Registers")
+    """The values to read, one row each."""
 
     @model_validator(mode="after")
     def _references_and_overlaps(self) -> RegisterMap:

@@ -32,60 +32,40 @@ REPLAY_KEY = "replay"
 class ReplayChannelConfig(PlausibleRange, frozen=True):
     """One replayed channel: which column, its unit, scale and physical range."""
 
-    name: str = Field(
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        title="Channel name",
-        description="Name of the channel; the reading calls it '<source name>.<name>'.",
-    )
-    column: str = Field(min_length=1, title="Column", description="Column of the file holding the values.")
-    unit: str = Field(default="", title="Unit", description="Unit after scaling.")
-    scale: float = Field(default=1.0, title="Scale", description="Multiplier, e.g. 1000 to turn kW into W.")
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", title="Channel name")
+    """Name of the channel; the reading calls it '<source name>.<name>'."""
+    column: str = Field(min_length=1, title="Column")
+    """Column of the file holding the values."""
+    unit: str = Field(default="", title="Unit")
+    """Unit after scaling."""
+    scale: float = Field(default=1.0, title="Scale")
+    """Multiplier, e.g. 1000 to turn kW into W."""
 
 
 class ReplayConfig(StrictModel, frozen=True):
     """Replays a recorded file as if its channels were read live."""
 
-    type: Literal["replay"] = Field(title="Type", description="Selects the replay source.")
-    name: str = Field(
-        default="replay",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        title="Name",
-        description="Name of this source and prefix of its channels.",
-    )
-    path: Path = Field(
-        title="File",
-        description="CSV/CSV.gz whose first column is 'timestamp_utc' or 'timestamp', or a Parquet file; "
-        "relative to the config file.",
-    )
-    timestamp_column: str | None = Field(
-        default=None,
-        title="Timestamp column",
-        description="Parquet only: the time column (default: the first timestamp-typed column).",
-    )
+    type: Literal["replay"] = Field(title="Type")
+    """Selects the replay source."""
+    name: str = Field(default="replay", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", title="Name")
+    """Name of this source and prefix of its channels."""
+    path: Path = Field(title="File")
+    """CSV/CSV.gz whose first column is 'timestamp_utc' or 'timestamp', or a Parquet file; relative to the config
+    file."""
+    timestamp_column: str | None = Field(default=None, title="Timestamp column")
+    """Parquet only: the time column (default: the first timestamp-typed column)."""
     naive_utc_offset_s: int | None = Field(
-        default=None,
-        ge=-14 * 3600,
-        le=14 * 3600,
-        title="Offset of naive timestamps (s)",
-        description="For timestamps without a zone: their offset from UTC (3600 for CET); ignored otherwise.",
+        default=None, ge=-14 * 3600, le=14 * 3600, title="Offset of naive timestamps (s)"
     )
-    channels: list[ReplayChannelConfig] = Field(min_length=1, title="Channels", description="The columns to replay.")
-    speed: float = Field(
-        default=1.0,
-        gt=0,
-        title="Speed",
-        description="Time acceleration: 60 replays one minute of data per second.",
-    )
-    start: datetime | None = Field(
-        default=None,
-        title="Start",
-        description="Data time to start from (ISO 8601, naive means UTC); the first sample when omitted.",
-    )
-    at_end: Literal["stop", "loop"] = Field(
-        default="stop",
-        title="At the end",
-        description="stop: channels go missing after the last sample; loop: start over.",
-    )
+    """For timestamps without a zone: their offset from UTC (3600 for CET); ignored otherwise."""
+    channels: list[ReplayChannelConfig] = Field(min_length=1, title="Channels")
+    """The columns to replay."""
+    speed: float = Field(default=1.0, gt=0, title="Speed")
+    """Time acceleration: 60 replays one minute of data per second."""
+    start: datetime | None = Field(default=None, title="Start")
+    """Data time to start from (ISO 8601, naive means UTC); the first sample when omitted."""
+    at_end: Literal["stop", "loop"] = Field(default="stop", title="At the end")
+    """stop: channels go missing after the last sample; loop: start over."""
 
     @model_validator(mode="after")
     def _unique_channels(self) -> ReplayConfig:
