@@ -20,21 +20,6 @@ else:
     settings.register_profile("gridedge", deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile("gridedge")
 
-# Areas whose session fixtures train or export models stay on one xdist worker, so each trains once;
-# the other tests are shared out file by file (`pytest -n 2 --dist loadgroup`).
-SHARED_FIXTURE_AREAS = frozenset({"agent", "export", "runtimes"})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    tests_root = Path(__file__).parent
-    for item in items:
-        relative = Path(item.path).relative_to(tests_root)
-        area = relative.parts[0]
-        item.add_marker(pytest.mark.xdist_group(area if area in SHARED_FIXTURE_AREAS else relative.as_posix()))
-
-
 PG_BASE_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3"
 
 
