@@ -43,10 +43,17 @@ def install_working_tree(run_dir: Path) -> Path:
 
 
 def run_in_userland(run_dir: Path, command: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run ``command`` in the userland (built first if not cached) with ``run_dir`` at /case, gridedge importable."""
+    """Run ``command`` in the userland (built first if not cached) with ``run_dir`` at /case, gridedge importable.
+
+    The script runs in a mount namespace of its own (``unshare --mount --propagation private``): none of its
+    mounts (proc, the ARM cpuinfo, /dev, the source) can reach the host, and all of them vanish with the
+    process, even when a timeout kills it. A killed run once left the ARM cpuinfo mounted over the host's
+    /proc/cpuinfo, where onnxruntime then crashed every process that imported it.
+    """
     edge, tflite = write_requirements(run_dir)
     return subprocess.run(
-        ["bash", str(userland_script()), "run", str(edge), str(tflite), str(run_dir), "--",
+        ["unshare", "--mount", "--propagation", "private",
+         "bash", str(userland_script()), "run", str(edge), str(tflite), str(run_dir), "--",
          "/usr/bin/env", f"PYTHONPATH=/case/{SITE_PACKAGES}", *command],
         capture_output=True, text=True, timeout=timeout_s, check=False,
     )  # fmt: skip
