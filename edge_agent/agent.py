@@ -193,12 +193,11 @@ class Agent:
             return [decision.prediction for decision in decisions]
 
     def _plan(self, timestamp: float, values: dict[str, float]) -> None:
-        """Feed the planning cycle and plan when its interval has passed."""
+        """Feed the planning cycle; it solves on its own thread and the loop applies what it finished."""
         if self.planning is None:
             return
         self.planning.add_sweep(timestamp, values)
-        if self.planning.due(timestamp):
-            self.planning.run(timestamp, self.latest_forecasts, self.supervisor.degraded)
+        self.planning.tick(timestamp, self.latest_forecasts, self.supervisor.degraded)
 
     def _announce_quarantines(self) -> None:
         """One alert per damaged state file that was set aside (outbox, window, sequence mark)."""

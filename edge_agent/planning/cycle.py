@@ -11,13 +11,23 @@ model, when no forecast can be made, or when the solver fails. A plan that expec
 or starts the generator raises an alert (once, until a plan without it clears it). With actuation
 configured, :class:`~edge_agent.planning.actuation.SetpointWriter` writes what
 :mod:`~edge_agent.planning.actuation` allows.
+
+In the agent the solve (up to the solver's time limit, seconds on a Pi) runs on a thread of its own
+(:meth:`PlanningCycle.tick`): the sensor loop keeps its cadence, and the finished plan is reported and
+written by the loop's next cycle. A solve that has not returned long after its time limit is replaced by
+the rule, so the site is never left without a decision.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +53,58 @@ HISTORY_FILE = "planning_window.npz"
 STATUS_CONCERN = "planning"
 # Below this a predicted unserved energy is rounding, not a warning.
 UNSERVED_ALERT_KWH = 1e-3
+# A background solve still running this many times past the solver's time limit (plus a floor for a slow
+# device) is given up: the rule decides until it returns.
+OVERDUE_FACTOR = 5.0
+OVERDUE_FLOOR_S = 30.0
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What one solve needs, taken on the loop's thread: the solve itself touches nothing else."""
+
+    timestamp: float
+    start: int
+    state: SiteState
+    forecast: Forecast
+
+
+class BackgroundSolve:
+    """One solve on a daemon thread: the loop polls :meth:`result` and never waits for it."""
+
+    def __init__(self, solve: Callable[[], DispatchPlan], request: PlanRequest) -> None:
+        self.request = request
+        self.started = time.monotonic()
+        self.error: BaseException | None = None
+        self.superseded = False  # the rule stood in while it ran: its plan is dropped when it ends
+        self._plan: DispatchPlan | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(solve,), name="planner", daemon=True)
+        self._thread.start()
+
+    def _run(self, solve: Callable[[], DispatchPlan]) -> None:
+        try:
+            self._plan = solve()
+        except BaseException as exc:  # plan_dispatch catches solver errors; this is the thread's last guard
+            log.exception("planner thread failed")
+            self.error = exc
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self) -> DispatchPlan | None:
+        """The finished plan; None while the solver runs or when it failed (see :attr:`error`)."""
+        return self._plan
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until the solve ends (tests and shutdown); True when it did."""
+        return self._done.wait(timeout_s)
+
+    def running_s(self) -> float:
+        return time.monotonic() - self.started
 
 
 class PlanningCycle:
@@ -72,6 +134,7 @@ class PlanningCycle:
         self.plan: DispatchPlan | None = None
         self.latest: PlanState | None = None
         self.plans = 0
+        self.solving: BackgroundSolve | None = None
         self._generator_on = False
         self._generator_since: float | None = None
         self._shedding = False
@@ -106,28 +169,99 @@ class PlanningCycle:
 
     def run(self, timestamp: float, forecasts: list[ForecastMessage], model_degraded: bool) -> PlanState:
         """Make the plan for now, report and (when configured) actuate it; never raises for bad inputs."""
-        interval_s = self.section.interval_minutes * 60.0
-        self.next_plan_at = (math.floor(timestamp / interval_s) + 1) * interval_s
+        prepared = self.prepare(timestamp, forecasts, model_degraded)
+        if isinstance(prepared, PlanRequest):
+            return self.apply(self.solve(prepared), prepared.timestamp, soc_fresh=True)
+        return self.apply(prepared, timestamp, soc_fresh=self._stale_reason(timestamp) is None)
+
+    def tick(self, timestamp: float, forecasts: list[ForecastMessage], model_degraded: bool) -> PlanState | None:
+        """The agent loop's call: apply a finished background solve, start the next one when due.
+
+        Returns the plan state applied in this call, if any. The rule's plans (stale SoC, no forecast) are
+        cheap and applied at once; a solve that overruns its time limit many times over is replaced by the
+        rule until it returns.
+        """
+        applied: PlanState | None = None
+        solving = self.solving
+        if solving is not None:
+            if solving.done and solving.superseded:
+                self.solving, self.next_plan_at = None, None  # made for a moment the rule has taken: plan anew
+            elif solving.done:
+                self.solving = None
+                plan = solving.result()
+                if plan is None:
+                    reason = f"planner thread failed: {solving.error!r}"
+                    plan = rule_dispatch(self.site, solving.request.state, self._starts(timestamp), reason=reason)
+                applied = self._apply_finished(plan, solving.request, timestamp, model_degraded)
+            elif solving.running_s() > self.overdue_s and self.due(timestamp):
+                solving.superseded = True
+                self.next_plan_at = self._next_slot(timestamp)
+                reason = f"the solver has not returned for {solving.running_s():.0f} s"
+                stand_in = rule_dispatch(self.site, self._state(timestamp), self._starts(timestamp), reason=reason)
+                return self.apply(stand_in, timestamp, soc_fresh=self._stale_reason(timestamp) is None)
+        if self.solving is None and self.due(timestamp):
+            prepared = self.prepare(timestamp, forecasts, model_degraded)
+            if isinstance(prepared, PlanRequest):
+                self.solving = BackgroundSolve(partial(self.solve, prepared), prepared)
+            else:
+                applied = self.apply(prepared, timestamp, soc_fresh=self._stale_reason(timestamp) is None)
+        return applied
+
+    def _apply_finished(
+        self, plan: DispatchPlan, request: PlanRequest, timestamp: float, model_degraded: bool
+    ) -> PlanState:
+        """Apply a background plan unless what it was made from went bad while it was solved."""
+        stale = self._stale_reason(timestamp)
+        follows_model = any(c.forecast_target is not None for c in (self.section.load, self.section.pv))
+        if stale is None and not (model_degraded and follows_model):
+            return self.apply(plan, request.timestamp, soc_fresh=True)
+        reason = stale or "model degraded while the plan was solved: its forecast is not followed"
+        stand_in = rule_dispatch(self.site, self._state(timestamp), self._starts(timestamp), reason=reason)
+        return self.apply(stand_in, timestamp, soc_fresh=stale is None)
+
+    @property
+    def overdue_s(self) -> float:
+        """How long a background solve may run before the rule stands in."""
+        return max(OVERDUE_FACTOR * self.site.planner.time_limit_s, OVERDUE_FLOOR_S)
+
+    def prepare(
+        self, timestamp: float, forecasts: list[ForecastMessage], model_degraded: bool
+    ) -> DispatchPlan | PlanRequest:
+        """Everything a plan needs, taken now: the rule's plan when it replaces the planner, else a solve request."""
+        self.next_plan_at = self._next_slot(timestamp)
         start = int(timestamp // self.step_s) * self.step_s
         state = self._state(timestamp)
-        starts = start + self.step_s * np.arange(self.site.planner.horizon_steps, dtype=np.int64)
+        starts = self._starts(timestamp)
         stale = self._stale_reason(timestamp)
         if stale is not None:
-            plan = rule_dispatch(self.site, state, starts, reason=stale)
-        else:
-            forecast, reason = self._forecast(starts, forecasts, model_degraded)
-            if forecast is None:
-                plan = rule_dispatch(self.site, state, starts, reason=reason or "no forecast")
-            else:
-                plan = plan_dispatch(self.site, state, forecast, start)
+            return rule_dispatch(self.site, state, starts, reason=stale)
+        forecast, reason = self._forecast(starts, forecasts, model_degraded)
+        if forecast is None:
+            return rule_dispatch(self.site, state, starts, reason=reason or "no forecast")
+        return PlanRequest(timestamp=timestamp, start=start, state=state, forecast=forecast)
+
+    def solve(self, request: PlanRequest) -> DispatchPlan:
+        """The dispatch plan of ``request``: touches nothing of the cycle, so it may run on another thread."""
+        return plan_dispatch(self.site, request.state, request.forecast, request.start)
+
+    def apply(self, plan: DispatchPlan, timestamp: float, soc_fresh: bool) -> PlanState:
+        """Take ``plan`` (made at ``timestamp``) into force: remember it, actuate, report."""
         self.plan = plan
         self.plans += 1
         was_on = self._generator_on
         self._remember(plan, timestamp)
-        outcome = self._actuate(plan, stale is None)
+        outcome = self._actuate(plan, soc_fresh)
         self._report(plan, was_on)
-        self.latest = plan_state(plan, self.soc if stale is None else None, outcome)
+        self.latest = plan_state(plan, self.soc if soc_fresh else None, outcome)
         return self.latest
+
+    def _next_slot(self, timestamp: float) -> float:
+        interval_s = self.section.interval_minutes * 60.0
+        return (math.floor(timestamp / interval_s) + 1) * interval_s
+
+    def _starts(self, timestamp: float) -> np.ndarray:
+        start = int(timestamp // self.step_s) * self.step_s
+        return start + self.step_s * np.arange(self.site.planner.horizon_steps, dtype=np.int64)
 
     def _state(self, timestamp: float) -> SiteState:
         steps = 10**6 if self._generator_since is None else int((timestamp - self._generator_since) // self.step_s) + 1

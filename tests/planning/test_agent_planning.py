@@ -7,6 +7,8 @@ reading or a refused write never leads to a planner setpoint, and every value wr
 from __future__ import annotations
 
 import math
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ from edge_agent.errors import ConfigError
 from edge_agent.health import HealthReasons
 from edge_agent.messages import Forecast as ForecastMessage
 from edge_agent.messages import SummaryContent
+from edge_agent.planning import cycle as cycle_module
 from edge_agent.planning.actuation import SetpointWriter, setpoint_values
-from edge_agent.planning.cycle import PlanningCycle, build_planning
+from edge_agent.planning.cycle import BackgroundSolve, PlanningCycle, PlanRequest, build_planning
 from edge_agent.planning.dispatch import DispatchPlan
 from edge_agent.planning.settings import ActuationSection
 from edge_agent.planning.site_model import SiteModel
@@ -165,6 +168,69 @@ def test_plan_is_written_clamped_and_the_battery_follows_it(served: Any, tmp_pat
         {"window_start": "2026-01-01T00:00:00Z", "window_end": "2026-01-01T00:05:00Z", "plan": state.model_dump()}
     )
     assert summary.plan is not None and 0 < len(summary.plan.soc_trajectory) <= 48
+    assert "planning" not in reasons
+
+
+def test_the_loop_solves_in_the_background_and_applies_the_plan_when_it_is_done(served: Any, tmp_path: Path) -> None:
+    site, server, clock = served
+    config = config_of(planning_raw(server.port), tmp_path)
+    reporter, reasons = MemoryReporter(), HealthReasons()
+    now = site.site_time
+    cycle = seeded_cycle(config, reporter, reasons, now)
+    cycle.add_sweep(now, sweep(config))
+    assert cycle.tick(now, [], model_degraded=False) is None  # solving: nothing applied, nothing written yet
+    solving = cycle.solving
+    assert solving is not None and site.setpoint_writes == 0
+    assert solving.wait(30.0)
+    clock.now += 60
+    later = site.site_time
+    cycle.add_sweep(later, sweep(config))
+    state = cycle.tick(later, [], model_degraded=False)
+    assert state is not None and state.source == "planner", state
+    assert state.actuation == "written" and site.setpoint_writes == 1
+    assert state.made_at.timestamp() == pytest.approx(int(now) // STEP * STEP)  # the plan is the one asked at `now`
+    assert cycle.solving is None and "planning" not in reasons
+
+
+def test_a_solver_that_does_not_return_is_replaced_by_the_rule(
+    served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site, server, clock = served
+    raw = planning_raw(server.port)
+    raw["planning"]["site_model"]["planner"]["time_limit_s"] = 0.05
+    config = config_of(raw, tmp_path)
+    monkeypatch.setattr(cycle_module, "OVERDUE_FLOOR_S", 0.0)
+    reporter, reasons = MemoryReporter(), HealthReasons()
+    now = site.site_time
+    cycle = seeded_cycle(config, reporter, reasons, now)
+    cycle.add_sweep(now, sweep(config))
+    request = cycle.prepare(now, [], model_degraded=False)
+    assert isinstance(request, PlanRequest)
+    release = threading.Event()
+
+    def hung_solver() -> DispatchPlan:  # a solver stuck in native code: the thread cannot be interrupted
+        release.wait()
+        return cycle.solve(request)
+
+    hung = cycle.solving = BackgroundSolve(hung_solver, request)
+    time.sleep(cycle.overdue_s + 0.05)
+    clock.now += 900
+    later = site.site_time
+    cycle.add_sweep(later, sweep(config))
+    state = cycle.tick(later, [], model_degraded=False)
+    assert state is not None and state.source == "rule" and "has not returned" in (state.reason or "")
+    assert state.actuation == "released" and math.isnan(site.battery_setpoint_w)
+    assert "planning" in reasons and alert_codes(reporter).count("plan-fallback") == 1
+    # When it returns at last, its plan (made for a moment long gone) is dropped and a fresh solve starts.
+    release.set()
+    assert hung.wait(30.0)
+    clock.now += 60
+    cycle.add_sweep(site.site_time, sweep(config))
+    assert cycle.tick(site.site_time, [], model_degraded=False) is None
+    fresh = cycle.solving
+    assert fresh is not None and fresh is not hung and fresh.wait(30.0)
+    state = cycle.tick(site.site_time, [], model_degraded=False)
+    assert state is not None and state.source == "planner" and state.actuation == "written"
     assert "planning" not in reasons
 
 
