@@ -130,6 +130,15 @@ def seeded_cycle(config: AgentConfig, reporter: MemoryReporter, reasons: HealthR
     return cycle
 
 
+def ready_cycle(site: SimulatedSite, config: AgentConfig) -> tuple[PlanningCycle, MemoryReporter, HealthReasons, float]:
+    """A seeded cycle that took the site's sweep now; its reporter, health reasons and the time."""
+    reporter, reasons = MemoryReporter(), HealthReasons()
+    now = site.site_time
+    cycle = seeded_cycle(config, reporter, reasons, now)
+    cycle.add_sweep(now, sweep(config))
+    return cycle, reporter, reasons, now
+
+
 def alert_codes(reporter: MemoryReporter) -> list[str]:
     return [getattr(alert, "code", "") for alert in reporter.of_kind("alert")]
 
@@ -144,10 +153,7 @@ def sweep(config: AgentConfig) -> dict[str, float]:
 def test_plan_is_written_clamped_and_the_battery_follows_it(served: Any, tmp_path: Path) -> None:
     site, server, clock = served
     config = config_of(planning_raw(server.port), tmp_path)
-    reporter, reasons = MemoryReporter(), HealthReasons()
-    now = site.site_time
-    cycle = seeded_cycle(config, reporter, reasons, now)
-    cycle.add_sweep(now, sweep(config))
+    cycle, reporter, reasons, now = ready_cycle(site, config)
     assert cycle.soc == pytest.approx(0.12, abs=0.01)
     state = cycle.run(now, [], model_degraded=False)
     assert state.source == "planner", state.reason
@@ -174,10 +180,7 @@ def test_plan_is_written_clamped_and_the_battery_follows_it(served: Any, tmp_pat
 def test_the_loop_solves_in_the_background_and_applies_the_plan_when_it_is_done(served: Any, tmp_path: Path) -> None:
     site, server, clock = served
     config = config_of(planning_raw(server.port), tmp_path)
-    reporter, reasons = MemoryReporter(), HealthReasons()
-    now = site.site_time
-    cycle = seeded_cycle(config, reporter, reasons, now)
-    cycle.add_sweep(now, sweep(config))
+    cycle, _, reasons, now = ready_cycle(site, config)
     assert cycle.tick(now, [], model_degraded=False) is None  # solving: nothing applied, nothing written yet
     solving = cycle.solving
     assert solving is not None and site.setpoint_writes == 0
@@ -200,10 +203,7 @@ def test_a_solver_that_does_not_return_is_replaced_by_the_rule(
     raw["planning"]["site_model"]["planner"]["time_limit_s"] = 0.05
     config = config_of(raw, tmp_path)
     monkeypatch.setattr(cycle_module, "OVERDUE_FLOOR_S", 0.0)
-    reporter, reasons = MemoryReporter(), HealthReasons()
-    now = site.site_time
-    cycle = seeded_cycle(config, reporter, reasons, now)
-    cycle.add_sweep(now, sweep(config))
+    cycle, reporter, reasons, now = ready_cycle(site, config)
     request = cycle.prepare(now, [], model_degraded=False)
     assert isinstance(request, PlanRequest)
     release = threading.Event()
@@ -239,10 +239,7 @@ def test_a_degraded_model_is_not_followed(served: Any, tmp_path: Path) -> None:
     raw = planning_raw(server.port)
     raw["planning"]["load"]["forecast_target"] = "Global_active_power"
     config = config_of(raw, tmp_path)
-    reporter, reasons = MemoryReporter(), HealthReasons()
-    now = site.site_time
-    cycle = seeded_cycle(config, reporter, reasons, now)
-    cycle.add_sweep(now, sweep(config))
+    cycle, reporter, reasons, now = ready_cycle(site, config)
     state = cycle.run(now, [], model_degraded=True)
     assert state.source == "rule" and "model degraded" in (state.reason or "")
     assert state.actuation == "released"
