@@ -6,6 +6,7 @@ Each check says what it looked at and, when it fails, what to do. Checks that de
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import socket
 import threading
@@ -114,6 +115,13 @@ def _planning_check(config: AgentConfig, seen: dict[str, float]) -> Check:
         else "writes "
         + ", ".join(f"{row.quantity} -> {row.device}.{row.holding_register}" for row in actuation.setpoints)
     )
+    if importlib.util.find_spec("highspy") is None:
+        return Check(
+            "planning",
+            "fail",
+            "the planner's solver (highspy) is not installed: the fallback rule decides every plan. Install "
+            f"highspy (wheels for aarch64 and x86_64; none for armv7). Planning {writes}",
+        )
     if absent:
         return Check(
             "planning",

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
@@ -36,6 +37,7 @@ EXPECTED_TESTS = {
     "test_a_bundle_for_a_runtime_the_profile_lacks_is_refused_with_the_x86_message",
     "test_agent_runs_against_the_host_site_and_its_summary_reaches_the_host_broker",
     "test_the_pi4_wheelhouse_installs_offline_and_self_tests",
+    "test_the_planner_solves_a_day_ahead_plan_within_every_limit",
 }
 
 
@@ -90,6 +92,36 @@ def _tflite_214_bundle(exported: Any, out: Path) -> Path:
                             latency_runs=10)  # fmt: skip
     source = load_source(exported.keys.parent / "run-keras")
     return export_bundle(source, out, load_private_key(exported.keys / "bundle-signing.key"), options).bundle_dir
+
+
+def _plan_case(run_dir: Path) -> dict[str, Any]:
+    """A real evening to plan on arm64: the off-grid site model, W1 load and W2 PV forecast by the device's
+    seasonal baseline (made here: the forecast's source is central-side code)."""
+    from edge_agent.planning.dispatch import ChannelForecast
+    from edge_agent.planning.site_model import load_site_model
+    from gridedge.planning_eval import SeasonalNaiveForecaster, load_replay
+
+    site_model = REPO / "firmware_configs" / "sites" / "offgrid-household-site-model.yaml"
+    shutil.copy(site_model, run_dir / "site-model.yaml")
+    model = load_site_model(site_model)
+    assert model.pv_rated_kw is not None
+    replay = load_replay(date(2008, 5, 1), 1, model.pv_rated_kw)
+    forecast = SeasonalNaiveForecaster(replay).forecast(replay.first + 72, model.planner.horizon_steps)  # 18:00
+
+    def channel(c: ChannelForecast) -> dict[str, Any]:
+        return {
+            "p50": c.p50.tolist(),
+            "quantiles": {str(level): v.tolist() for level, v in c.quantiles.items()},
+            "paths": {str(level): v.tolist() for level, v in c.paths.items()},
+        }
+
+    return {
+        "site_model": "site-model.yaml",
+        "timestamps_utc": forecast.timestamps_utc.tolist(),
+        "load": channel(forecast.load_kw),
+        "pv": channel(forecast.pv_kw),
+        "soc": 0.3,
+    }
 
 
 def _site_file(run_dir: Path, site_port: int, broker_port: int) -> Path:
@@ -151,6 +183,7 @@ def test_the_arm64_subset_passes_in_the_emulated_pi4_userland(
             "agent": {"config": "device-pi4/config.yaml", "broker_port": broker.port,
                       "summary_topic": f"gridedge/v1/{SITE}/{DEVICE}/summary"},
             "pi4_device": "device-pi4",
+            "plan": _plan_case(run_dir),
         }  # fmt: skip
         (run_dir / "case.json").write_text(json.dumps(case))
 

@@ -155,3 +155,26 @@ def test_the_pi4_wheelhouse_installs_offline_and_self_tests(case: dict[str, Any]
     check = "import ai_edge_litert, onnxruntime, numpy, gridedge; print(numpy.__version__)"
     imported = subprocess.run([str(python), "-c", check], capture_output=True, text=True, env=environment, check=False)
     assert imported.returncode == 0, imported.stderr[-2000:]
+
+
+def test_the_planner_solves_a_day_ahead_plan_within_every_limit(case: dict[str, Any]) -> None:
+    from edge_agent.planning.dispatch import ChannelForecast, Forecast, SiteState, limit_violations
+    from edge_agent.planning.planner import plan_dispatch
+    from edge_agent.planning.site_model import load_site_model
+
+    raw = case["plan"]
+    site = load_site_model(CASE / raw["site_model"])
+
+    def channel(values: dict[str, Any]) -> ChannelForecast:
+        return ChannelForecast(
+            p50=np.asarray(values["p50"]),
+            quantiles={float(level): np.asarray(v) for level, v in values["quantiles"].items()},
+            paths={float(level): np.asarray(v) for level, v in values["paths"].items()},
+        )
+
+    times = np.asarray(raw["timestamps_utc"], dtype=np.int64)
+    state = SiteState(soc_fraction=raw["soc"])
+    plan = plan_dispatch(site, state, Forecast(times, channel(raw["load"]), channel(raw["pv"])), int(times[0]))
+    assert plan.source == "planner", plan.reason  # highspy's aarch64 wheel solved it
+    assert plan.steps == site.planner.horizon_steps
+    assert limit_violations(plan, site, state) == []
