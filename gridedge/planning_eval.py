@@ -6,7 +6,9 @@ strategies that share that physics:
 
 * ``plan``: every ``cadence_steps`` the planner solves 24 h ahead on a forecast, the first
   ``cadence_steps`` of its generator schedule and shedding are applied, the battery balances the rest;
-  it replans at once when the SoC falls below the plan's bad-day trajectory (:func:`off_track`);
+  it replans at once when the SoC falls below the plan's bad-day trajectory (:func:`off_track`), and a
+  stopped generator starts at the backstop SoC whatever the plan says (:func:`backstop_start`), as the
+  agent does between plans;
 * ``rule``: the forecast-free fallback rule decides every step from the measured SoC;
 * ``perfect``: the planner on the actual future (perfect foresight), same cadence: the bound the forecast
   costs us against.
@@ -49,7 +51,7 @@ from edge_agent.planning.dispatch import (
 )
 from edge_agent.planning.forecasts import baseline_forecast
 from edge_agent.planning.planner import plan_dispatch
-from edge_agent.planning.rule import rule_decision
+from edge_agent.planning.rule import backstop_start, rule_decision
 from edge_agent.planning.site_model import SiteModel
 from gridedge.datafiles import read_series
 
@@ -170,6 +172,7 @@ class ClosedLoopResult:
     solve_times_s: list[float] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     replans_on_deviation: int = 0
+    backstop_starts: int = 0
     # The forecast in force at each step (P10, P50, P90 of load and PV), for the plot.
     used_forecast: dict[str, NDArray[np.float64]] = field(default_factory=dict)
 
@@ -232,6 +235,10 @@ def run_closed_loop(
             assert plan is not None
             on, setpoint, shed = bool(plan.generator_on[j]), float(plan.generator_kw[j]), float(plan.shed_kw[j])
             shedding = shed > 0
+            if not on and backstop_start(site, measured):
+                assert site.generator is not None
+                on, setpoint, plan = True, site.generator.rated_power_kw, None  # next step replans around it
+                result.backstop_starts += 1
         outcome = balance_step(
             site, state.soc_fraction, float(replay.load_kw[k]), float(replay.pv_kw[k]), on, setpoint, shed
         )
@@ -319,6 +326,7 @@ def summary(results: dict[str, ClosedLoopResult]) -> dict[str, Any]:
             "totals": {k: round(v, 4) if math.isfinite(v) else None for k, v in result.totals.items()},
             "plans": len(result.solve_times_s),
             "replans_on_deviation": result.replans_on_deviation,
+            "backstop_starts": result.backstop_starts,
             "solve_time_s_p50": round(float(np.percentile(times, 50)), 4) if times is not None else None,
             "solve_time_s_p95": round(float(np.percentile(times, 95)), 4) if times is not None else None,
             "fallbacks": result.fallbacks,

@@ -15,7 +15,9 @@ configured, :class:`~edge_agent.planning.actuation.SetpointWriter` writes what
 In the agent the solve (up to the solver's time limit, seconds on a Pi) runs on a thread of its own
 (:meth:`PlanningCycle.tick`): the sensor loop keeps its cadence, and the finished plan is reported and
 written by the loop's next cycle. A solve that has not returned long after its time limit is replaced by
-the rule, so the site is never left without a decision.
+the rule, so the site is never left without a decision. Between plans, a stopped generator is started
+when the SoC falls to the backstop level (:func:`~edge_agent.planning.rule.backstop_start`), and the next
+plan is made at once around it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from edge_agent.planning.actuation import RELEASE, SetpointWriter, WriteOutcome,
 from edge_agent.planning.dispatch import ChannelForecast, DispatchPlan, Forecast, SiteState
 from edge_agent.planning.forecasts import ForecastUnavailableError, baseline_forecast, from_message
 from edge_agent.planning.planner import plan_dispatch
-from edge_agent.planning.rule import rule_dispatch
+from edge_agent.planning.rule import backstop_start, rule_dispatch
 from edge_agent.planning.settings import ForecastChannel, PlanningSection
 from edge_agent.planning.site_model import SiteModel
 from edge_agent.reporting.base import Reporter
@@ -143,6 +145,7 @@ class PlanningCycle:
         self.unserved_latch = AlertLatch(reporter, "plan-unserved-critical", "plan-unserved-cleared", "critical")
         self.start_latch = AlertLatch(reporter, "plan-generator-start", "plan-generator-start-cleared", "warning")
         self.fallback_latch = AlertLatch(reporter, "plan-fallback", "plan-restored", "warning")
+        self.backstop_latch = AlertLatch(reporter, "generator-backstop-start", "generator-backstop-cleared", "warning")
 
     def add_sweep(self, timestamp: float, values: dict[str, float]) -> None:
         """Take one sweep: load and PV into the history, the SoC with its time."""
@@ -182,6 +185,7 @@ class PlanningCycle:
         rule until it returns.
         """
         applied: PlanState | None = None
+        self._backstop(timestamp)
         solving = self.solving
         if solving is not None:
             if solving.done and solving.superseded:
@@ -206,6 +210,24 @@ class PlanningCycle:
             else:
                 applied = self.apply(prepared, timestamp, soc_fresh=self._stale_reason(timestamp) is None)
         return applied
+
+    def _backstop(self, timestamp: float) -> None:
+        """Start a stopped generator at the backstop SoC, then plan at once around it running.
+
+        A solve in flight was made with the generator stopped: it is dropped (it would stop it again).
+        """
+        if self._stale_reason(timestamp) is not None or not backstop_start(self.site, self._state(timestamp)):
+            return
+        self._generator_on, self._generator_since = True, timestamp
+        if self.solving is not None:
+            self.solving.superseded = True
+            self.solving = None
+        self.next_plan_at = None
+        if self.writer is not None:
+            self.writer.apply({"generator_run": 1.0})
+        soc, level = self.soc or 0.0, self.site.backstop_soc_fraction
+        message = f"SoC {soc:.0%} reached the backstop level {level:.0%}: generator started, replanning around it"
+        self.backstop_latch.raise_once("plan", message, value=soc)
 
     def _apply_finished(
         self, plan: DispatchPlan, request: PlanRequest, timestamp: float, model_degraded: bool
@@ -252,6 +274,8 @@ class PlanningCycle:
         self._remember(plan, timestamp)
         outcome = self._actuate(plan, soc_fresh)
         self._report(plan, was_on)
+        if soc_fresh and self.soc is not None and self.soc > self.site.backstop_soc_fraction:
+            self.backstop_latch.clear_once("plan", "SoC above the backstop level again")
         self.latest = plan_state(plan, self.soc if soc_fresh else None, outcome)
         return self.latest
 

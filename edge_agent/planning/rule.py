@@ -76,3 +76,12 @@ def rule_dispatch(site: SiteModel, state: SiteState, timestamps_utc: NDArray[np.
         status="fallback",
         reason=reason,
     )
+
+
+def backstop_start(site: SiteModel, state: SiteState) -> bool:
+    """True when a stopped generator must start now, whatever the plan says: the SoC is at the backstop level
+    and the generator's minimum rest is over."""
+    if site.generator is None or state.generator_on:
+        return False
+    rested = state.generator_steps_in_state >= site.min_rest_steps
+    return rested and state.soc_fraction <= site.backstop_soc_fraction

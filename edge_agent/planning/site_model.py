@@ -160,6 +160,10 @@ class PlannerSettings(_Section):
     """Wall-clock budget of one solve in seconds."""
     mip_rel_gap: float = Field(default=0.02, ge=0, title="MIP gap")
     """Relative optimality gap at which the solver stops."""
+    backstop_margin_fraction: float = Field(default=0.05, ge=0, le=1, title="Generator backstop margin")
+    """Between plans, a stopped generator is started (after its minimum rest) when the measured SoC falls to within
+    this margin above the battery's lowest SoC: the backstop for a load the bad-day scenario did not foresee; the next
+    plan is made at once from the running generator."""
     mip_abs_gap: float = Field(default=0.05, ge=0, title="MIP absolute gap")
     """Absolute optimality gap (currency) at which the solver stops: a relative gap means little when stored energy's
     value brings the objective near zero."""
@@ -228,6 +232,12 @@ class SiteModel(_Section):
     @property
     def min_rest_steps(self) -> int:
         return self.steps(self.generator.min_rest_minutes) if self.generator else 0
+
+    @property
+    def backstop_soc_fraction(self) -> float:
+        """SoC at or below which a stopped generator is started between plans (never above the reserve)."""
+        battery = self.battery
+        return min(battery.soc_min_fraction + self.planner.backstop_margin_fraction, battery.reserve_soc_fraction)
 
 
 def parse_site_model(raw: object, source: str = "site model") -> SiteModel:

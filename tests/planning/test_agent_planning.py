@@ -195,12 +195,42 @@ def test_the_loop_solves_in_the_background_and_applies_the_plan_when_it_is_done(
     assert cycle.solving is None and "planning" not in reasons
 
 
+def test_the_backstop_starts_the_generator_between_plans_and_replans_around_it(served: Any, tmp_path: Path) -> None:
+    site, server, clock = served
+    raw = planning_raw(server.port)
+    raw["planning"]["site_model"]["planner"]["backstop_margin_fraction"] = 0.0
+    config = config_of(raw, tmp_path)
+    cycle, reporter, _, now = ready_cycle(site, config)
+    # A plan made above the backstop level with the generator stopped ...
+    planned = cycle.tick(now, [], model_degraded=False)
+    assert planned is None and cycle.solving is not None and cycle.solving.wait(30.0)
+    assert not cycle.solving.request.state.generator_on
+    in_flight = cycle.solving
+    # ... then the SoC reaches the backstop (the site model's margin raised to where it is now).
+    cycle.site = cycle.site.model_copy(
+        update={"planner": cycle.site.planner.model_copy(update={"backstop_margin_fraction": 0.05})}
+    )
+    assert cycle.soc is not None and cycle.soc <= cycle.site.backstop_soc_fraction
+    clock.now += 60
+    cycle.add_sweep(site.site_time, sweep(config))
+    assert cycle.tick(site.site_time, [], model_degraded=False) is None
+    assert in_flight.superseded  # made with the generator stopped: never applied
+    assert alert_codes(reporter).count("generator-backstop-start") == 1
+    replan = cycle.solving
+    assert replan is not None and replan is not in_flight and replan.request.state.generator_on
+    assert replan.wait(30.0)
+    state = cycle.tick(site.site_time, [], model_degraded=False)
+    assert state is not None and state.source == "planner" and state.generator_on
+    assert cycle.plan is not None and cycle.plan.generator_on[: cycle.site.min_run_steps].all()  # its minimum run
+
+
 def test_a_solver_that_does_not_return_is_replaced_by_the_rule(
     served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     site, server, clock = served
     raw = planning_raw(server.port)
     raw["planning"]["site_model"]["planner"]["time_limit_s"] = 0.05
+    raw["planning"]["site_model"].pop("generator")  # battery only: no backstop start between the plans here
     config = config_of(raw, tmp_path)
     monkeypatch.setattr(cycle_module, "OVERDUE_FLOOR_S", 0.0)
     cycle, reporter, reasons, now = ready_cycle(site, config)

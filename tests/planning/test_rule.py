@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.planning.dispatch import SiteState, limit_violations
-from edge_agent.planning.rule import rule_decision, rule_dispatch
+from edge_agent.planning.rule import backstop_start, rule_decision, rule_dispatch
 from edge_agent.planning.site_model import SiteModel
 
 T = 1_210_000_000 + 900 * np.arange(96, dtype=np.int64)
@@ -45,3 +45,15 @@ def test_rule_without_generator_sheds_to_protect_the_battery(offgrid_site: SiteM
     assert plan.shed_kw.max() > 0
     assert plan.soc_fraction.min() >= site.battery.soc_min_fraction - 1e-9
     assert limit_violations(plan, site, state) == []
+
+
+def test_the_backstop_starts_a_rested_generator_at_its_soc_only(offgrid_site: SiteModel) -> None:
+    level = offgrid_site.backstop_soc_fraction
+    assert offgrid_site.battery.soc_min_fraction < level <= offgrid_site.battery.reserve_soc_fraction
+    rested = offgrid_site.min_rest_steps
+    assert backstop_start(offgrid_site, SiteState(soc_fraction=level, generator_steps_in_state=rested))
+    assert not backstop_start(offgrid_site, SiteState(soc_fraction=level + 0.01, generator_steps_in_state=rested))
+    assert not backstop_start(offgrid_site, SiteState(soc_fraction=level, generator_steps_in_state=rested - 1))
+    assert not backstop_start(offgrid_site, SiteState(soc_fraction=level, generator_on=True))
+    without = offgrid_site.model_copy(update={"generator": None})
+    assert not backstop_start(without, SiteState(soc_fraction=0.0))
