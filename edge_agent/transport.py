@@ -152,16 +152,23 @@ class ReconnectBackoff:
         set_reconnect_delay(self._client, delay, delay)
 
 
-def make_client(broker: BrokerConfig, client_id: str, *, persistent_session: bool = False) -> mqtt.Client:
+def make_client(
+    broker: BrokerConfig,
+    client_id: str,
+    *,
+    persistent_session: bool = False,
+    client_class: type[mqtt.Client] | None = None,
+) -> mqtt.Client:
     """A paho client (callback API v2) configured for protocol, TLS and credentials of ``broker``.
 
-    ``persistent_session`` matters for MQTT 3.1.1 only (MQTT 5 chooses it at connect time).
+    ``persistent_session`` matters for MQTT 3.1.1 only (MQTT 5 chooses it at connect time);
+    ``client_class`` is a subclass of paho's client to make instead (the fleet receiver's).
     """
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     protocol = mqtt.MQTTv5 if broker.protocol == "5" else mqtt.MQTTv311
-    client = mqtt.Client(
+    client = (client_class or mqtt.Client)(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,

@@ -19,7 +19,9 @@ Throughput: paho's network loop alone costs a Python process most of what it has
 so validation and storage (a :class:`BatchWriter`) run by default in a child process of their own, with
 its own GIL. The network side only queues raw ``(topic, payload)`` pairs, ships them in batches of up to
 ``batch_size`` through a pipe (one pickle per batch), and acknowledges a batch's messages when the child
-answers that its transaction committed. A child that dies is restarted and gets the batch again.
+answers that its transaction committed. A new batch leaves when the child is idle (or a full one waits):
+what arrives while it stores gathers into the next batch. A child that dies is restarted and gets the
+batch again. Profiles of both processes, and what each measure bought: ``benchmarks/results/mqtt.md``.
 
 Nothing here dies silently: the writer thread runs under a :class:`~edge_agent.watchdog.Watchdog` (a
 thread that dies is restarted, logged as a critical ``worker-died`` alert and counted in
@@ -31,7 +33,9 @@ and a writer process that dies is restarted with a critical ``writer-process-die
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import struct
 import multiprocessing
 import pickle
 import threading
@@ -72,6 +76,8 @@ T = TypeVar("T")
 MAX_PAYLOAD_BYTES = 256 * 1024
 # Batches in the writer process's pipe at once: two keep it busy while the network side acknowledges.
 PIPELINE_DEPTH = 2
+# Bytes per socket read of the receiver's client: some twenty summaries.
+READ_CHUNK = 64 * 1024
 
 SHARED_LEAVES = ("summary", "alert", "telemetry", "cmd/+/result")
 # The topic's last level names the model: cheaper than trying the discriminated union, and a
@@ -144,6 +150,50 @@ def validate(topic: str, payload: bytes, received_at: float) -> Received:
     return Received(message, text, received_at, topic)
 
 
+class _ReceiverClient(mqtt.Client):
+    """paho's client with two per-message costs of a busy subscriber cut, for which paho 2.2 has no
+    public API: it reads each packet with three or four ``recv`` calls and one ``select``, and writes
+    each PUBACK on its own. Here the socket is read 64 KB at a time (packets are parsed from the
+    buffer until it is empty), and :meth:`ack_many` queues the PUBACKs of a batch as one write."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._read_buffer = b""
+        self._read_offset = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._read_offset >= len(self._read_buffer):
+            self._read_buffer, self._read_offset = super()._sock_recv(READ_CHUNK), 0
+        start = self._read_offset
+        self._read_offset = min(start + bufsize, len(self._read_buffer))
+        return self._read_buffer[start : self._read_offset]
+
+    def _sock_close(self) -> None:
+        # A new connection must not start with the end of the old one's stream.
+        super()._sock_close()
+        self._read_buffer, self._read_offset = b"", 0
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        # select() cannot see what the buffer holds: parse on until it is empty, writing what the
+        # writer thread queued (acknowledgements) in between so that the broker keeps sending.
+        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._read_offset < len(self._read_buffer):
+            if self.want_write():
+                self.loop_write()
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Acknowledge QoS 1 messages in one write (PUBACKs with reason 0 are 4 bytes in MQTT 3.1.1 and 5)."""
+        if mids:
+            packets = struct.pack(f"!{len(mids)}I", *((PUBACK_HEADER << 16) | mid for mid in mids))
+            self._packet_queue(mqtt.PUBACK, packets, 0, 0)
+
+
+# PUBACK fixed header: packet type 4 and remaining length 2, then the packet id.
+PUBACK_HEADER = (mqtt.PUBACK << 8) | 2
+
+
 class Inbox:
     """Hands received messages from paho's network thread to the writer thread.
 
@@ -160,6 +210,9 @@ class Inbox:
         self._waiting = False
         self._wake = threading.Event()
         self._space = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def put(self, item: tuple[int, mqtt.MQTTMessage], stopping: Callable[[], bool]) -> bool:
         """Append ``item``, waiting while the inbox is full; False (dropped) once ``stopping()``."""
@@ -287,6 +340,12 @@ def _writer_process(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = FleetStore(**store_arguments)
     writer = BatchWriter(store, name, stopping.is_set, retention)
+    # A batch's validated messages are thousands of live objects: with the default thresholds the
+    # cyclic collector ran every 700 allocations and scanned them each time, which cost more than the
+    # validation itself (writer 7,700 -> 10,900 summaries per CPU-second, measured). The writer makes
+    # no reference cycles to speak of; what imports left is frozen out of every collection.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 50)
     connection.send("ready")
     try:
         while data := connection.recv_bytes():
@@ -339,9 +398,13 @@ class FleetReceiver:
         self.health_reasons = HealthReasons()
         self.watchdog = Watchdog(self._alert, self.health_reasons, restart_policy, thread_prefix="gridedge-fleet")
         self._client = make_client(
-            broker, broker.client_id or f"gridedge-fleet-{self.name}", persistent_session=session_expiry_s > 0
+            broker,
+            broker.client_id or f"gridedge-fleet-{self.name}",
+            persistent_session=session_expiry_s > 0,
+            client_class=_ReceiverClient,
         )
         self.diagnosis = ConnectionDiagnosis(self._client)
+        self._acks: _ReceiverClient = self._client  # type: ignore[assignment]
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -545,21 +608,26 @@ class FleetReceiver:
         logger.log(level, "%s: %s", alert.code, alert.message)
 
     def _write_loop(self) -> None:
-        # The network side only batches and acknowledges. With a writer process, up to PIPELINE_DEPTH
-        # batches are in its pipe at once, so it parses and stores one while the next is being sent
-        # and the previous one acknowledged.
+        # The network side only batches and acknowledges. A batch goes to the writer process when it
+        # is idle, or as a second one (PIPELINE_DEPTH) when a full batch waits; otherwise what arrives
+        # while it stores gathers into the next batch (group commit). Sending whatever had arrived
+        # made batches of ~5 messages at 5,000 messages/s, a transaction and a pipe round trip each.
         stopping = False
         while not stopping or self._pending:
             self.watchdog.heartbeat("writer")
-            batch, stopping = self._next_batch(stopping, wait=not self._pending)
-            if batch and not self.writer_process:
-                self._acknowledge(batch, self._batch_writer.write(_raw(batch)))
+            if not self.writer_process:
+                batch, stopping = self._next_batch(stopping, wait=True)
+                if batch:
+                    self._acknowledge(batch, self._batch_writer.write(_raw(batch)))
                 continue
+            batch = []
+            if not self._pending or (len(self._pending) < PIPELINE_DEPTH and len(self._inbox) >= self.batch_size):
+                batch, stopping = self._next_batch(stopping, wait=not self._pending)
             if batch:
                 data = pickle.dumps(_raw(batch), protocol=pickle.HIGHEST_PROTOCOL)
                 self._pending.append((batch, data))
                 self._child_call(lambda connection: connection.send_bytes(data), retry=False)  # noqa: B023
-            if self._pending and (len(self._pending) >= PIPELINE_DEPTH or not batch):
+            elif self._pending:
                 outcome: BatchOutcome | None = self._child_call(lambda connection: connection.recv(), retry=True)
                 self._acknowledge(self._pending.popleft()[0], outcome)
 
@@ -578,11 +646,11 @@ class FleetReceiver:
         self.stats.invalid += outcome.invalid
         self.stats.dead_letters += outcome.dead_letters
         self.stats.duplicates += outcome.duplicates
-        for generation, message in batch:
-            # After a reconnect the broker redelivers unacknowledged messages itself; acking an old
-            # mid on the new connection could acknowledge a different message that is not stored yet.
-            if message.qos > 0 and generation == self._generation:
-                self._client.ack(message.mid, message.qos)
+        # After a reconnect the broker redelivers unacknowledged messages itself; acking an old mid on
+        # the new connection could acknowledge a different message that is not stored yet.
+        self._acks.ack_many(
+            [message.mid for generation, message in batch if message.qos == 1 and generation == self._generation]
+        )
 
 
 def _raw(batch: list[tuple[int, mqtt.MQTTMessage]]) -> list[tuple[str, bytes]]:
