@@ -3,8 +3,11 @@
 Starts its own Mosquitto on a free loopback port (never the shared one on 1883) and writes
 benchmarks/results/mqtt.json and benchmarks/results/mqtt.md.
 
-    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py                 # ~5 minutes on a quiet machine
+    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py                 # ~7 minutes on a quiet machine
+    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py --only ingest   # receiver ingest runs only, ~4 minutes
     PYTHONPATH=$PWD python benchmarks/bench_mqtt.py --outage-s 600  # the 10-minute outage soak of DESIGN.md
+
+With ``--only``, the other part's figures are kept from the previous results file (its date is stated).
 """
 
 from __future__ import annotations
@@ -45,9 +48,13 @@ from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig
 from gridedge.broker import LocalMosquitto, wait_until
-from gridedge.fleet.receiver import FleetReceiver
+from gridedge.fleet.receiver import FleetReceiver, tune_gc
 from gridedge.fleet.store import FleetStore, Received
 
+RESULTS_JSON = Path(__file__).parent / "results" / "mqtt.json"
+# The keys each part of the benchmark writes (``--only`` keeps the other part's from the last run).
+OUTBOX_PART = ("broker", "outbox_live", "outbox_replay", "store_ingest", "outage")
+INGEST_PART = ("summaries", "publishers", "live", "receiver_ingest")
 TARGET_OUTBOX_MSG_S = 1000
 TARGET_INGEST_SUMMARIES_S = 5000
 BACKEND_NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
@@ -262,6 +269,7 @@ def run_receiver(
         BrokerConfig(port=port, client_id=client_id), store, group=group, name=client_id, session_expiry_s=3600,
         writer_process=writer_process,
     )
+    tune_gc()  # as `gridedge fleet receive` does
     go.wait()
     receiver.start()
     # start() returns once its writer is ready and the connection is under way: the backlog flows
@@ -576,7 +584,13 @@ def write_results(results: dict[str, Any]) -> None:
     intro = (
         f"{results['when']} on {results['machine']}; Mosquitto {results['broker']} on loopback; 1-minute load "
         f"average {results['load_average_at_start']:.1f} at start (the machine is shared; each ingest run states "
-        "its own). Re-run: `PYTHONPATH=$PWD python benchmarks/bench_mqtt.py`."
+        "its own). Re-run: `PYTHONPATH=$PWD python benchmarks/bench_mqtt.py` (`--only ingest` for the receiver "
+        "runs alone)."
+        + "".join(
+            f" The {part} figures are from the run of {results[key]} (`--only`)."
+            for key, part in (("outbox_when", "outbox and soak"), ("ingest_when", "receiver ingest"))
+            if key in results
+        )
     )
     table = [
         *markdown_table(("measurement", "result", "target", "met"), rows),
@@ -603,6 +617,9 @@ def write_results(results: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--only", choices=["outbox", "ingest"], help="run one part: the outbox and soak runs, or the receiver ingest"
+    )
     parser.add_argument("--messages", type=int, default=5000, help="messages for the outbox runs")
     parser.add_argument("--summaries", type=int, default=20000, help="summaries for the ingest runs")
     parser.add_argument("--receivers", type=int, default=2, help="receiver processes of the scale-out run")
@@ -616,30 +633,42 @@ def main() -> None:
         "--pg-dsn", default="host=127.0.0.1 dbname=test", help="PostgreSQL for the receiver runs ('' to skip)"
     )
     args = parser.parse_args()
+    previous = RESULTS_JSON.exists() and json.loads(RESULTS_JSON.read_text(encoding="utf-8"))
+    if args.only and not previous:
+        parser.error(f"--only needs the other part's figures from a full run in {RESULTS_JSON}")
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+        "load_average_at_start": os.getloadavg()[0],
+    }
     with tempfile.TemporaryDirectory(prefix="gridedge-bench-mqtt-") as tmp:
         workdir = Path(tmp)
-        broker = LocalMosquitto(workdir / "broker", persistence=True)
-        broker.start()
-        try:
-            results: dict[str, Any] = {
-                "when": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
-                "load_average_at_start": os.getloadavg()[0],
-                "broker": mosquitto_version(broker.binary),
-                "outbox_live": bench_outbox_live(broker, workdir, args.messages),
-                "outbox_replay": bench_outbox_replay(broker, workdir, args.messages),
-                "store_ingest": bench_store_ingest(workdir, args.summaries),
-                "outage": bench_outage(broker, workdir, args.outage_s, args.outage_rate),
-                "summaries": args.summaries,
-                "publishers": args.publishers,
-                "live": args.live,
-            }
-        finally:
-            broker.stop(hold_port=False)
-        # The ingest runs get a broker of their own, without persistence: it is never restarted, and
-        # the backlogs they queue stay out of the outage soak's persistence file.
-        with LocalMosquitto(workdir / "ingest-broker") as ingest_broker:
-            results["receiver_ingest"] = ingest_runs(ingest_broker.port, workdir, args)
+        if args.only == "ingest":
+            results |= {key: previous[key] for key in OUTBOX_PART}
+            results["outbox_when"] = previous.get("outbox_when", previous["when"])
+        else:
+            broker = LocalMosquitto(workdir / "broker", persistence=True)
+            broker.start()
+            try:
+                results |= {
+                    "broker": mosquitto_version(broker.binary),
+                    "outbox_live": bench_outbox_live(broker, workdir, args.messages),
+                    "outbox_replay": bench_outbox_replay(broker, workdir, args.messages),
+                    "store_ingest": bench_store_ingest(workdir, args.summaries),
+                    "outage": bench_outage(broker, workdir, args.outage_s, args.outage_rate),
+                }
+            finally:
+                broker.stop(hold_port=False)
+        if args.only == "outbox":
+            results |= {key: previous[key] for key in INGEST_PART}
+            results["ingest_when"] = previous.get("ingest_when", previous["when"])
+        else:
+            results |= {"summaries": args.summaries, "publishers": args.publishers, "live": args.live}
+            # The ingest runs get a broker of their own, without persistence: it is never restarted, and
+            # the backlogs they queue stay out of the outage soak's persistence file.
+            with LocalMosquitto(workdir / "ingest-broker") as ingest_broker:
+                results["broker"] = mosquitto_version(ingest_broker.binary)
+                results["receiver_ingest"] = ingest_runs(ingest_broker.port, workdir, args)
     write_results(results)
 
 

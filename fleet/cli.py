@@ -204,7 +204,7 @@ def listen(
     """
     from rich.console import Console
 
-    from gridedge.fleet.receiver import FleetReceiver
+    from gridedge.fleet.receiver import FleetReceiver, tune_gc
 
     console = Console(stderr=True)
     broker = broker_config(
@@ -225,6 +225,7 @@ def listen(
         stack.callback(store.close)
         if rollout_key is not None:
             _drive_rollouts(stack, broker, rollout_key, db, dsn, config)
+        tune_gc()
         # Said once subscribed (the writer process starts first, ~1 s): scripts may wait for this line.
         receiver.run(duration, connect_timeout_s=connect_timeout, on_subscribed=lambda: console.print("subscribed"))
     elapsed = time.monotonic() - started
@@ -548,6 +549,14 @@ def deploy(
     allow_downgrade: Annotated[
         bool, typer.Option(help="Let devices install a lower version of the model they run (signed).")
     ] = False,
+    probation_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a device may stay on probation after the install before it counts as failed "
+            "(probation-timeout). Default: probation_timeout_s of the config file, else 3600.",
+            min=1,
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option(help="Drive the rollout until it ends (or --timeout); else only record it.")
     ] = True,
@@ -565,15 +574,18 @@ def deploy(
     Devices offline now get the update when they come back, while a runner runs: this command with
     --wait, or `gridedge fleet listen --rollout-key`. Exits 1 when the rollout halted."""
     from edge_agent.keys import load_private_key
-    from gridedge.fleet.rollouts import HALTED, create_rollout
+    from gridedge.fleet.rollouts import DEFAULT_PROBATION_TIMEOUT_S, HALTED, create_rollout
+    from gridedge.fleet.settings import fleet_file_config
 
     private_key = load_private_key(key)
     archive = _bundle_archive(bundle)
+    if probation_timeout is None:
+        probation_timeout = fleet_file_config(config).probation_timeout_s or DEFAULT_PROBATION_TIMEOUT_S
     with contextlib.closing(open_store(db, dsn, config=config)) as store:
         targets = _deploy_targets(store, site or [], device or [], group or [], config)
         rollout = create_rollout(
             store, archive, targets, canaries=canaries, max_failure_ratio=max_failure_ratio,
-            allow_downgrade=allow_downgrade,
+            allow_downgrade=allow_downgrade, probation_timeout_s=probation_timeout,
         )
         typer.echo(
             f"rollout {rollout.rollout_id}: {rollout.bundle_name} {rollout.bundle_version} to {len(targets)} "

@@ -20,6 +20,9 @@ ratio; the rollout is ``done`` when every device has one.
    own reason (bad signature, failed self-test, downgrade, no artefact for its runtime ...);
 3. keeps an accepted update on ``probation`` and asks ``status`` again until the device says the new
    model passed its first inferences (``updated``) or was rolled back (``rolled-back``, with the reason).
+   A device still on probation ``probation_timeout_s`` after the install (silent, offline, or never
+   reporting the new model as passed) is ``failed`` with the reason ``probation-timeout``, so that a
+   stage is decided and the failure counts towards halting.
 
 A device that is offline (its status says offline or stopped, or a command timed out) stays ``waiting``
 and gets the update when its next birth says it is back, as long as a runner is running: ``gridedge
@@ -79,6 +82,10 @@ ACTIVE_STATES = frozenset({RUNNING, HALTED, ROLLING_BACK})
 REACHABLE = frozenset({"online", "degraded"})
 # A claim older than this was left by a runner that died mid-send: the device is tried again.
 STALE_CLAIM_S = 600.0
+# How long a device may stay on probation: the agent's probation is its first 3 inferences, which
+# take up to 45 minutes at a 15-minute model step. Rollouts recorded before the setting existed get it.
+DEFAULT_PROBATION_TIMEOUT_S = 3600.0
+PROBATION_TIMEOUT = "probation-timeout"
 
 ROLLOUT_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS fleet_rollouts (
@@ -94,7 +101,8 @@ ROLLOUT_SCHEMA = [
         allow_downgrade BOOLEAN NOT NULL,
         stage BIGINT NOT NULL,
         state TEXT NOT NULL,
-        reason TEXT
+        reason TEXT,
+        probation_timeout_s DOUBLE PRECISION
     )""",
     # base64 text: the same column type on SQLite and PostgreSQL; bundles are small.
     """CREATE TABLE IF NOT EXISTS fleet_bundle_archives (
@@ -115,7 +123,7 @@ ROLLOUT_SCHEMA = [
 ]
 ROLLOUT_COLUMNS = (
     "rollout_id", "created_at", "updated_at", "bundle_name", "bundle_version", "bundle_sha256", "archive_sha256",
-    "canaries", "max_failure_ratio", "allow_downgrade", "stage", "state", "reason",
+    "canaries", "max_failure_ratio", "allow_downgrade", "stage", "state", "reason", "probation_timeout_s",
 )
 DEVICE_COLUMNS = ("rollout_id", "site", "device", "stage", "outcome", "reason", "attempts", "updated_at")
 REASON_CHARS = 1024
@@ -170,6 +178,7 @@ class Rollout:
     stage: int
     state: str
     reason: str | None
+    probation_timeout_s: float = DEFAULT_PROBATION_TIMEOUT_S
     devices: list[DeviceOutcome] = field(default_factory=list)
 
     @property
@@ -204,10 +213,25 @@ class RolloutStore:
 
     def __init__(self, store: FleetStore) -> None:
         self.store = store
+        self._selected: str | None = None
         if not store.read_only:
             with store.transaction() as execute:
                 for statement in ROLLOUT_SCHEMA:
                     execute(statement, ())
+            if "probation_timeout_s" not in self._rollout_columns():
+                # A store made before the probation timeout existed: its rollouts get the default.
+                with store.transaction() as execute:
+                    execute("ALTER TABLE fleet_rollouts ADD COLUMN probation_timeout_s DOUBLE PRECISION", ())
+
+    def _rollout_columns(self) -> set[str]:
+        if self.store.postgres:
+            rows = self.store.query(
+                "SELECT column_name AS name FROM information_schema.columns WHERE table_name = 'fleet_rollouts' "
+                "AND table_schema = current_schema()"
+            )
+        else:
+            rows = self.store.query("SELECT name FROM pragma_table_info('fleet_rollouts')")
+        return {row["name"] for row in rows}
 
     def _present(self) -> bool:
         """Whether the tables exist (a read-only store written by an older gridedge has none)."""
@@ -267,8 +291,12 @@ class RolloutStore:
         raise FleetError(f"{rollout_id!r} names {len(matches)} rollouts; give more of the id")
 
     def _load(self, where: str, params: tuple[Any, ...]) -> list[Rollout]:
+        if self._selected is None:
+            # A read-only store written by an older gridedge lacks the newer columns: they read as NULL.
+            present = self._rollout_columns()
+            self._selected = ", ".join(c if c in present else f"NULL AS {c}" for c in ROLLOUT_COLUMNS)
         rollouts = self.store.query(
-            f"SELECT {', '.join(ROLLOUT_COLUMNS)} FROM fleet_rollouts{where} ORDER BY created_at DESC", params
+            f"SELECT {self._selected} FROM fleet_rollouts{where} ORDER BY created_at DESC", params
         )
         ids = [row["rollout_id"] for row in rollouts]
         devices: dict[str, list[DeviceOutcome]] = {rollout_id: [] for rollout_id in ids}
@@ -284,7 +312,8 @@ class RolloutStore:
                 )
         return [
             Rollout(**{**row, "allow_downgrade": bool(row["allow_downgrade"]), "canaries": int(row["canaries"]),
-                       "stage": int(row["stage"]), "devices": devices[row["rollout_id"]]})
+                       "stage": int(row["stage"]), "devices": devices[row["rollout_id"]],
+                       "probation_timeout_s": float(row["probation_timeout_s"] or DEFAULT_PROBATION_TIMEOUT_S)})
             for row in rollouts
         ]
 
@@ -349,9 +378,11 @@ def create_rollout(
     canaries: int = 1,
     max_failure_ratio: float = 0.2,
     allow_downgrade: bool = False,
+    probation_timeout_s: float = DEFAULT_PROBATION_TIMEOUT_S,
 ) -> Rollout:
     """Record a rollout of the bundle ``archive`` to ``targets`` (nothing is sent yet: see
-    :class:`RolloutRunner`). Canaries are the ``canaries`` targets the store last saw online, by name."""
+    :class:`RolloutRunner`). Canaries are the ``canaries`` targets the store last saw online, by name;
+    a device on probation longer than ``probation_timeout_s`` after its install counts as failed."""
     chosen = sorted(set(targets))
     if not chosen:
         raise FleetError("a rollout needs at least one target device; name them with --site, --device or --group")
@@ -359,6 +390,8 @@ def create_rollout(
         raise FleetError(f"canaries must be at least 1, not {canaries}")
     if not 0.0 <= max_failure_ratio <= 1.0:
         raise FleetError(f"max_failure_ratio must be between 0 and 1, not {max_failure_ratio}")
+    if not probation_timeout_s > 0:
+        raise FleetError(f"probation_timeout_s must be a positive number of seconds, not {probation_timeout_s}")
     manifest, digest = archive_digest(archive)
     online = {(row["site"], row["device"]) for row in store.devices() if row["state"] in REACHABLE}
     chosen.sort(key=lambda t: ((t.site, t.device) not in online, t.site, t.device))
@@ -378,6 +411,7 @@ def create_rollout(
         stage=0,
         state=RUNNING,
         reason=None,
+        probation_timeout_s=probation_timeout_s,
         devices=[
             DeviceOutcome(t.site, t.device, 0 if index < canaries else 1, WAITING, None, 0, now)
             for index, t in enumerate(chosen)
@@ -501,13 +535,25 @@ class RolloutRunner:
         rollout = self._judge(rollout)
         for row in rollout.devices:
             target = Target(row.site, row.device)
-            if not self.reachable(target):
-                continue
             if row.outcome == PROBATION:
-                self._follow_probation(rollout, target)
+                if self.reachable(target):
+                    self._follow_probation(rollout, target)
+                if time.time() - row.updated_at > rollout.probation_timeout_s:
+                    self._time_out_probation(rollout, target)
             elif row.outcome == WAITING and rollout.state == RUNNING and row.stage <= rollout.stage:
-                self._install(rollout, target, row.attempts)
+                if self.reachable(target):
+                    self._install(rollout, target, row.attempts)
         return self._judge(self.rollouts.get(rollout_id))
+
+    def _time_out_probation(self, rollout: Rollout, target: Target) -> None:
+        """Fail a device whose probation (started when its outcome became ``probation``) outlasted the
+        rollout's timeout, unless the status just asked for decided it."""
+        reason = (
+            f"{PROBATION_TIMEOUT}: no report of {rollout.bundle_name} {rollout.bundle_version} passing its "
+            f"probation within {rollout.probation_timeout_s:g} s of the install"
+        )
+        if self.rollouts.set_outcome(rollout.rollout_id, target, FAILED, reason, expect=(PROBATION,)):
+            logger.warning("rollout %s: %s %s", rollout.rollout_id, target, reason)
 
     def _judge(self, rollout: Rollout) -> Rollout:
         """Halt on too many failures, else open the next stage or finish when this one is decided."""

@@ -42,6 +42,9 @@ class FleetFileConfig(StrictModel):
     series_retention_days: float | None = Field(None, gt=0)
     """Keep model-step telemetry (the training data of `fleet retrain`) this many days; usually longer than the
     messages, to cover the seasons a model must learn."""
+    probation_timeout_s: float | None = Field(None, gt=0)
+    """Default of `fleet deploy --probation-timeout`: seconds a device may stay on probation after installing a
+    rollout's bundle before it counts as failed (probation-timeout); 3600 when unset."""
     groups: dict[str, list[str]] = Field(default_factory=dict)
     """Named device groups for `fleet deploy --group`: SITE/DEVICE patterns (shell-style, e.g. farm-*/inverter-*)
     matched against the devices the fleet store knows."""
@@ -92,13 +95,17 @@ def _config_file(config: Path | None) -> tuple[Path | None, str]:
     return (path, str(path)) if path.is_file() else (None, "")
 
 
-def fleet_groups(config: Path | None = None) -> dict[str, list[str]]:
-    """The ``groups:`` of the fleet config file (``--config``, ``$GRIDEDGE_FLEET_CONFIG`` or the default)."""
+def fleet_file_config(config: Path | None = None) -> FleetFileConfig:
+    """The fleet config file (``--config``, ``$GRIDEDGE_FLEET_CONFIG`` or the default), empty when none."""
     config_path, _ = _config_file(config)
     if config_path is None:
-        return {}
-    hint = "pass an existing --config"
-    return load_yaml_model(config_path, FleetFileConfig, "fleet config", missing_hint=hint).groups
+        return FleetFileConfig()
+    return load_yaml_model(config_path, FleetFileConfig, "fleet config", missing_hint="pass an existing --config")
+
+
+def fleet_groups(config: Path | None = None) -> dict[str, list[str]]:
+    """The ``groups:`` of the fleet config file."""
+    return fleet_file_config(config).groups
 
 
 def resolve_store(

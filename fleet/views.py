@@ -185,7 +185,10 @@ def rollouts_table(rollouts: list[Rollout], now: float) -> Table:
 def rollout_devices_table(rollout: Rollout, now: float) -> Table:
     """One rollout's devices: stage (canary or rest), outcome, the device's reason, age; fits 80 columns."""
     table = Table(
-        title=f"rollout {rollout.rollout_id}: {rollout.bundle_name} {rollout.bundle_version}, {rollout.state}",
+        title=(
+            f"rollout {rollout.rollout_id}: {rollout.bundle_name} {rollout.bundle_version}, {rollout.state}, "
+            f"probation timeout {age_label(rollout.probation_timeout_s)}"
+        ),
         box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1),
     )
     table.add_column("device\nsite", overflow="fold", min_width=12)

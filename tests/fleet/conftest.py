@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from edge_agent.bundle import bundle_digest, pack_archive, write_bundle
 from gridedge.broker import LocalMosquitto
 from gridedge.fleet.store import FleetStore
 
@@ -46,3 +48,10 @@ def wait_subscribed() -> Callable[[subprocess.Popen[str]], None]:
     writer process and connects first: seconds on a busy machine)."""
     return _wait_subscribed
 
+
+
+@pytest.fixture
+def archive(tmp_path: Path, manifest: Any, model_file: Path, signing_key: Any) -> tuple[bytes, str]:
+    """A signed bundle archive and the bundle's digest."""
+    folder = write_bundle(tmp_path / "bundle", manifest, {"model_int8.tflite": model_file}, signing_key)
+    return pack_archive(folder, tmp_path / "bundle.tar.gz").read_bytes(), bundle_digest(folder)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from edge_agent.bundle import archive_digest, bundle_digest, pack_archive, write_bundle
+from edge_agent.bundle import archive_digest
 from edge_agent.errors import BundleFormatError, FleetError
 from edge_agent.messages import AlertContent, Envelope, ModelInfo
 from edge_agent.reporting.base import MessageBuilder
@@ -34,13 +34,6 @@ def _flat(output: str) -> str:
 
 def _received(message: Envelope, at: float) -> Received:
     return Received(message, message.model_dump_json(), at)
-
-
-@pytest.fixture
-def archive(tmp_path: Path, manifest: Any, model_file: Path, signing_key: Any) -> tuple[bytes, str]:
-    """A signed bundle archive and the bundle's digest."""
-    folder = write_bundle(tmp_path / "bundle", manifest, {"model_int8.tflite": model_file}, signing_key)
-    return pack_archive(folder, tmp_path / "bundle.tar.gz").read_bytes(), bundle_digest(folder)
 
 
 def test_archive_digest_is_the_installed_bundles(archive: tuple[bytes, str]) -> None:
@@ -156,7 +149,7 @@ def test_deploy_command_line_records_a_group_and_refuses_no_targets(
     (tmp_path / "bundle.tar.gz").write_bytes(archive[0])
     key, _ = new_keypair(tmp_path / "operator", kind="operator")
     config = tmp_path / "fleet.yaml"
-    config.write_text("db: fleet.sqlite3\ngroups:\n  inverters: ['farm-*/inv-*']\n")
+    config.write_text("db: fleet.sqlite3\nprobation_timeout_s: 900\ngroups:\n  inverters: ['farm-*/inv-*']\n")
     runner = CliRunner()
     common = [str(tmp_path / "bundle.tar.gz"), "--key", str(key), "--config", str(config), "--no-wait"]
 
@@ -174,5 +167,13 @@ def test_deploy_command_line_records_a_group_and_refuses_no_targets(
         store.close()
     assert [f"{d.site}/{d.device}" for d in rollout.devices] == ["farm-1/inv-1", "farm-2/inv-1", "farm-3/new-1"]
     assert rollout.rollout_id in recorded.output and rollout.counts() == {"waiting": 3}
+    assert rollout.probation_timeout_s == 900  # the config file's default
+    timed = runner.invoke(app, ["deploy", *common, "--device", "farm-1/inv-1", "--probation-timeout", "120"])
+    assert timed.exit_code == 0, timed.output
+    store = FleetStore(path=database, read_only=True)
+    try:
+        assert RolloutStore(store).list_rollouts()[0].probation_timeout_s == 120
+    finally:
+        store.close()
     listing = runner.invoke(app, ["rollouts", "--config", str(config)], env={"COLUMNS": "80"})
     assert listing.exit_code == 0 and "3 waiting" in listing.output, listing.output
