@@ -540,9 +540,11 @@ class RolloutRunner:
                     self._follow_probation(rollout, target)
                 if time.time() - row.updated_at > rollout.probation_timeout_s:
                     self._time_out_probation(rollout, target)
-            elif row.outcome == WAITING and rollout.state == RUNNING and row.stage <= rollout.stage:
-                if self.reachable(target):
-                    self._install(rollout, target, row.attempts)
+            elif (
+                row.outcome == WAITING and rollout.state == RUNNING and row.stage <= rollout.stage
+                and self.reachable(target)
+            ):
+                self._install(rollout, target, row.attempts)
         return self._judge(self.rollouts.get(rollout_id))
 
     def _time_out_probation(self, rollout: Rollout, target: Target) -> None:

@@ -41,7 +41,7 @@ def explain(error: str) -> str:
     return error
 
 
-class _ErrorRecorder(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _ErrorRecorder(logging.LoggerAdapter):
     """paho's logger: passes everything on to the ``paho`` logger and hands errors to the diagnosis."""
 
     def __init__(self, diagnosis: ConnectionDiagnosis):
