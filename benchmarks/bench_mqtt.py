@@ -269,7 +269,7 @@ def run_receiver(
         BrokerConfig(port=port, client_id=client_id), store, group=group, name=client_id, session_expiry_s=3600,
         writer_process=writer_process,
     )
-    tune_gc()  # as `gridedge fleet receive` does
+    tune_gc()  # as `gridedge fleet listen` does
     go.wait()
     receiver.start()
     # start() returns once its writer is ready and the connection is under way: the backlog flows

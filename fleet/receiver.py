@@ -340,7 +340,7 @@ def tune_gc() -> None:
     validation itself and the network process a quarter of its CPU (writer 7,700 -> 10,900 and
     network 8,300 -> 11,000 summaries per CPU-second, measured). Receiving makes few reference cycles;
     what the imports left is frozen out of every collection. The writer process calls this itself;
-    ``gridedge fleet receive`` calls it for the network process.
+    ``gridedge fleet listen`` calls it for the network process.
     """
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
