@@ -21,7 +21,7 @@ its own GIL. The network side only queues raw ``(topic, payload)`` pairs, ships 
 ``batch_size`` through a pipe (one pickle per batch), and acknowledges a batch's messages when the child
 answers that its transaction committed. A new batch leaves when the child is idle (or a full one waits):
 what arrives while it stores gathers into the next batch. A child that dies is restarted and gets the
-batch again. Profiles of both processes, and what each measure bought: ``benchmarks/results/mqtt.md``.
+batch again. Where the CPU goes in both processes, and what each measure bought: ``docs/fleet.md``.
 
 Nothing here dies silently: the writer thread runs under a :class:`~edge_agent.watchdog.Watchdog` (a
 thread that dies is restarted, logged as a critical ``worker-died`` alert and counted in
@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -78,6 +78,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024
 PIPELINE_DEPTH = 2
 # Bytes per socket read of the receiver's client: some twenty summaries.
 READ_CHUNK = 64 * 1024
+# PUBACK fixed header: packet type 4 and remaining length 2, then the packet id.
+PUBACK_HEADER = (mqtt.PUBACK << 8) | 2
 
 SHARED_LEAVES = ("summary", "alert", "telemetry", "cmd/+/result")
 # The topic's last level names the model: cheaper than trying the discriminated union, and a
@@ -188,10 +190,6 @@ class _ReceiverClient(mqtt.Client):
         if mids:
             packets = struct.pack(f"!{len(mids)}I", *((PUBACK_HEADER << 16) | mid for mid in mids))
             self._packet_queue(mqtt.PUBACK, packets, 0, 0)
-
-
-# PUBACK fixed header: packet type 4 and remaining length 2, then the packet id.
-PUBACK_HEADER = (mqtt.PUBACK << 8) | 2
 
 
 class Inbox:
@@ -406,14 +404,16 @@ class FleetReceiver:
         self._refused: str | None = None
         self.health_reasons = HealthReasons()
         self.watchdog = Watchdog(self._alert, self.health_reasons, restart_policy, thread_prefix="gridedge-fleet")
-        self._client = make_client(
-            broker,
-            broker.client_id or f"gridedge-fleet-{self.name}",
-            persistent_session=session_expiry_s > 0,
-            client_class=_ReceiverClient,
+        self._client = cast(
+            _ReceiverClient,
+            make_client(
+                broker,
+                broker.client_id or f"gridedge-fleet-{self.name}",
+                persistent_session=session_expiry_s > 0,
+                client_class=_ReceiverClient,
+            ),
         )
         self.diagnosis = ConnectionDiagnosis(self._client)
-        self._acks: _ReceiverClient = self._client  # type: ignore[assignment]
         self._client.manual_ack_set(True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -657,7 +657,7 @@ class FleetReceiver:
         self.stats.duplicates += outcome.duplicates
         # After a reconnect the broker redelivers unacknowledged messages itself; acking an old mid on
         # the new connection could acknowledge a different message that is not stored yet.
-        self._acks.ack_many(
+        self._client.ack_many(
             [message.mid for generation, message in batch if message.qos == 1 and generation == self._generation]
         )
 
