@@ -176,3 +176,22 @@ def test_deploy_command_line_records_a_group_and_refuses_no_targets(
         store.close()
     listing = runner.invoke(app, ["rollouts", "--config", str(config)], env={"COLUMNS": "80"})
     assert listing.exit_code == 0 and "3 waiting" in listing.output, listing.output
+
+
+def test_a_store_from_before_the_probation_timeout_reads_and_gains_it(
+    store: FleetStore, store_location: dict[str, object], archive: tuple[bytes, str]
+) -> None:
+    rollout = create_rollout(store, archive[0], [Target(SITE, "dev-old")])
+    with store.transaction() as execute:  # what an older gridedge wrote
+        execute("ALTER TABLE fleet_rollouts DROP COLUMN probation_timeout_s")
+    reader = FleetStore(**store_location, read_only=True)  # type: ignore[arg-type]
+    try:
+        assert RolloutStore(reader).get(rollout.rollout_id).probation_timeout_s == 3600
+    finally:
+        reader.close()
+    migrated = RolloutStore(store)
+    assert migrated.get(rollout.rollout_id).probation_timeout_s == 3600
+    newer = create_rollout(store, archive[0], [Target(SITE, "dev-old")], probation_timeout_s=60)
+    assert migrated.get(newer.rollout_id).probation_timeout_s == 60
+    with pytest.raises(FleetError, match="positive number of seconds"):
+        create_rollout(store, archive[0], [Target(SITE, "dev-old")], probation_timeout_s=0)
