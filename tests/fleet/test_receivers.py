@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,12 +16,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edge_agent.messages import AlertContent, SummaryContent
+from edge_agent.messages import AlertContent, OutboxStats, SummaryContent, device_topic
 from edge_agent.reporting.base import MessageBuilder
 from edge_agent.reporting.config import MqttConfig
 from edge_agent.reporting.mqtt import MqttReporter
 from edge_agent.transport import BrokerConfig, make_client
-from gridedge.broker import LocalMosquitto
+from gridedge.broker import LocalMosquitto, wait_until
 from gridedge.fleet.cli import app
 from gridedge.fleet.receiver import FleetReceiver, subscriptions
 from gridedge.fleet.store import FleetStore
@@ -133,6 +134,52 @@ def test_cli_listen_status_and_export(
     assert kinds == ["alert", "status", "summary"]
     refused = runner.invoke(app, ["export", "--what", "nonsense", "--db", str(database), "--out", str(messages)])
     assert refused.exit_code != 0
+
+
+def test_a_sigkilled_listener_loses_nothing_and_stores_nothing_twice(
+    broker: LocalMosquitto, tmp_path: Path, wait_subscribed: Callable[[subprocess.Popen[str]], None]
+) -> None:
+    """Acknowledged only after the commit: a listener killed while it drains a stream leaves what it did
+    not acknowledge in its persistent session, and the next listener of its name stores that, each once."""
+    database = tmp_path / "fleet.sqlite3"
+    tag = uuid.uuid4().hex[:6]
+    listen = [sys.executable, "-m", "gridedge.cli", "fleet", "listen", "--port", str(broker.port), "--db",
+              str(database), "--group", f"crash-{tag}", "--name", f"crash-{tag}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(listen, stderr=subprocess.PIPE, text=True, env=env)
+    wait_subscribed(first)
+    device, count = f"inv-{tag}", 4000
+    builder = MessageBuilder("farm-1", device)
+    outbox = OutboxStats(depth=0, bytes=0)
+    payloads = [builder.summary(seq, summary(), outbox).model_dump_json() for seq in range(count)]
+    publisher = make_client(BrokerConfig(port=broker.port), f"pub-{tag}")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    store = FleetStore(path=database, read_only=True)
+
+    def stored() -> list[int]:
+        return [row["seq"] for row in store.messages(device=device, kind="summary")]
+
+    try:
+        infos = [publisher.publish(device_topic("farm-1", device, "summary"), p, qos=1) for p in payloads]
+        assert wait_until(lambda: len(stored()) > 0, 60)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        at_kill = len(stored())
+        for info in infos:
+            info.wait_for_publish(60)
+        second = subprocess.Popen(listen, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert wait_until(lambda: len(stored()) >= count, 120), len(stored())
+        finally:
+            second.send_signal(signal.SIGINT)
+            second.communicate(timeout=30)
+        assert at_kill < count, "the first listener stored everything before it was killed: nothing was tested"
+        assert sorted(stored()) == list(range(count))
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        store.close()
 
 
 def test_invalid_payloads_are_counted_not_stored(broker: LocalMosquitto, tmp_path: Path) -> None:
