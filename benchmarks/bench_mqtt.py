@@ -3,8 +3,8 @@
 Starts its own Mosquitto on a free loopback port (never the shared one on 1883) and writes
 benchmarks/results/mqtt.json and benchmarks/results/mqtt.md.
 
-    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py                 # ~7 minutes on a quiet machine
-    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py --only ingest   # receiver ingest runs only, ~4 minutes
+    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py                 # ~4 minutes (measured at load 5 on 2 cores)
+    PYTHONPATH=$PWD python benchmarks/bench_mqtt.py --only ingest   # receiver ingest runs only, ~3 minutes
     PYTHONPATH=$PWD python benchmarks/bench_mqtt.py --outage-s 600  # the 10-minute outage soak of DESIGN.md
 
 With ``--only``, the other part's figures are kept from the previous results file (its date is stated).
