@@ -109,6 +109,10 @@ class ExportOptions(BaseModel):
     fault_margin_std: float = Field(default=4.0, gt=0)
     """Anomaly models: int8 ranges cover spikes this many standard deviations past the training range (normalised
     units), so the quantised detector does not clip the faults it looks for."""
+    level_margin_std: float = Field(default=2.0, ge=0)
+    """Forecasters: int8 ranges cover the measured inputs shifted in level this many standard deviations past the
+    training range (normalised units); 2 is the drift (|z| of the mean) at which `fleet retrain` replaces a model by
+    default, so a model is not clipped on data that has not yet drifted enough to replace it. 0 turns it off."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
 
 
@@ -159,6 +163,14 @@ def _convert(
             f"int8 calibration: {len(calibration)} windows, of which {len(faults)} training windows carry one spike "
             f"{options.fault_margin_std:g} std past the training range, so int8 ranges cover the faults to detect"
         )
+    elif options.level_margin_std > 0:
+        shifted = converters.shifted_windows(source.calibration, level_columns(source.spec), options.level_margin_std)
+        calibration += shifted
+        notes.append(
+            f"int8 calibration: {len(calibration)} windows, of which {len(shifted)} training windows are shifted in "
+            f"level {options.level_margin_std:g} std past the training range, so int8 ranges do not clip a site "
+            "whose level moved"
+        )
     stem = options.name
     results: list[ArtefactResult] = []
     if any(COMPATIBILITY_TARGETS[t].artefact_runtime == "tflite" for t in targets):
@@ -177,6 +189,16 @@ def _convert(
         if result.runtime == "onnx":
             result.details.update(converters.onnx_description(result.path))
     return results
+
+
+def level_columns(spec: FeatureSpec) -> dict[int, list[int]]:
+    """Each measured channel's column in ``past`` and the ``future`` columns of its seasonal-naive forecasts."""
+    future = spec.future_feature_names
+    seasonal = list(zip(spec.seasonal_feature_names, spec.seasonal_feature_targets, strict=True))
+    return {
+        spec.past_feature_names.index(channel): [future.index(name) for name, target in seasonal if target == channel]
+        for channel in spec.past_channel_names
+    }
 
 
 def _open(result: ArtefactResult, source: ExportSource) -> ModelRuntime:
