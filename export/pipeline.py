@@ -110,9 +110,10 @@ class ExportOptions(BaseModel):
     """Anomaly models: int8 ranges cover spikes this many standard deviations past the training range (normalised
     units), so the quantised detector does not clip the faults it looks for."""
     level_margin_std: float = Field(default=2.0, ge=0)
-    """Forecasters: int8 ranges cover the measured inputs shifted in level this many standard deviations past the
-    training range (normalised units); 2 is the drift (|z| of the mean) at which `fleet retrain` replaces a model by
-    default, so a model is not clipped on data that has not yet drifted enough to replace it. 0 turns it off."""
+    """Forecasters: int8 ranges cover the targets shifted in level this many standard deviations past the training
+    range (normalised units, within the channel's physical range); 2 is the drift (|z| of the mean) at which `fleet
+    retrain` replaces a model by default, so a model is not clipped on data that has not drifted enough to replace it.
+    0 turns it off."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
 
 
@@ -164,12 +165,12 @@ def _convert(
             f"{options.fault_margin_std:g} std past the training range, so int8 ranges cover the faults to detect"
         )
     elif options.level_margin_std > 0:
-        shifted = converters.shifted_windows(source.calibration, level_columns(source.spec), options.level_margin_std)
+        shifted = converters.shifted_windows(source.calibration, level_channels(source.spec), options.level_margin_std)
         calibration += shifted
         notes.append(
-            f"int8 calibration: {len(calibration)} windows, of which {len(shifted)} training windows are shifted in "
-            f"level {options.level_margin_std:g} std past the training range, so int8 ranges do not clip a site "
-            "whose level moved"
+            f"int8 calibration: {len(calibration)} windows, of which {len(shifted)} training windows have their "
+            f"targets shifted in level {options.level_margin_std:g} std past the training range (within the physical "
+            "range), so int8 ranges do not clip a site whose level moved"
         )
     stem = options.name
     results: list[ArtefactResult] = []
@@ -191,14 +192,30 @@ def _convert(
     return results
 
 
-def level_columns(spec: FeatureSpec) -> dict[int, list[int]]:
-    """Each measured channel's column in ``past`` and the ``future`` columns of its seasonal-naive forecasts."""
+def level_channels(spec: FeatureSpec) -> list[converters.LevelChannel]:
+    """The targets (whose level a new load or array moves), with their seasonal-naive forecasts and physical
+    range in normalised units; calendar, known-future and other observed inputs keep their training range."""
     future = spec.future_feature_names
     seasonal = list(zip(spec.seasonal_feature_names, spec.seasonal_feature_targets, strict=True))
-    return {
-        spec.past_feature_names.index(channel): [future.index(name) for name, target in seasonal if target == channel]
-        for channel in spec.past_channel_names
-    }
+    stats = spec.normalisation
+
+    def normalised(value: float | None, target: str, unbounded: float) -> float:
+        if value is None:
+            return unbounded
+        return value if stats is None else float(stats.transform(np.array([[value]]), [target])[0, 0])
+
+    channels = []
+    for target in spec.target_channels:
+        info = next(c for c in spec.past_channels if c.name == target)
+        channels.append(
+            converters.LevelChannel(
+                column=spec.past_feature_names.index(target),
+                future_columns=tuple(future.index(name) for name, of in seasonal if of == target),
+                low=normalised(info.min_value, target, -np.inf),
+                high=normalised(info.max_value, target, np.inf),
+            )
+        )
+    return channels
 
 
 def _open(result: ArtefactResult, source: ExportSource) -> ModelRuntime:

@@ -10,7 +10,7 @@ from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
 from gridedge.export import converters
 from gridedge.export.evaluate import predict_batched
-from gridedge.export.pipeline import ExportOptions, level_columns
+from gridedge.export.pipeline import ExportOptions, level_channels
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +40,19 @@ def test_int8_input_range_covers_the_fault_margin(w3_keras_source, tmp_path) -> 
     assert representable[1] >= feeds["past"].max() + 4.0 - scale
 
 
-def test_shifted_windows_reach_the_margin_and_keep_each_window_shape(w1_torch_source) -> None:
+def test_shifted_windows_reach_the_margin_within_the_physical_range(w1_torch_source) -> None:
     past = w1_torch_source.calibration["past"]
-    windows = converters.shifted_windows(w1_torch_source.calibration, level_columns(w1_torch_source.spec), 2.0, 10)
+    (channel,) = level_channels(w1_torch_source.spec)  # the target: 0-15 kW
+    windows = converters.shifted_windows(w1_torch_source.calibration, [channel], 2.0, 10)
     shifted = np.concatenate([w["past"] for w in windows])
     assert shifted[..., 0].max() == pytest.approx(past[..., 0].max() + 2.0, abs=1e-5)
-    assert shifted[..., 0].min() == pytest.approx(past[..., 0].min() - 2.0, abs=1e-5)
+    # Down, the shift stops at 0 kW: the household's least is closer to it than 2 std.
+    assert past[..., 0].min() - 2.0 < channel.low < past[..., 0].min()
+    assert shifted[..., 0].min() == pytest.approx(channel.low, abs=1e-5)
     for n, window in zip(np.linspace(0, len(past) - 1, num=10).astype(int), windows, strict=True):
         level = window["past"][0, :, 0] - past[n, :, 0]
-        assert np.ptp(level) < 1e-5  # a level shift, not a reshaped series
+        moved = window["past"][0, :, 0] > channel.low + 1e-6
+        assert np.ptp(level[moved]) < 1e-5  # a level shift (clipped at the range), not a reshaped series
         np.testing.assert_array_equal(window["past"][..., 1:], past[n : n + 1, :, 1:])  # calendar untouched
 
 
@@ -59,7 +63,7 @@ def test_int8_forecaster_follows_a_level_shift_past_the_training_range(w1_torch_
     fp32 = tmp_path / "w1.fp32.onnx"
     source.backend.to_onnx(source.model, fp32, {n: source.test.feeds[n][:1] for n in source.input_names})
     calibration = converters.calibration_batches(source.calibration) + converters.shifted_windows(
-        source.calibration, level_columns(source.spec), ExportOptions(name="w1").level_margin_std
+        source.calibration, level_channels(source.spec), ExportOptions(name="w1").level_margin_std
     )
     int8 = converters.quantise_onnx(fp32, tmp_path / "w1.int8.onnx", "static", calibration)
     feeds = {name: value.copy() for name, value in source.test.feeds.items()}
