@@ -42,6 +42,10 @@ def export_command(
         float,
         typer.Option(help="Anomaly models: int8 ranges cover spikes this many std past the training range."),
     ] = 4.0,
+    level_margin_std: Annotated[
+        float,
+        typer.Option(help="Forecasters: int8 ranges cover targets shifted this many std past the training range."),
+    ] = 2.0,
 ) -> None:
     """Export TRAIN_DIR into a signed bundle; anything refused exits 2 with the reason (`gridedge --help`)."""
     from rich.console import Console
@@ -62,6 +66,7 @@ def export_command(
         max_degradation=max_degradation,
         onnx_dynamic_int8=onnx_dynamic_int8,
         fault_margin_std=fault_margin_std,
+        level_margin_std=level_margin_std,
     )
     console.print(f"loading {train_dir}")
     source = load_source(train_dir)

@@ -64,6 +64,49 @@ def fault_windows(
     return windows
 
 
+@dataclass(frozen=True)
+class LevelChannel:
+    """A measured channel whose level may move on site: its ``past`` column, the ``future`` columns that move
+    with it (its seasonal-naive forecasts) and its physical range, all in normalised units."""
+
+    column: int
+    future_columns: tuple[int, ...] = ()
+    low: float = -np.inf
+    high: float = np.inf
+
+
+def shifted_windows(
+    feeds: dict[str, FloatArray], channels: Sequence[LevelChannel], margin_std: float, count: int = 40
+) -> list[dict[str, FloatArray]]:
+    """Training windows with channels shifted in level to ``margin_std`` past the training range.
+
+    Calibrated on training windows only, static int8 clips every input and activation at the training
+    extremes, so a site whose level moved (a new load: what drift detection exists for) gets a model whose
+    forecast is capped where the float model's is not; a linear path from the inputs to the output passes
+    that clipping straight through (measured: 5.5 % more MAE than float on a drifted site's test windows).
+    Each window is shifted, alternately up and down, so the channel reaches ``margin_std`` standard
+    deviations (normalised units) past the training maximum or minimum, never past its physical range
+    (a value the device cannot read needs no int8 range).
+    """
+    past = feeds["past"]
+    picks = np.linspace(0, len(past) - 1, num=min(count, len(past))).astype(int)
+    windows = []
+    for n, index in enumerate(picks):
+        window = {name: value[index : index + 1].copy() for name, value in feeds.items()}
+        for channel in channels:
+            values, own = past[..., channel.column], window["past"][..., channel.column]
+            if n % 2 == 0:
+                shift = min(float(values.max()) + margin_std, channel.high) - float(own.max())
+            else:
+                shift = max(float(values.min()) - margin_std, channel.low) - float(own.min())
+            moved = {"past": [channel.column], "future": list(channel.future_columns)}
+            for name, columns in moved.items():
+                if columns:
+                    window[name][..., columns] = np.clip(window[name][..., columns] + shift, channel.low, channel.high)
+        windows.append(window)
+    return windows
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """TF and ORT converters print progress to stdout; keep the CLI's output readable.

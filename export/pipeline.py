@@ -109,6 +109,11 @@ class ExportOptions(BaseModel):
     fault_margin_std: float = Field(default=4.0, gt=0)
     """Anomaly models: int8 ranges cover spikes this many standard deviations past the training range (normalised
     units), so the quantised detector does not clip the faults it looks for."""
+    level_margin_std: float = Field(default=2.0, ge=0)
+    """Forecasters: int8 ranges cover the targets shifted in level this many standard deviations past the training
+    range (normalised units, within the channel's physical range); 2 is the drift (|z| of the mean) at which `fleet
+    retrain` replaces a model by default, so a model is not clipped on data that has not drifted enough to replace it.
+    0 turns it off."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
 
 
@@ -159,6 +164,14 @@ def _convert(
             f"int8 calibration: {len(calibration)} windows, of which {len(faults)} training windows carry one spike "
             f"{options.fault_margin_std:g} std past the training range, so int8 ranges cover the faults to detect"
         )
+    elif options.level_margin_std > 0:
+        shifted = converters.shifted_windows(source.calibration, level_channels(source.spec), options.level_margin_std)
+        calibration += shifted
+        notes.append(
+            f"int8 calibration: {len(calibration)} windows, of which {len(shifted)} training windows have their "
+            f"targets shifted in level {options.level_margin_std:g} std past the training range (within the physical "
+            "range), so int8 ranges do not clip a site whose level moved"
+        )
     stem = options.name
     results: list[ArtefactResult] = []
     if any(COMPATIBILITY_TARGETS[t].artefact_runtime == "tflite" for t in targets):
@@ -177,6 +190,32 @@ def _convert(
         if result.runtime == "onnx":
             result.details.update(converters.onnx_description(result.path))
     return results
+
+
+def level_channels(spec: FeatureSpec) -> list[converters.LevelChannel]:
+    """The targets (whose level a new load or array moves), with their seasonal-naive forecasts and physical
+    range in normalised units; calendar, known-future and other observed inputs keep their training range."""
+    future = spec.future_feature_names
+    seasonal = list(zip(spec.seasonal_feature_names, spec.seasonal_feature_targets, strict=True))
+    stats = spec.normalisation
+
+    def normalised(value: float | None, target: str, unbounded: float) -> float:
+        if value is None:
+            return unbounded
+        return value if stats is None else float(stats.transform(np.array([[value]]), [target])[0, 0])
+
+    channels = []
+    for target in spec.target_channels:
+        info = next(c for c in spec.past_channels if c.name == target)
+        channels.append(
+            converters.LevelChannel(
+                column=spec.past_feature_names.index(target),
+                future_columns=tuple(future.index(name) for name, of in seasonal if of == target),
+                low=normalised(info.min_value, target, -np.inf),
+                high=normalised(info.max_value, target, np.inf),
+            )
+        )
+    return channels
 
 
 def _open(result: ArtefactResult, source: ExportSource) -> ModelRuntime:

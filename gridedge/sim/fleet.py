@@ -8,7 +8,8 @@ A :class:`SiteDevice` turns 15-min readings into model steps with the agent's
 summaries whose drift is computed by the agent's :func:`~edge_agent.summary.channel_drift` against the
 model the site runs and whose forecast is that model's artefact run on the device's
 :class:`~edge_agent.window.WindowBuffer`; everything goes through a real
-:class:`~edge_agent.reporting.mqtt.MqttReporter`.
+:class:`~edge_agent.reporting.mqtt.MqttReporter`. A site can also be a real agent process instead:
+:func:`write_replay` writes its readings for the agent's replay sensor source.
 """
 
 from __future__ import annotations
@@ -99,6 +100,14 @@ def new_load(timestamps: NDArray[np.int64], start_s: int, kw: float) -> NDArray[
     hour = ((timestamps + 3600) % 86_400) // 3600
     on = (timestamps >= start_s) & (hour >= 7) & (hour < 22)
     return np.where(on, np.float32(kw), np.float32(0.0))
+
+
+def write_replay(path: Path, timestamps: NDArray[np.int64], values: NDArray[np.float32]) -> Path:
+    """The site's readings as a file the agent's replay sensor source plays (``timestamp_utc``, ``net_kw``)."""
+    stamps = np.datetime_as_string(timestamps.astype("datetime64[s]"), unit="s")
+    rows = "".join(f"{stamp}+00:00,{value:.4f}\n" for stamp, value in zip(stamps, values, strict=True))
+    path.write_text(f"timestamp_utc,{CHANNEL}\n{rows}")
+    return path
 
 
 class SiteDevice:
@@ -236,4 +245,14 @@ def fleet_plan_yaml(path: Path, profiles: list[SiteProfile], task: str = "task.y
     return path
 
 
-__all__ = ["CHANNEL", "SiteDevice", "SiteProfile", "fleet_plan_yaml", "fleet_task_yaml", "net_load", "site_profiles"]
+__all__ = [
+    "CHANNEL",
+    "SiteDevice",
+    "SiteProfile",
+    "fleet_plan_yaml",
+    "fleet_task_yaml",
+    "net_load",
+    "new_load",
+    "site_profiles",
+    "write_replay",
+]
