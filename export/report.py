@@ -230,7 +230,7 @@ def _quantile_table(
 
 def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) -> list[str]:
     """Static vs dynamic int8 ONNX next to fp32, when both were written: the numbers behind the choice."""
-    onnx = {r["precision"]: r for r in rows if r["runtime"] == "onnx"}
+    onnx = {r["precision"]: r for r in rows if r["runtime"] == "onnx" and r["family"] == "network"}
     if not {"fp32", "int8", "dynamic-int8"} <= set(onnx):
         return []
     fp32, static, dynamic = onnx["fp32"], onnx["int8"], onnx["dynamic-int8"]
