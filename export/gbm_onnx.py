@@ -10,6 +10,7 @@ ONNX Runtime 1.16 (JetPack 5) loads it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,25 +55,25 @@ def _tree_nodes(model: GbmModel, features: int) -> tuple[list[onnx.NodeProto], i
     return nodes, ml_opset
 
 
-def _split_thresholds(booster: object) -> dict[tuple[int, int, float], set[float]]:
+def _split_thresholds(booster: Any) -> dict[tuple[int, int, float], set[float]]:
     """(tree, feature, float32 threshold) -> the double thresholds LightGBM compares with, per split."""
     found: dict[tuple[int, int, float], set[float]] = {}
 
-    def walk(tree: int, node: dict[str, object]) -> None:
+    def walk(tree: int, node: dict[str, Any]) -> None:
         if "split_feature" not in node:
             return
-        threshold = float(node["threshold"])  # type: ignore[arg-type]
-        key = (tree, int(node["split_feature"]), float(np.float32(threshold)))  # type: ignore[call-overload]
+        threshold = float(node["threshold"])
+        key = (tree, int(node["split_feature"]), float(np.float32(threshold)))
         found.setdefault(key, set()).add(threshold)
-        walk(tree, node["left_child"])  # type: ignore[arg-type]
-        walk(tree, node["right_child"])  # type: ignore[arg-type]
+        walk(tree, node["left_child"])
+        walk(tree, node["right_child"])
 
-    for info in booster.dump_model()["tree_info"]:  # type: ignore[attr-defined]
+    for info in booster.dump_model()["tree_info"]:
         walk(int(info["tree_index"]), info["tree_structure"])
     return found
 
 
-def _round_thresholds_down(node: onnx.NodeProto, booster: object) -> None:
+def _round_thresholds_down(node: onnx.NodeProto, booster: Any) -> None:
     """Make the float32 thresholds decide as LightGBM's doubles do.
 
     LightGBM sends ``x <= t`` left with ``t`` a double; the ONNX node holds float32 thresholds, rounded to the
