@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import yaml
 
 from edge_agent.bundle import FAMILY_FORMAT_VERSION, MANIFEST_NAME, SIGNATURE_NAME, Serving, read_bundle
 from edge_agent.errors import BundleError, BundleFormatError, IntegrityError
@@ -27,7 +26,6 @@ from edge_agent.runtimes.targets import choose_artefact
 from gridedge.export.evaluate import predict_batched, task_metrics
 
 pytestmark = pytest.mark.slow
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "w1_load.yaml"
 # Float32 features and leaf sums against LightGBM's doubles: the thresholds themselves decide identically
 # (written as the largest float32 not above LightGBM's threshold), so only summation rounding remains.
 PARITY_ATOL = 1e-5
@@ -35,24 +33,15 @@ ORT = OnnxRuntimeConfig(providers=("CPUExecutionProvider",))
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path]) -> dict[str, Any]:
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path], small_shipped_config: Any
+) -> dict[str, Any]:
     from gridedge.export.pipeline import ExportOptions, export_bundle
     from gridedge.export.report import write_report
     from gridedge.export.run_loader import load_source
     from gridedge.trainer.api import train
-    from gridedge.trainer.config import parse_config
 
-    raw = yaml.safe_load(CONFIG.read_text())
-    edits = {
-        "data": {"start": "2007-01-01", "end": "2007-04-30"},
-        "protocol": {"train_stride": "6h"},
-        "model": {"filters": 4, "hidden": 8, "decoder_channels": 2},
-        "training": {"epochs": 1},
-        "baselines": {"lightgbm": {"n_estimators": 40, "train_stride": "12h"}},
-    }
-    for section, values in edits.items():
-        raw.setdefault(section, {}).update(values)
-    config = parse_config(raw, base_dir=CONFIG.parent)
+    config = small_shipped_config("w1_load.yaml", "2007-01-01", "2007-04-30", epochs=1, trees=40)
     root = tmp_path_factory.mktemp("w1-gbm")
     train(config, "torch", root / "run", plots=False)
     source = load_source(root / "run")

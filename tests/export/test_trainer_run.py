@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from edge_agent.bundle import read_bundle
@@ -60,7 +59,9 @@ def test_model_config_mismatch_is_named(w3_run, signing_keys, tmp_path) -> None:
     assert "feature_spec.json differs" in result.output
 
 
-def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(signing_keys, tmp_path) -> None:
+def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(
+    signing_keys, tmp_path, small_shipped_config
+) -> None:
     """A small W2 PV run: the export scores artefacts within the PV bounds, as the trainer scored the float
     model and the baselines, and reports every skill on the same test windows."""
     from edge_agent.keys import load_private_key
@@ -68,19 +69,8 @@ def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(signing
     from gridedge.export.report import write_report
     from gridedge.export.run_loader import load_source
     from gridedge.trainer.api import train
-    from gridedge.trainer.config import parse_config
 
-    raw = yaml.safe_load((CONFIG.parent / "w2_pv.yaml").read_text())
-    edits = {
-        "data": {"start": "2013-05-01", "end": "2013-07-10"},
-        "protocol": {"train_stride": "6h"},
-        "model": {"filters": 4, "hidden": 8, "decoder_channels": 2},
-        "training": {"epochs": 2},
-        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride": "12h"}},
-    }
-    for section, values in edits.items():
-        raw[section].update(values)
-    config = parse_config(raw, base_dir=CONFIG.parent)
+    config = small_shipped_config("w2_pv.yaml", "2013-05-01", "2013-07-10", epochs=2, trees=20)
     trained = train(config, "torch", tmp_path / "run", plots=False)
     options = ExportOptions(name="w2-skill", targets=("ort",), max_degradation=1.0, latency_runs=10)
     result = export_bundle(
