@@ -133,7 +133,7 @@ def gbm_to_onnx(model: GbmModel, spec: FeatureSpec, path: Path) -> Path:
     if plan.yesterday_rows is not None:
         nodes += [
             node("Gather", ["past", const("yesterday_rows", plan.yesterday_rows)], ["yesterday_all"], axis=1),
-            node("Gather", ["yesterday_all", i64("observed", *plan.observed_columns)], ["f_yesterday"], axis=2),
+            node("Gather", ["yesterday_all", i64("daily", *plan.yesterday_columns)], ["f_yesterday"], axis=2),
         ]
         parts.append("f_yesterday")
     nodes += [
