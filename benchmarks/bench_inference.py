@@ -91,9 +91,10 @@ def _runner(runtime: Any, feeds: dict[str, np.ndarray]) -> Callable[[], object]:
 
 
 def _artefact_rows(result: ExportResult, framework: str) -> list[dict[str, Any]]:
-    """Size vs the fp32 file of the same runtime and the test-metric change of every artefact."""
+    """Size vs the fp32 file of the same runtime and the test-metric change of every network artefact."""
     metric, _ = primary_metric(result.manifest.output)
-    fp32 = {a.runtime: a.bytes for a in result.manifest.artefacts if a.precision == "fp32"}
+    networks = [a for a in result.manifest.artefacts if a.family == "network"]
+    fp32 = {a.runtime: a.bytes for a in networks if a.precision == "fp32"}
     return [
         {
             "file": a.file,
@@ -107,7 +108,7 @@ def _artefact_rows(result: ExportResult, framework: str) -> list[dict[str, Any]]
             "float_value": result.float_metrics[metric],
             "degradation": a.metrics[f"{metric}_degradation"],
         }
-        for a in result.manifest.artefacts
+        for a in networks
     ]
 
 

@@ -49,7 +49,10 @@ FORMAT_VERSION = 1
 # as PV's zero at night) are format 2: such an agent refuses them by version ("upgrade gridedge on the
 # device") instead of misreading the output. Bundles without them stay format 1.
 QUANTILE_FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
+# Bundles that carry more than one model family (a network and a LightGBM tree ensemble) and mark the one to
+# serve are format 3: an older agent would pick by precision alone and might run the model that lost.
+FAMILY_FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2, 3})
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # An archive from the network is untrusted: refuse absurd sizes before unpacking anything.
@@ -58,6 +61,8 @@ MAX_ARCHIVE_MEMBER_BYTES = 512 * 1024 * 1024
 Task = Literal["load_forecast", "pv_forecast", "anomaly"]
 Runtime = Literal["tflite", "onnx"]
 Precision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
+# What kind of model an artefact holds: the trained network (any precision) or the LightGBM tree ensemble.
+Family = Literal["network", "lightgbm"]
 
 
 class AnomalySpec(StrictModel, frozen=True):
@@ -184,11 +189,33 @@ class Artefact(StrictModel, frozen=True):
     latency: Latency | None = None
     self_test_atol: float = Field(gt=0)
     """Largest absolute difference from the recorded test-vector outputs accepted."""
+    family: Family = Field(default="network")
+    """Model family of this file; the manifest's ``serving`` says which family the device runs."""
+
+    @model_serializer(mode="wrap")
+    def _networks_as_before(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A network artefact keeps its pre-family bytes, so agents that predate families read its manifest.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("family") == "network":
+            data.pop("family")
+        return data
 
     @field_validator("file")
     @classmethod
     def _relative_plain_path(cls, value: str) -> str:
         return _safe_relative(value)
+
+
+class Serving(StrictModel, frozen=True):
+    """Which model family the device serves, and the validation scores it was chosen by (never the test split)."""
+
+    family: Family
+    split: Literal["val"] = Field(default="val")
+    """The split the choice was made on."""
+    metric: str
+    """Metric compared, lower is better (e.g. mae, in the target's units)."""
+    scores: dict[str, float]
+    """That metric of each family's model on the validation windows, by family."""
 
 
 class TestVector(StrictModel, frozen=True):
@@ -257,6 +284,15 @@ class Manifest(StrictModel, frozen=True):
     provenance: Provenance
     test_vectors: tuple[TestVector, ...] = Field(default=())
     """Used by the device's self-test."""
+    serving: Serving | None = Field(default=None)
+    """The model family the device runs, when the bundle holds more than one; null = the network."""
+
+    @model_serializer(mode="wrap")
+    def _single_family_as_before(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("serving") is None:
+            data.pop("serving", None)
+        return data
 
     @model_validator(mode="after")
     def _format_holds_the_output(self) -> Manifest:
@@ -264,6 +300,17 @@ class Manifest(StrictModel, frozen=True):
             raise ValueError(
                 f"an output with quantiles or bounds needs format_version {self.output.format_version}, got "
                 f"{self.format_version}"
+            )
+        families = {a.family for a in self.artefacts}
+        if (self.serving is not None or families != {"network"}) and self.format_version < FAMILY_FORMAT_VERSION:
+            raise ValueError(
+                f"a bundle with model families {sorted(families)} or a serving choice needs format_version "
+                f"{FAMILY_FORMAT_VERSION}, got {self.format_version}"
+            )
+        if self.serving is not None and self.serving.family not in families:
+            raise ValueError(
+                f"serving.family is {self.serving.family!r} but the bundle lists no {self.serving.family} artefact "
+                f"(it has {[a.file for a in self.artefacts]}); the served model is missing — re-export the bundle"
             )
         return self
 

@@ -20,13 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.arrays import FloatArray
 from edge_agent.bundle import (
+    FAMILY_FORMAT_VERSION,
     Artefact,
+    Family,
     Latency,
     Manifest,
     OutputSpec,
     Precision,
     Provenance,
     Runtime,
+    Serving,
     Task,
     TensorQuantisation,
     TestVector,
@@ -49,11 +52,28 @@ from gridedge.export.evaluate import (
     quantile_parity,
     task_metrics,
 )
+from gridedge.export.gbm_onnx import gbm_to_onnx
 from gridedge.trainer.backends import Framework, FrameworkBackend, backend
+from gridedge.trainer.config import LightGBMConfig
+from gridedge.trainer.gbm import FAMILY as GBM_FAMILY
+from gridedge.trainer.gbm import GbmModel, train_gbm
 
 DEFAULT_TARGETS: dict[Framework, tuple[str, ...]] = {"keras": ("litert", "ort"), "torch": ("ort",)}
 TEST_VECTOR_COUNT = 3
 LATENCY_RUNS = 300
+
+
+@dataclass
+class GbmCandidate:
+    """What export needs to train the LightGBM candidate: the network's training windows, its targets
+    (normalised) and the validation windows the served family is chosen on."""
+
+    train_feeds: dict[str, FloatArray]
+    train_targets: FloatArray
+    validation: TestSplit
+    config: LightGBMConfig
+    seed: int
+    threads: int
 
 
 @dataclass
@@ -70,6 +90,7 @@ class ExportSource:
     provenance: Provenance
     reference_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     origin: str = ""  # where the model came from (its run folder), recorded in the export report
+    gbm: GbmCandidate | None = None  # train a LightGBM candidate beside the network (point forecasts, ONNX)
 
     @property
     def backend(self) -> FrameworkBackend:
@@ -133,6 +154,7 @@ class ArtefactResult:
     test_outputs: list[FloatArray] = field(default_factory=list)
     cross_runtime_error: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    family: Family = "network"
 
 
 @dataclass
@@ -143,6 +165,7 @@ class ExportResult:
     float_metrics: dict[str, float]
     target_notes: list[str]
     origin: str = ""  # the run folder (or other source) the model came from
+    gbm: GbmModel | None = None  # the LightGBM candidate's booster(s), when one was trained
 
 
 def _check_targets(source: ExportSource, targets: Sequence[str]) -> list[str]:
@@ -218,6 +241,49 @@ def level_channels(spec: FeatureSpec) -> list[converters.LevelChannel]:
     return channels
 
 
+def _gbm_candidate(
+    source: ExportSource, targets: Sequence[str], workdir: Path, stem: str, notes: list[str],
+    progress: Callable[[str], None],
+) -> tuple[ArtefactResult, GbmModel] | None:
+    """Train the LightGBM candidate on the network's training windows and write it as ONNX, when it applies."""
+    if source.gbm is None:
+        return None
+    if source.output.kind != "forecast" or source.output.quantiles:
+        notes.append("LightGBM candidate: only for point forecasts (this output has quantiles or no horizon)")
+        return None
+    if not any(COMPATIBILITY_TARGETS[t].artefact_runtime == "onnx" for t in targets):
+        notes.append("LightGBM candidate: not written, no ONNX compatibility target was asked for")
+        return None
+    candidate = source.gbm
+    progress(f"training the LightGBM candidate on {len(candidate.train_targets)} windows")
+    model = train_gbm(
+        source.spec, candidate.train_feeds, candidate.train_targets, candidate.config, candidate.seed, candidate.threads
+    )
+    path = gbm_to_onnx(model, source.spec, workdir / f"{stem}.{GBM_FAMILY}.onnx")
+    result = ArtefactResult(path.name, path, "onnx", "fp32", family=GBM_FAMILY)
+    result.details.update(converters.onnx_description(path))
+    return result, model
+
+
+def _choose_serving(
+    source: ExportSource, gbm: GbmModel | None, metric: str, notes: list[str]
+) -> Serving | None:
+    """The family the device serves: the better float model on the VALIDATION windows (ties keep the network)."""
+    if gbm is None or source.gbm is None:
+        return None
+    validation = source.gbm.validation
+    scores = {
+        family: task_metrics(predict_batched(predict, validation.feeds), validation, source.spec, source.output)[metric]
+        for family, predict in (("network", source.predict), (GBM_FAMILY, gbm.predict))
+    }
+    family: Family = GBM_FAMILY if scores[GBM_FAMILY] < scores["network"] else "network"
+    notes.append(
+        f"served model: {family}, chosen on {len(validation)} validation windows ({metric} network "
+        f"{scores['network']:.4g}, {GBM_FAMILY} {scores[GBM_FAMILY]:.4g}); the test split only reports"
+    )
+    return Serving(family=family, metric=metric, scores=scores)
+
+
 def _open(result: ArtefactResult, source: ExportSource) -> ModelRuntime:
     if result.runtime == "tflite":
         runtime = LiteRTRuntime(result.path, LiteRTConfig(), source.input_names, source.input_shapes)
@@ -286,7 +352,10 @@ def _prove_targets(
 
 def _library_versions() -> dict[str, str]:
     versions = {}
-    for dist in ("ai-edge-litert", "onnxruntime", "tensorflow", "keras", "torch", "onnx", "tf2onnx", "numpy"):
+    for dist in (
+        "ai-edge-litert", "onnxruntime", "tensorflow", "keras", "torch", "onnx", "tf2onnx", "lightgbm", "onnxmltools",
+        "numpy",
+    ):
         try:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -316,21 +385,29 @@ def export_bundle(
         progress(f"converting for targets {targets}")
         notes: list[str] = []
         results = _convert(source, targets, workdir, options, notes)
+        gbm = _gbm_candidate(source, targets, workdir, options.name, notes, progress)
+        references = {"network": (float_outputs, float_metrics)}
+        if gbm is not None:
+            results.append(gbm[0])
+            gbm_outputs = predict_batched(gbm[1].predict, source.test.feeds)
+            references[GBM_FAMILY] = (gbm_outputs, task_metrics(gbm_outputs, source.test, source.spec, source.output))
         refused: list[str] = []
         problems: list[str] = []
         for result in results:
             progress(f"evaluating {result.file}")
             runtime = _open(result, source)
             outputs = predict_batched(runtime.run, source.test.feeds)
+            # Each artefact is gated against the float model of its own family (the network, or the booster).
+            reference_outputs, reference_metrics = references[result.family]
             result.metrics = task_metrics(outputs, source.test, source.spec, source.output)
-            result.metrics["max_abs_error"] = float(np.max(np.abs(outputs - float_outputs)))
+            result.metrics["max_abs_error"] = float(np.max(np.abs(outputs - reference_outputs)))
             result.metrics[f"{metric}_degradation"] = degradation(
-                result.metrics[metric], float_metrics[metric], higher_is_better
+                result.metrics[metric], reference_metrics[metric], higher_is_better
             )
             if result.metrics[f"{metric}_degradation"] > options.max_degradation:
                 refused.append(
-                    f"{result.file}: test {metric} {result.metrics[metric]:.4g} vs float "
-                    f"{float_metrics[metric]:.4g} ({100 * result.metrics[f'{metric}_degradation']:.2f} % worse, "
+                    f"{result.file}: test {metric} {result.metrics[metric]:.4g} vs its float model "
+                    f"{reference_metrics[metric]:.4g} ({100 * result.metrics[f'{metric}_degradation']:.2f} % worse, "
                     f"bound {100 * options.max_degradation:.2f} %)"
                 )
             if source.output.quantiles:
@@ -359,14 +436,21 @@ def export_bundle(
                 "parity gate refused the export (no bundle written): " + "; ".join(refused)
                 + ". Retrain, use more calibration data, or raise --max-degradation knowingly"
             )
-        manifest = _manifest(source, options, results, float_metrics, vectors)
+        serving = _choose_serving(source, gbm[1] if gbm else None, metric, notes)
+        if gbm is not None:
+            notes.append(
+                f"{gbm[0].file}: LightGBM on the bundle's own inputs, features computed in the graph; max abs "
+                f"difference from the booster on the test windows {gbm[0].metrics['max_abs_error']:.3g} "
+                "(normalised units)"
+            )
+        manifest = _manifest(source, options, results, float_metrics, vectors, serving)
         progress("signing and writing the bundle")
         bundle_dir = write_bundle(out_dir, manifest, {r.file: r.path for r in results}, private_key)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for result in results:
         result.path = bundle_dir / result.file
-    return ExportResult(manifest, bundle_dir, results, float_metrics, notes, source.origin)
+    return ExportResult(manifest, bundle_dir, results, float_metrics, notes, source.origin, gbm[1] if gbm else None)
 
 
 def _in_process_target(runtime: Runtime) -> str:
@@ -381,6 +465,7 @@ def _manifest(
     results: Sequence[ArtefactResult],
     float_metrics: dict[str, float],
     vectors: Sequence[dict[str, FloatArray]],
+    serving: Serving | None = None,
 ) -> Manifest:
     float_vector_outputs = [source.predict(v) for v in vectors]
     artefacts = []
@@ -399,6 +484,7 @@ def _manifest(
                 metrics=result.metrics,
                 latency=result.latency,
                 self_test_atol=_self_test_atol(result, result.test_outputs),
+                family=result.family,
             )
         )
     test_vectors = tuple(
@@ -412,8 +498,11 @@ def _manifest(
     provenance = source.provenance.model_copy(
         update={"library_versions": {**source.provenance.library_versions, **_library_versions()}}
     )
+    families = {r.family for r in results}
     return Manifest(
-        format_version=source.output.format_version,
+        format_version=max(
+            source.output.format_version, FAMILY_FORMAT_VERSION if serving or families != {"network"} else 0
+        ),
         name=options.name,
         version=options.version,
         task=source.task,
@@ -424,4 +513,5 @@ def _manifest(
         metrics={**source.reference_metrics, "float": float_metrics},
         provenance=provenance,
         test_vectors=test_vectors,
+        serving=serving,
     )

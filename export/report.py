@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge_agent.bundle import Manifest
+from edge_agent.errors import BundleError
 from edge_agent.fsutil import atomic_write_text
+from edge_agent.runtimes.targets import choose_artefact
 from gridedge.export.evaluate import primary_metric
 from gridedge.export.pipeline import ExportResult
 from gridedge.trainer.quantiles import level_label
@@ -33,15 +36,39 @@ def describe_change(change: float, higher_is_better: bool) -> str:
     return f"{100 * change:+.2f} % ({'better' if better else 'worse'})"
 
 
+# The current runtime of each artefact kind: the one the device's default pick is shown for.
+DEVICE_TARGETS = {"tflite": "litert", "onnx": "ort"}
+
+
+def served_artefacts(manifest: Manifest) -> dict[str, str]:
+    """Per artefact kind (tflite, onnx), the file a device with that runtime loads by default.
+
+    The device's own rule (:func:`~edge_agent.runtimes.targets.choose_artefact`): the served family, then
+    precision. A kind the served family has no artefact of is left out (such a device refuses the bundle).
+    """
+    served: dict[str, str] = {}
+    for kind in dict.fromkeys(a.runtime for a in manifest.artefacts):
+        try:
+            served[kind] = choose_artefact(manifest, kind, DEVICE_TARGETS[kind]).file
+        except BundleError:
+            continue
+    return served
+
+
 def report_rows(result: ExportResult) -> list[dict[str, Any]]:
     """One row per artefact: size (and ratio to the float32 file of its runtime), metric, latency, targets."""
-    fp32_size = {a.runtime: a.bytes for a in result.manifest.artefacts if a.precision == "fp32"}
+    fp32_size = {
+        a.runtime: a.bytes for a in result.manifest.artefacts if a.precision == "fp32" and a.family == "network"
+    }
+    served = set(served_artefacts(result.manifest).values())
     rows = []
     for artefact in result.manifest.artefacts:
-        reference = fp32_size.get(artefact.runtime)
+        reference = fp32_size.get(artefact.runtime) if artefact.family == "network" else None
         rows.append(
             {
                 "file": artefact.file,
+                "family": artefact.family,
+                "served": artefact.file in served,
                 "runtime": artefact.runtime,
                 "precision": artefact.precision,
                 "bytes": artefact.bytes,
@@ -82,6 +109,11 @@ def skill_summary(result: ExportResult) -> dict[str, Any] | None:
         "float": skill(result.float_metrics["mae"]),
         "lightgbm": None if lightgbm is None else skill(lightgbm),
         "artefacts": {a.file: skill(a.metrics["mae"]) for a in result.manifest.artefacts},
+        "served": {
+            kind: {"file": file, "skill": skill(result.manifest.artefact(file).metrics["mae"])}
+            for kind, file in served_artefacts(result.manifest).items()
+        },
+        "serving": None if result.manifest.serving is None else result.manifest.serving.model_dump(mode="json"),
     }
 
 
@@ -97,9 +129,19 @@ def _skill_lines(summary: dict[str, Any] | None) -> list[str]:
         "| artefact | skill | vs LightGBM |",
         "|---|---:|---|",
     ]
+    served = {entry["file"]: kind for kind, entry in summary["served"].items()}
     for file, value in summary["artefacts"].items():
         verdict = "—" if lightgbm is None else ("at least as good" if value >= lightgbm else "worse")
-        lines.append(f"| {file} | {value:.3f} | {verdict} |")
+        mark = f" (served on {served[file]} devices)" if file in served else ""
+        lines.append(f"| {file}{mark} | {value:.3f} | {verdict} |")
+    serving = summary["serving"]
+    if serving is not None:
+        scores = ", ".join(f"{family} {value:.4g}" for family, value in serving["scores"].items())
+        lines += [
+            "",
+            f"Served family: {serving['family']}, chosen on the {serving['split']} split ({serving['metric']}: "
+            f"{scores}); the test split above only reports.",
+        ]
     return lines
 
 
@@ -188,7 +230,7 @@ def _quantile_table(
 
 def _onnx_int8_comparison(rows: list[dict[str, Any]], metric: str, higher_is_better: bool) -> list[str]:
     """Static vs dynamic int8 ONNX next to fp32, when both were written: the numbers behind the choice."""
-    onnx = {r["precision"]: r for r in rows if r["runtime"] == "onnx"}
+    onnx = {r["precision"]: r for r in rows if r["runtime"] == "onnx" and r["family"] == "network"}
     if not {"fp32", "int8", "dynamic-int8"} <= set(onnx):
         return []
     fp32, static, dynamic = onnx["fp32"], onnx["int8"], onnx["dynamic-int8"]

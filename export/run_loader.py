@@ -18,7 +18,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.features import FeatureSpec
 from gridedge.export.errors import TrainingRunError
 from gridedge.export.evaluate import TestSplit
-from gridedge.export.pipeline import ExportSource
+from gridedge.export.pipeline import ExportSource, GbmCandidate
 
 if TYPE_CHECKING:
     from gridedge.trainer.backends import Framework
@@ -90,15 +90,21 @@ def load_source(run_dir: Path) -> ExportSource:
             "the data changed after training — retrain"
         )
     calibration, _ = _valid_feeds(prepared.train.inputs)
+    gbm: GbmCandidate | None = None
     if run.output.anomaly is not None:
         split = _anomaly_split(prepared)
     else:
-        test_feeds, valid = _valid_feeds(prepared.test.inputs)
-        split = TestSplit(
-            feeds=test_feeds,
-            targets=np.asarray(prepared.test.targets, dtype=np.float32)[valid],
-            step_times=forecast_step_times(prepared, prepared.test)[valid],
-        )
+        split = _forecast_split(prepared, prepared.test, forecast_step_times)
+        if run.config.baselines.lightgbm.enabled:
+            train_valid = np.asarray(prepared.train.inputs.valid, dtype=bool)
+            gbm = GbmCandidate(
+                train_feeds=calibration,
+                train_targets=np.asarray(prepared.train.targets_normalised, dtype=np.float32)[train_valid],
+                validation=_forecast_split(prepared, prepared.val, forecast_step_times),
+                config=run.config.baselines.lightgbm,
+                seed=run.config.seed,
+                threads=run.config.training.threads,
+            )
     model = run.load_model()
     _check_model_matches(run.framework, model, run.spec, run.output, run.path, split.feeds)
     report = run.report
@@ -126,6 +132,17 @@ def load_source(run_dir: Path) -> ExportSource:
         provenance=provenance,
         reference_metrics=reference,
         origin=f"run folder {run.path.resolve()}",
+        gbm=gbm,
+    )
+
+
+def _forecast_split(prepared: Any, split: Any, step_times: Any) -> TestSplit:
+    """The valid windows of a forecast split, with raw targets and step times (for the output bounds)."""
+    feeds, valid = _valid_feeds(split.inputs)
+    return TestSplit(
+        feeds=feeds,
+        targets=np.asarray(split.targets, dtype=np.float32)[valid],
+        step_times=step_times(prepared, split)[valid],
     )
 
 

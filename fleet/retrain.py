@@ -161,7 +161,9 @@ def error_ratio(store: FleetStore, row: dict[str, Any]) -> tuple[float | None, s
         return None, "its running model is not registered"
     manifest = parse_manifest((Path(registered["location"]) / MANIFEST_NAME).read_bytes())
     runtime = row.get("model_runtime")
-    at_export = next((a.metrics.get("mae") for a in manifest.artefacts if a.runtime == runtime), None)
+    family = manifest.serving.family if manifest.serving else "network"
+    served = [a for a in manifest.artefacts if a.runtime == runtime and a.family == family]
+    at_export = next((a.metrics.get("mae") for a in served), None)
     at_export = at_export or manifest.metrics.get("float", {}).get("mae")
     live, steps = live_error(store, row["site"], row["device"])
     if live is None or not at_export:

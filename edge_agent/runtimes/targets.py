@@ -74,11 +74,23 @@ def choose_artefact(
 ) -> Artefact:
     """Pick the artefact to run: ``file`` if given, else the best-ranked one proven on ``target``.
 
+    A bundle that marks a served model family (``manifest.serving``, chosen at export on validation skill)
+    is served from that family only; a pinned ``file`` overrides the mark.
+
     Artefacts proven on ``target`` come first; among them the order of ``prefer_precision`` decides
     (by default int8 beats dynamic-int8, fp16 and fp32), precisions it omits come last. With
     ``proven_only`` (provisioning a device folder) an artefact not proven on ``target`` is refused.
     """
     candidates = [a for a in manifest.artefacts if a.runtime == artefact_runtime]
+    if file is None and manifest.serving is not None:
+        family = manifest.serving.family
+        candidates = [a for a in candidates if a.family == family]
+        if not candidates:
+            raise BundleError(
+                f"bundle {manifest.name} {manifest.version} serves its {family} model, which has no "
+                f"{artefact_runtime} artefact (it has {[a.file for a in manifest.artefacts if a.family == family]}); "
+                f"configure the runtime that runs it, or pin another artefact with bundle.artefact"
+            )
     if file is not None:
         artefact = manifest.artefact(file)
         if artefact.runtime != artefact_runtime:

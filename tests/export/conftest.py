@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -200,6 +201,32 @@ def _train_one_epoch(config_path: Path, framework: str, out: Path) -> Path:
     config = config.model_copy(update={"training": config.training.model_copy(update={"epochs": 1})})
     train(config, framework, out, plots=False)  # type: ignore[arg-type]
     return out
+
+
+def _small_shipped_config(name: str, start: str, end: str, epochs: int, trees: int) -> Any:
+    import yaml
+
+    from gridedge.trainer.config import parse_config
+
+    folder = Path(__file__).resolve().parents[2] / "configs"
+    raw = yaml.safe_load((folder / name).read_text())
+    edits = {
+        "data": {"start": start, "end": end},
+        "protocol": {"train_stride": "6h"},
+        "model": {"filters": 4, "hidden": 8, "decoder_channels": 2},
+        "training": {"epochs": epochs},
+        "baselines": {"lightgbm": {"n_estimators": trees, "train_stride": "12h"}},
+    }
+    for section, values in edits.items():
+        raw.setdefault(section, {}).update(values)
+    return parse_config(raw, base_dir=folder)
+
+
+@pytest.fixture(scope="session")
+def small_shipped_config() -> Callable[[str, str, str, int, int], Any]:
+    """A shipped task config cut to train in seconds: ``small_shipped_config(file, start, end, epochs, trees)``
+    (a data span, a tiny network, sparse training origins, a few LightGBM trees)."""
+    return _small_shipped_config
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from edge_agent.bundle import read_bundle
@@ -60,32 +60,24 @@ def test_model_config_mismatch_is_named(w3_run, signing_keys, tmp_path) -> None:
     assert "feature_spec.json differs" in result.output
 
 
-def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(signing_keys, tmp_path) -> None:
+def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(
+    signing_keys, tmp_path, small_shipped_config
+) -> None:
     """A small W2 PV run: the export scores artefacts within the PV bounds, as the trainer scored the float
     model and the baselines, and reports every skill on the same test windows."""
     from edge_agent.keys import load_private_key
+    from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
+    from gridedge.export.evaluate import predict_batched
     from gridedge.export.pipeline import ExportOptions, export_bundle
     from gridedge.export.report import write_report
     from gridedge.export.run_loader import load_source
     from gridedge.trainer.api import train
-    from gridedge.trainer.config import parse_config
 
-    raw = yaml.safe_load((CONFIG.parent / "w2_pv.yaml").read_text())
-    edits = {
-        "data": {"start": "2013-05-01", "end": "2013-07-10"},
-        "protocol": {"train_stride": "6h"},
-        "model": {"filters": 4, "hidden": 8, "decoder_channels": 2},
-        "training": {"epochs": 2},
-        "baselines": {"lightgbm": {"n_estimators": 20, "train_stride": "12h"}},
-    }
-    for section, values in edits.items():
-        raw[section].update(values)
-    config = parse_config(raw, base_dir=CONFIG.parent)
+    config = small_shipped_config("w2_pv.yaml", "2013-05-01", "2013-07-10", epochs=2, trees=20)
     trained = train(config, "torch", tmp_path / "run", plots=False)
     options = ExportOptions(name="w2-skill", targets=("ort",), max_degradation=1.0, latency_runs=10)
-    result = export_bundle(
-        load_source(tmp_path / "run"), tmp_path / "bundle", load_private_key(signing_keys[0]), options
-    )
+    source = load_source(tmp_path / "run")
+    result = export_bundle(source, tmp_path / "bundle", load_private_key(signing_keys[0]), options)
     assert result.float_metrics["mae"] == pytest.approx(trained["metrics"]["test"]["mae"], rel=1e-4)
     paths = write_report(result, tmp_path / "bundle-report")
     skill = json.loads(paths["json"].read_text())["skill"]
@@ -96,3 +88,10 @@ def test_export_report_gives_the_skill_of_each_artefact_next_to_lightgbm(signing
     for artefact in result.manifest.artefacts:
         assert skill["artefacts"][artefact.file] == pytest.approx(1 - artefact.metrics["mae"] / naive)
     assert "LightGBM" in paths["md"].read_text() and "w2-skill.int8.onnx" in paths["md"].read_text()
+    # The LightGBM family on PV inputs (known-future clear-sky, its value a day back, the seasonal inputs), all
+    # computed inside the ONNX graph: ORT reproduces the booster to float32 rounding.
+    gbm = result.manifest.artefact("w2-skill.lightgbm.onnx")
+    assert gbm.metrics["max_abs_error"] <= 1e-5
+    runtime = OnnxRuntime(result.bundle_dir / gbm.file, OnnxRuntimeConfig(), ("past", "future"))
+    served = predict_batched(runtime.run, source.test.feeds)
+    assert float(np.max(np.abs(served - result.gbm.predict(source.test.feeds)))) <= 1e-5

@@ -1,0 +1,141 @@
+"""LightGBM as a second model family: exported to ONNX on the bundle's own inputs, served when validation says so.
+
+A short run of the shipped W1 config (a few months of data, a tiny network, one epoch, 40 trees) exported for
+``ort`` and ``ort-1.16``: the bundle carries the network's artefacts and ``<name>.lightgbm.onnx``, marks the
+family the device serves (chosen on the validation windows), and the agent's own runtime loads and runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from edge_agent.bundle import FAMILY_FORMAT_VERSION, MANIFEST_NAME, SIGNATURE_NAME, Serving, read_bundle
+from edge_agent.errors import BundleError, BundleFormatError, IntegrityError
+from edge_agent.keys import load_private_key, load_public_key
+from edge_agent.runtimes import load_model, run_self_test
+from edge_agent.runtimes.ort import OnnxRuntimeConfig
+from edge_agent.runtimes.targets import choose_artefact
+from gridedge.export.evaluate import predict_batched, task_metrics
+
+pytestmark = pytest.mark.slow
+# Float32 features and leaf sums against LightGBM's doubles: the thresholds themselves decide identically
+# (written as the largest float32 not above LightGBM's threshold), so only summation rounding remains.
+PARITY_ATOL = 1e-5
+ORT = OnnxRuntimeConfig(providers=("CPUExecutionProvider",))
+
+
+@pytest.fixture(scope="module")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, signing_keys: tuple[Path, Path], small_shipped_config: Any
+) -> dict[str, Any]:
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+    from gridedge.export.report import write_report
+    from gridedge.export.run_loader import load_source
+    from gridedge.trainer.api import train
+
+    config = small_shipped_config("w1_load.yaml", "2007-01-01", "2007-04-30", epochs=1, trees=40)
+    root = tmp_path_factory.mktemp("w1-gbm")
+    train(config, "torch", root / "run", plots=False)
+    source = load_source(root / "run")
+    # One epoch on a tiny network: the int8 gate is exercised elsewhere (test_export.py); here it must not refuse.
+    options = ExportOptions(name="w1-gbm", targets=("ort", "ort-1.16"), max_degradation=1.0, latency_runs=10)
+    result = export_bundle(source, root / "bundle", load_private_key(signing_keys[0]), options)
+    report = json.loads(write_report(result, root / "bundle-report")["json"].read_text())
+    return {"source": source, "result": result, "report": report, "root": root}
+
+
+def _gbm_file(exported: dict[str, Any]) -> str:
+    return next(a.file for a in exported["result"].manifest.artefacts if a.family == "lightgbm")
+
+
+def test_bundle_carries_a_lightgbm_onnx_proven_on_both_ort_targets(exported, signing_keys) -> None:
+    bundle = read_bundle(exported["result"].bundle_dir, load_public_key(signing_keys[1]))
+    manifest = bundle.manifest
+    assert manifest.format_version == FAMILY_FORMAT_VERSION
+    entry = manifest.artefact(_gbm_file(exported))
+    assert (entry.runtime, entry.precision, entry.file) == ("onnx", "fp32", "w1-gbm.lightgbm.onnx")
+    assert set(entry.compatibility_targets) == {"ort", "ort-1.16"}
+    assert entry.min_runtime_versions["ort-1.16"] == "1.16.3"
+    model = onnx.load(str(bundle.path_of(entry)))
+    opsets = {o.domain: o.version for o in model.opset_import}
+    assert model.ir_version <= 9 and opsets[""] <= 17 and opsets["ai.onnx.ml"] <= 3
+    # The graph takes the bundle's own inputs and gives the network's output shape.
+    spec = manifest.input
+    shapes = {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert shapes == {
+        "past": ["batch", spec.input_steps, len(spec.past_feature_names)],
+        "future": ["batch", spec.horizon_steps, len(spec.future_feature_names)],
+    }
+
+
+def test_agent_runtime_reproduces_the_booster(exported, signing_keys) -> None:
+    """Train/serve parity: ONNX on the agent's ORT runtime vs the booster's own predict on the same windows."""
+    bundle = read_bundle(exported["result"].bundle_dir, load_public_key(signing_keys[1]))
+    artefact, runtime = load_model(bundle, _gbm_file(exported), ORT)
+    run_self_test(runtime, bundle.manifest, artefact)
+    feeds = exported["source"].test.feeds
+    served = predict_batched(runtime.run, feeds)
+    expected = exported["result"].gbm.predict(feeds)
+    assert served.shape == (len(feeds["past"]), bundle.manifest.output.horizon_steps, 1)
+    difference = float(np.max(np.abs(served - expected)))
+    assert difference <= PARITY_ATOL, difference
+    assert artefact.metrics["max_abs_error"] == pytest.approx(difference, abs=1e-7)
+
+
+def test_served_family_is_chosen_on_validation_and_loaded_by_the_agent(exported, signing_keys) -> None:
+    source, result = exported["source"], exported["result"]
+    serving = result.manifest.serving
+    assert serving is not None and serving.split == "val" and serving.metric == "mae"
+    validation = source.gbm.validation
+    scores = {
+        family: task_metrics(predict_batched(predict, validation.feeds), validation, source.spec, source.output)["mae"]
+        for family, predict in (("network", source.predict), ("lightgbm", result.gbm.predict))
+    }
+    assert serving.scores == pytest.approx(scores)
+    assert serving.family == ("lightgbm" if scores["lightgbm"] < scores["network"] else "network")
+    bundle = read_bundle(result.bundle_dir, load_public_key(signing_keys[1]))
+    artefact, _runtime = load_model(bundle, None, ORT)
+    assert artefact.family == serving.family
+    skill = exported["report"]["skill"]
+    assert skill["served"]["onnx"]["file"] == artefact.file
+    assert skill["serving"]["family"] == serving.family
+    # Either family can be the one served: a device picks within the marked family whichever wins.
+    for family in ("network", "lightgbm"):
+        marked = bundle.manifest.model_copy(update={"serving": Serving(family=family, metric="mae", scores=scores)})
+        assert choose_artefact(marked, "onnx", "ort").family == family
+
+
+def test_lightgbm_served_on_a_tflite_device_is_refused_by_name(exported) -> None:
+    manifest = exported["result"].manifest
+    marked = manifest.model_copy(update={"serving": Serving(family="lightgbm", metric="mae", scores={})})
+    with pytest.raises(BundleError, match="serves its lightgbm model, which has no tflite artefact"):
+        choose_artefact(marked, "tflite", "litert")
+
+
+def _resign(bundle_dir: Path, raw: dict[str, Any], private_key: Path) -> None:
+    payload = (json.dumps(raw, sort_keys=True, indent=1) + "\n").encode()
+    (bundle_dir / MANIFEST_NAME).write_bytes(payload)
+    (bundle_dir / SIGNATURE_NAME).write_bytes(load_private_key(private_key).sign(payload))
+
+
+def test_bundle_whose_served_artefact_is_missing_is_refused(exported, signing_keys, tmp_path) -> None:
+    bundle_dir = shutil.copytree(exported["result"].bundle_dir, tmp_path / "bundle")
+    gbm = _gbm_file(exported)
+    (bundle_dir / gbm).unlink()
+    with pytest.raises(IntegrityError, match=re.escape(f"file '{gbm}' listed in the manifest is missing")):
+        read_bundle(bundle_dir, load_public_key(signing_keys[1]))
+    # A manifest that marks the LightGBM model but no longer lists it is refused before anything runs.
+    raw = json.loads((bundle_dir / MANIFEST_NAME).read_text())
+    raw["serving"] = {"family": "lightgbm", "metric": "mae", "scores": {}}
+    raw["artefacts"] = [a for a in raw["artefacts"] if a["file"] != gbm]
+    _resign(bundle_dir, raw, signing_keys[0])
+    with pytest.raises(BundleFormatError, match=r"serving\.family is 'lightgbm' but the bundle lists no lightgbm"):
+        read_bundle(bundle_dir, load_public_key(signing_keys[1]))
