@@ -6,7 +6,8 @@ strategies that share that physics:
 
 * ``plan``: every ``cadence_steps`` the planner solves 24 h ahead on a forecast, the first
   ``cadence_steps`` of its generator schedule and shedding are applied, the battery balances the rest;
-  it replans at once when the SoC falls below the plan's bad-day trajectory (:func:`off_track`), and a
+  it replans at once when the SoC falls below the plan's bad-day trajectory (:func:`off_track`) or the
+  running generator was pushed under its minimum load (a full battery), and a
   stopped generator starts at the backstop SoC whatever the plan says (:func:`backstop_start`), as the
   agent does between plans;
 * ``rule``: the forecast-free fallback rule decides every step from the measured SoC;
@@ -204,6 +205,8 @@ def run_closed_loop(
     }
     plan: DispatchPlan | None = None
     planned_at = 0
+    low_kw = site.generator.min_power_kw if site.generator else 0.0
+    underloaded = False
     for n in range(replay.steps):
         k = replay.first + n
         measured = SiteState(
@@ -221,7 +224,7 @@ def run_closed_loop(
             shedding = decision.shedding
         else:
             j = n - planned_at
-            if plan is None or j >= cadence_steps or off_track(plan, j, state.soc_fraction):
+            if plan is None or j >= cadence_steps or off_track(plan, j, state.soc_fraction) or underloaded:
                 j, planned_at = 0, n
                 assert forecaster is not None
                 forecast = forecaster.forecast(k, horizon)
@@ -244,6 +247,8 @@ def run_closed_loop(
         )
         outcomes.append(outcome)
         on_flags.append(on)
+        # A running generator pushed under its minimum load (battery full, PV curtailed): replan at once.
+        underloaded = on and outcome.generator_kw < low_kw - 1e-6
         state = next_state(state, outcome, on, shedding)
         if progress is not None:
             progress(1)
@@ -260,8 +265,7 @@ def run_closed_loop(
     )
     result.trace = trace
     result.totals = trace.totals(site)
-    low = site.generator.min_power_kw if site.generator else 0.0
-    result.totals["generator_low_load_steps"] = float(np.sum(trace.generator_on & (trace.generator_kw < low - 1e-6)))
+    result.totals["generator_low_load_steps"] = float(np.sum(trace.generator_on & (trace.generator_kw < low_kw - 1e-6)))
     result.totals["unserved_critical_kwh"] = result.totals.pop("unserved_kwh")
     if site.generator is not None:
         # Strategies end with different SoC: price the energy left behind (or borrowed) at what the generator
