@@ -8,6 +8,7 @@ it; provision checks a device profile's target against it; the agent ranks a bun
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ from edge_agent.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:  # the table itself stays importable by `--help` texts without pydantic or numpy
     from edge_agent.bundle import Artefact, Manifest, Precision
+
+log = logging.getLogger(__name__)
 
 # By default the smallest model that passed export's parity gate is the one to run. A device profile may
 # order them otherwise (runtime.prefer_precision) where measurements show int8 is slower, e.g. ORT on x86.
@@ -75,7 +78,8 @@ def choose_artefact(
     """Pick the artefact to run: ``file`` if given, else the best-ranked one proven on ``target``.
 
     A bundle that marks a served model family (``manifest.serving``, chosen at export on validation skill)
-    is served from that family only; a pinned ``file`` overrides the mark.
+    is served from that family when the runtime has it, else from the family it has (with a warning); a
+    pinned ``file`` overrides the mark.
 
     Artefacts proven on ``target`` come first; among them the order of ``prefer_precision`` decides
     (by default int8 beats dynamic-int8, fp16 and fp32), precisions it omits come last. With
@@ -84,13 +88,17 @@ def choose_artefact(
     candidates = [a for a in manifest.artefacts if a.runtime == artefact_runtime]
     if file is None and manifest.serving is not None:
         family = manifest.serving.family
-        candidates = [a for a in candidates if a.family == family]
-        if not candidates:
-            raise BundleError(
-                f"bundle {manifest.name} {manifest.version} serves its {family} model, which has no "
-                f"{artefact_runtime} artefact (it has {[a.file for a in manifest.artefacts if a.family == family]}); "
-                f"configure the runtime that runs it, or pin another artefact with bundle.artefact"
-            )
+        served = [a for a in candidates if a.family == family]
+        if served:
+            candidates = served
+        elif candidates:
+            # A device that cannot run the served family (LiteRT has no tree ensembles) keeps deciding with
+            # the best model it can run, and says so.
+            log.warning(
+                "bundle %s %s serves its %s model, which has no %s artefact: running its %s model instead; "
+                "configure a runtime that runs the served model to use it",
+                manifest.name, manifest.version, family, artefact_runtime, candidates[0].family,
+            )  # fmt: skip
     if file is not None:
         artefact = manifest.artefact(file)
         if artefact.runtime != artefact_runtime:

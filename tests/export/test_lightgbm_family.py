@@ -8,6 +8,7 @@ family the device serves (chosen on the validation windows), and the agent's own
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ import onnx
 import pytest
 
 from edge_agent.bundle import FAMILY_FORMAT_VERSION, MANIFEST_NAME, SIGNATURE_NAME, Serving, read_bundle
-from edge_agent.errors import BundleError, BundleFormatError, IntegrityError
+from edge_agent.errors import BundleFormatError, IntegrityError
 from edge_agent.keys import load_private_key, load_public_key
 from edge_agent.runtimes import load_model, run_self_test
 from edge_agent.runtimes.ort import OnnxRuntimeConfig
@@ -113,11 +114,17 @@ def test_served_family_is_chosen_on_validation_and_loaded_by_the_agent(exported,
         assert choose_artefact(marked, "onnx", "ort").family == family
 
 
-def test_lightgbm_served_on_a_tflite_device_is_refused_by_name(exported) -> None:
+def test_a_tflite_device_runs_the_network_when_lightgbm_is_served(exported, caplog) -> None:
     manifest = exported["result"].manifest
-    marked = manifest.model_copy(update={"serving": Serving(family="lightgbm", metric="mae", scores={})})
-    with pytest.raises(BundleError, match="serves its lightgbm model, which has no tflite artefact"):
-        choose_artefact(marked, "tflite", "litert")
+    # The network's artefacts as a LiteRT device would see them (only their runtime matters to the choice).
+    network = [a.model_copy(update={"runtime": "tflite"}) for a in manifest.artefacts if a.family == "network"]
+    marked = manifest.model_copy(
+        update={"serving": Serving(family="lightgbm", metric="mae", scores={}), "artefacts": network}
+    )
+    with caplog.at_level(logging.WARNING, logger="edge_agent.runtimes.targets"):
+        chosen = choose_artefact(marked, "tflite", "litert")
+    assert chosen.family == "network"
+    assert "serves its lightgbm model, which has no tflite artefact: running its network model" in caplog.text
 
 
 def _resign(bundle_dir: Path, raw: dict[str, Any], private_key: Path) -> None:
