@@ -297,7 +297,8 @@ def limit_violations(plan: DispatchPlan, site: SiteModel, start: SiteState, enfo
 
     Checked at every step: energy balance, SoC window and SoC arithmetic (efficiencies), battery power
     limits and no simultaneous charge and discharge beyond rounding, generator off/at most rated (and at
-    least its minimum load when ``enforce_min_load``), minimum run and rest times carried over from
+    least its minimum load when ``enforce_min_load``, unless the battery could take no more), minimum run
+    and rest times carried over from
     ``start``, grid limits (zero off-grid), shed within the sheddable share, curtailment within PV, and
     no negative flow.
     """
@@ -357,7 +358,12 @@ def limit_violations(plan: DispatchPlan, site: SiteModel, start: SiteState, enfo
         return problems
     check(plan.generator_kw <= np.where(on, g.rated_power_kw, 0.0) + tol, "generator above rated or on while off")
     if enforce_min_load:
-        check(plan.generator_kw >= np.where(on, g.min_power_kw, 0.0) - tol, "generator below its minimum load")
+        # Under its minimum load only where the battery could take no more: at the top of its window (or above
+        # it, on its way down), or charging at its limit.
+        top = plan.soc_fraction >= b.soc_max_fraction - 1e-4
+        full = top | (plan.battery_charge_kw >= b.charge_power_max_kw - tol)
+        loaded = plan.generator_kw >= np.where(on, g.min_power_kw, 0.0) - tol
+        check(loaded | full, "generator below its minimum load with room in the battery")
     problems.extend(_run_rest_violations(on, site, start))
     return problems
 

@@ -30,6 +30,8 @@ from gridedge.sites import site_values
 
 REPO = Path(__file__).resolve().parents[2]
 SITE, DEVICE = "arm64-site", "pi4-emulated"
+CYCLES_PER_PERIOD = 3
+SITE_SPEED = 900.0 / (0.05 * CYCLES_PER_PERIOD)  # site seconds per real second: a 15-min period per 3 cycles
 EXPECTED_TESTS = {
     "test_every_artefact_verifies_self_tests_and_matches_x86_within_its_own_tolerance[litert]",
     "test_every_artefact_verifies_self_tests_and_matches_x86_within_its_own_tolerance[onnxruntime]",
@@ -132,8 +134,9 @@ def _site_file(run_dir: Path, site_port: int, broker_port: int) -> Path:
             "site": SITE,
             "device": DEVICE,
             "state_dir": "state",
-            # Emulation runs 50-200x slower than a Pi: a generous budget, the 2-day window plus 24 forecasts.
-            "loop": {"cadence_s": 0.05, "max_cycles": 192 + 24, "latency_budget_ms": 5000},
+            # Emulation runs 50-200x slower than a Pi: a generous budget, the 2-day window plus 24 forecasts,
+            # with CYCLES_PER_PERIOD cycles per site period so that a slow (loaded) cycle skips no period.
+            "loop": {"cadence_s": 0.05, "max_cycles": (192 + 24) * CYCLES_PER_PERIOD, "latency_budget_ms": 5000},
             "mqtt": {"broker": {"host": "127.0.0.1", "port": broker_port}, "summary_interval_s": 2.0},
             "log_level": "WARNING",
         }
@@ -163,7 +166,7 @@ def test_the_arm64_subset_passes_in_the_emulated_pi4_userland(
 
     with (
         LocalMosquitto(tmp_path / "broker") as broker,
-        SiteServer(SimulatedSite(speed=18_000.0), port=0).start_in_thread() as site_server,
+        SiteServer(SimulatedSite(speed=SITE_SPEED), port=0).start_in_thread() as site_server,
     ):
         site_file = _site_file(run_dir, site_server.port, broker.port)
         pi4 = run_dir / "device-pi4"
