@@ -44,8 +44,11 @@ def export_command(
     ] = 4.0,
     level_margin_std: Annotated[
         float,
-        typer.Option(help="Forecasters: int8 ranges cover targets shifted this many std past the training range."),
-    ] = 2.0,
+        typer.Option(
+            help="Forecasters: int8 ranges also cover targets shifted this many std past the training range "
+            "(for data that moved; 0 = off)."
+        ),
+    ] = 0.0,
 ) -> None:
     """Export TRAIN_DIR into a signed bundle; anything refused exits 2 with the reason (`gridedge --help`)."""
     from rich.console import Console

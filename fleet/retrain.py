@@ -43,6 +43,9 @@ from gridedge.fleet.store import FleetStore
 from gridedge.trainer.config import Duration
 
 Selection = Literal["all", "group", "drift", "error"]
+# A retrained site model serves data that moved (why it was retrained): its int8 ranges cover the targets
+# shifted in level by the default drift threshold (export's level_margin_std).
+RETRAIN_LEVEL_MARGIN_STD = 2.0
 ERROR_SUMMARIES = 7  # newest summaries whose forecasts are scored against the telemetry that followed
 
 
@@ -282,7 +285,13 @@ def _run_site(job: SiteJob, outcome: SiteOutcome) -> None:
     report = train(task, job.framework, out / "run", plots=False, progress=lambda _line: None)
     outcome.data = report["lineage"]["data"]
     key = load_private_key(Path(job.key_path))
-    options = ExportOptions(name=job.name, version=job.version, targets=job.export_targets, latency_runs=20)
+    options = ExportOptions(
+        name=job.name,
+        version=job.version,
+        targets=job.export_targets,
+        latency_runs=20,
+        level_margin_std=RETRAIN_LEVEL_MARGIN_STD,
+    )
     try:
         exported = export_bundle(load_source(out / "run"), out / "bundle", key, options)
     except ExportError as exc:

@@ -5,8 +5,9 @@ grid import/export, PV curtailment, and the unserved critical load that is left 
 cover the demand. Hard limits are variable bounds and constraints, so they hold at every step: SoC window
 with charge/discharge efficiencies, power limits, minimum run and rest times (carried over from the
 measured state), grid limits, energy balance. The generator's minimum load is the one soft limit: a
-generator its minimum run holds on, meeting a full battery at night, has nowhere to put that power, so
-running under it is priced at the fuel it would have burnt rather than making the plan infeasible.
+generator the measured state holds on (its minimum run), meeting a full battery at night, has nowhere to
+put that power, so running under it is priced at the fuel it would have burnt rather than making the plan
+infeasible; wherever the solver itself runs the generator, the minimum load is hard.
 
 Objective, lexicographic by weights: unserved critical load (``unserved_penalty_per_kwh``, far above any
 price) first, then fuel, start and grid cost, then shedding (``shed_penalty_per_kwh``, kept below the fuel
@@ -287,6 +288,14 @@ def _stored_energy_value(site: SiteModel) -> float:
     return TERMINAL_VALUE_SHARE * site.battery.discharge_efficiency * price
 
 
+def _held_on_steps(site: SiteModel, state: SiteState) -> int:
+    """Leading steps the measured state keeps the generator on (its minimum run, in whole commitment blocks)."""
+    if site.generator is None or not state.generator_on:
+        return 0
+    block = site.planner.commitment_block_steps
+    return -(-max(site.min_run_steps - state.generator_steps_in_state, 0) // block) * block
+
+
 def _commitment(
     problem: _Milp, site: SiteModel, state: SiteState, steps: int, integer: bool, start_weight: float
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -389,13 +398,15 @@ def _solve(site: SiteModel, state: SiteState, timestamps: NDArray[np.int64], sce
         )  # fmt: skip
         if generator is not None:
             problem.rows_of([(gen, 1.0), (on, -generator.rated_power_kw)], -np.inf, 0.0)
-            # Minimum load, with a slack: a generator held on by its minimum run while the battery is full and
-            # nothing else takes power runs under it, and the plan says so instead of failing. Each kW missing
+            # Minimum load, with a slack while the measured state holds the generator on (its minimum run): with
+            # the battery full and nothing else to take power it runs under it, and the plan says so instead of
+            # failing. Anywhere else the solver chose to run it, so the limit is hard. Each kW missing
             # costs the fuel it would have burnt (a genset at low load burns nearly its minimum-load fuel), so
             # storing the minimum load is always cheaper when the battery has room, and burning it by charging
             # and discharging at once (which no inverter does) is dearer.
             underload_cost = w * (generator.fuel_cost_per_kwh + UNDERLOAD_TIEBREAK) * h
-            underload = problem.variable(steps, 0.0, generator.min_power_kw, underload_cost)
+            held = np.arange(steps) < _held_on_steps(site, state)  # elsewhere the minimum load stays hard
+            underload = problem.variable(steps, 0.0, np.where(held, generator.min_power_kw, 0.0), underload_cost)
             problem.rows_of([(gen, 1.0), (underload, 1.0), (on, -generator.min_power_kw)], 0.0, np.inf)
         shed_by_scenario.append(shed)
         flows_by_scenario.append(

@@ -10,7 +10,8 @@ from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
 from gridedge.export import converters
 from gridedge.export.evaluate import predict_batched
-from gridedge.export.pipeline import ExportOptions, level_channels
+from gridedge.export.pipeline import level_channels
+from gridedge.fleet.retrain import RETRAIN_LEVEL_MARGIN_STD
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +59,13 @@ def test_shifted_windows_reach_the_margin_within_the_physical_range(w1_torch_sou
 
 def test_int8_forecaster_follows_a_level_shift_past_the_training_range(w1_torch_source, tmp_path) -> None:
     """A site whose load moved 1.5 std above anything in training (drift below the retrain threshold): the int8
-    model stays within an output step of the float model instead of clipping at the training maximum."""
+    model calibrated as `fleet retrain` does stays within an output step of the float model instead of clipping
+    at the training maximum."""
     source = w1_torch_source
     fp32 = tmp_path / "w1.fp32.onnx"
     source.backend.to_onnx(source.model, fp32, {n: source.test.feeds[n][:1] for n in source.input_names})
     calibration = converters.calibration_batches(source.calibration) + converters.shifted_windows(
-        source.calibration, level_channels(source.spec), ExportOptions(name="w1").level_margin_std
+        source.calibration, level_channels(source.spec), RETRAIN_LEVEL_MARGIN_STD
     )
     int8 = converters.quantise_onnx(fp32, tmp_path / "w1.int8.onnx", "static", calibration)
     feeds = {name: value.copy() for name, value in source.test.feeds.items()}

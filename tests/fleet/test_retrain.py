@@ -60,8 +60,9 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.timeout(1200)]
 DAY = 96  # 15-min readings
 CHANGED = "site-b"
 THRESHOLD = 1.5
-SPEED = 18_000.0  # the agent's replay: one 15-min reading per 0.05 s cycle, a day in 4.8 s
-REPLAY_DAYS = 120  # the agent's meter runs on while the fleet retrains and rolls out (days 42-120: 6 min)
+# The agent's replay: a 15-min reading per two 0.05 s cycles (a loaded machine skips none), a day in 9.6 s.
+SPEED = 9_000.0
+REPLAY_DAYS = 120  # the agent's meter runs on while the fleet retrains and rolls out (days 42-120: 12 min)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -106,7 +107,7 @@ def agent_config(folder: Path, port: int, replay: Path, bundle: Path, keys: dict
                      "channels": [{"name": CHANNEL, "column": CHANNEL, "unit": "kW"}]}],
         "channels": {CHANNEL: f"meter.{CHANNEL}"},
         "clock": {"source": "reading"},
-        "loop": {"cadence_s": 900 / SPEED},
+        "loop": {"cadence_s": 900 / SPEED / 2},
         "commands": {"operator_public_key": str(keys["operator"])},
         "mqtt": {**mqtt, "summary_interval_s": 86_400 / SPEED},  # a summary (drift, forecast) per replayed day
     }  # fmt: skip
