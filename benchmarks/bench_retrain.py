@@ -134,6 +134,8 @@ def main() -> None:
     speedup = median[1] / median[2]
     efficiency = min(1.0, speedup / 2)
     projected_s = 1000 * per_site_1 / (args.cluster_workers * efficiency)
+    # The same projection for a site model that trains for a minute (a bigger model or more data than here).
+    projected_minute_model_s = 1000 * (per_site_1 + 60) / (args.cluster_workers * efficiency)
     payload = {
         "sites": args.sites,
         "days_per_site": DAYS,
@@ -143,7 +145,13 @@ def main() -> None:
         "sites_per_minute": {w: 60 * args.sites / median[w] for w in (1, 2)},
         "speedup_2_workers": speedup,
         "scaling_efficiency": efficiency,
-        "projection": {"sites": 1000, "cluster_workers": args.cluster_workers, "hours": projected_s / 3600},
+        "projection": {
+            "sites": 1000,
+            "cluster_workers": args.cluster_workers,
+            "seconds_per_site_1_worker": per_site_1,
+            "hours": projected_s / 3600,
+            "hours_if_a_site_trains_a_minute_more": projected_minute_model_s / 3600,
+        },
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "max_load": args.max_load,
@@ -161,7 +169,9 @@ def main() -> None:
         f"load average {load_before[0]:.1f} before and {payload['load_average_after'][0]:.1f} after (shared machine). "
         f"Median pass: 1 worker {median[1]:.1f} s, 2 workers {median[2]:.1f} s, {speedup:.2f}x "
         f"(efficiency {efficiency:.0%}). Projected for 1,000 sites on {args.cluster_workers} workers (e.g. 8 "
-        f"machines x 8 cores, one worker per core): {projected_s / 3600:.2f} h."
+        f"machines x 8 cores, one worker per core): {projected_s / 60:.1f} min at the {per_site_1:.2f} s per site "
+        f"measured here on one worker; {projected_minute_model_s / 3600:.2f} h if each site's model trained a minute "
+        f"longer. On this machine's 2 workers: {1000 * median[2] / args.sites / 60:.0f} min."
     )
     benchreport.publish(
         "retrain",
