@@ -3,7 +3,8 @@
 For every workload x framework x seed, the shipped config (seed replaced) is trained by gridedge's trainer
 and exported through the real pipeline: Keras to LiteRT int8 (what a Pi runs) and ORT, PyTorch to ORT. The
 export also writes the LightGBM candidate (ONNX) and marks the family a device serves, chosen on validation;
-"served" is the artefact an ORT device loads by that mark (the LightGBM model or the network's int8).
+"served" is the artefact an ORT device loads by that mark (the LightGBM model, the network's int8, or the blend
+w·network int8 + (1−w)·LightGBM as one ONNX file, w chosen on validation).
 Skill is 1 - MAE / MAE of the better seasonal naive (yesterday or last week) on the same test windows, read
 from each export report (``skill``), where LightGBM's skill is computed on those windows too. Each run is a
 separate process (``--jobs`` at a time, one thread each); its wall time and the load average are recorded,
@@ -86,6 +87,7 @@ def measure(workload: str, framework: str, seed: int, workdir: Path) -> dict[str
         "lightgbm_skill": skill["lightgbm"],
         "served_file": served.file,
         "served_family": served.family,
+        "served_weight": result.manifest.serving.network_weight if result.manifest.serving else None,
         "served_skill": skill["served"]["onnx"]["skill"],
         "validation_mae": result.manifest.serving.scores if result.manifest.serving else None,
         "best_seasonal_naive_mae": skill["best_seasonal_naive_mae"],
@@ -100,6 +102,12 @@ def measure(workload: str, framework: str, seed: int, workdir: Path) -> dict[str
     }
     saved.write_text(json.dumps(row, indent=1) + "\n")
     return row
+
+
+def _served(row: dict[str, Any]) -> str:
+    """The served model's name: its family, or the blend with its network share."""
+    weight = row.get("served_weight")
+    return f"blend w={weight:g}" if row["served_family"] == "blend" and weight is not None else row["served_family"]
 
 
 def _spread(values: list[float]) -> str:
@@ -133,7 +141,7 @@ def main() -> None:
             rows.append(row)
             print(
                 f"[{done}/{len(combos)}] {row['workload']} {row['framework']} seed {row['seed']}: int8 skill "
-                f"{row['int8_skill']:.3f} (float {row['float_skill']:.3f}), served {row['served_family']} "
+                f"{row['int8_skill']:.3f} (float {row['float_skill']:.3f}), served {_served(row)} "
                 f"{row['served_skill']:.3f}, LightGBM {row['lightgbm_skill']:.3f}, "
                 f"fit in {row['train_seconds']:.0f} s",
                 flush=True,
@@ -158,6 +166,7 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "served_skill": _spread([r["served_skill"] for r in mine]) if all("served_skill" in r for r in mine)
                 else "—",
                 "served_lightgbm": sum(r.get("served_family") == "lightgbm" for r in mine),
+                "served_blend": sum(r.get("served_family") == "blend" for r in mine),
                 "served_at_least_lightgbm": all(r.get("served_skill", -1.0) >= r["lightgbm_skill"] for r in mine),
                 "int8_at_least_lightgbm": all(r["int8_skill"] >= r["lightgbm_skill"] for r in mine),
                 "train_seconds_max": max(r["train_seconds"] for r in mine),
@@ -190,7 +199,7 @@ def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...
                 r["seed"],
                 f"{r['float_skill']:.3f}",
                 f"{r['int8_skill']:.3f}",
-                f"{r['served_family']} ({r['served_skill']:.3f})" if "served_skill" in r else "—",
+                f"{_served(r)} ({r['served_skill']:.3f})" if "served_skill" in r else "—",
                 f"{r['lightgbm_skill']:.3f}",
                 f"{r['train_seconds']:.0f}",
                 f"{r['best_epoch']}/{r['epochs_run']}",
@@ -201,7 +210,7 @@ def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...
     table += ["", "Mean ± standard deviation over the seeds:", ""]
     table += markdown_table(
         ["workload", "framework", "seeds", "int8 skill", "float skill", "served skill (ORT)", "LightGBM served",
-         "LightGBM skill", "int8 ≥ LightGBM every seed", "served ≥ LightGBM every seed"],
+         "blend served", "LightGBM skill", "int8 ≥ LightGBM every seed", "served ≥ LightGBM every seed"],
         [
             (
                 WORKLOADS[s["workload"]],
@@ -211,6 +220,7 @@ def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...
                 s["float_skill"],
                 s["served_skill"],
                 f"{s['served_lightgbm']}/{len(s['seeds'])}",
+                f"{s['served_blend']}/{len(s['seeds'])}",
                 s["lightgbm_skill"],
                 "yes" if s["int8_at_least_lightgbm"] else "no",
                 "yes" if s["served_at_least_lightgbm"] else "no",
@@ -222,7 +232,8 @@ def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...
         "Skill = 1 − MAE / MAE of the better seasonal naive (yesterday or last week), on each run's test windows "
         "(one origin per local midnight), from the export report. int8 = the network's int8 artefact (Keras: "
         "LiteRT int8, what a Pi runs; PyTorch: ORT static int8). Served = what an ORT device loads: the family the "
-        "bundle marks (LightGBM or the network, chosen on validation MAE, never test), then its int8/fp32 file. "
+        "bundle marks (LightGBM, the network, or blend w = w·network int8 + (1−w)·LightGBM as one ONNX file; the "
+        "family and w chosen on validation MAE over w ∈ {0, 0.25, 0.5, 0.75, 1}, never test), then its file. "
         "Shipped configs, seed replaced. "
         f"Runs in parallel processes, one thread each, at nice 10, on {os.cpu_count()} cores; the 1-minute load "
         f"average seen at the start and end of the runs ranged {min(loads):.1f}-{max(loads):.1f} (a shared "

@@ -52,7 +52,10 @@ QUANTILE_FORMAT_VERSION = 2
 # Bundles that carry more than one model family (a network and a LightGBM tree ensemble) and mark the one to
 # serve are format 3: an older agent would pick by precision alone and might run the model that lost.
 FAMILY_FORMAT_VERSION = 3
-SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2, 3})
+# Bundles that serve a blend of the two families (one ONNX graph, w·network + (1−w)·LightGBM) are format 4: an
+# agent that knows only the two families would refuse the "blend" family with a validation error, not by version.
+BLEND_FORMAT_VERSION = 4
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2, 3, 4})
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # An archive from the network is untrusted: refuse absurd sizes before unpacking anything.
@@ -61,8 +64,9 @@ MAX_ARCHIVE_MEMBER_BYTES = 512 * 1024 * 1024
 Task = Literal["load_forecast", "pv_forecast", "anomaly"]
 Runtime = Literal["tflite", "onnx"]
 Precision = Literal["fp32", "fp16", "dynamic-int8", "int8"]
-# What kind of model an artefact holds: the trained network (any precision) or the LightGBM tree ensemble.
-Family = Literal["network", "lightgbm"]
+# What kind of model an artefact holds: the trained network (any precision), the LightGBM tree ensemble, or a
+# blend of the two in one graph (the network's int8 and LightGBM, weighed by ``Serving.network_weight``).
+Family = Literal["network", "lightgbm", "blend"]
 
 
 class AnomalySpec(StrictModel, frozen=True):
@@ -215,7 +219,28 @@ class Serving(StrictModel, frozen=True):
     metric: str
     """Metric compared, lower is better (e.g. mae, in the target's units)."""
     scores: dict[str, float]
-    """That metric of each family's model on the validation windows, by family."""
+    """That metric of each family's model on the validation windows, by family; a blend by its network share
+    (``blend:0.5``)."""
+    network_weight: float | None = Field(default=None, gt=0, lt=1)
+    """Network share w of the served blend (w·network + (1−w)·LightGBM, floats on the validation windows); only
+    when the blend family is served."""
+
+    @model_serializer(mode="wrap")
+    def _unblended_as_before(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Without a blend the serving mark keeps its format-3 bytes, which agents that predate blends read.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("network_weight") is None:
+            data.pop("network_weight", None)
+        return data
+
+    @model_validator(mode="after")
+    def _weight_iff_blend(self) -> Serving:
+        if (self.family == "blend") != (self.network_weight is not None):
+            raise ValueError(
+                f"serving.network_weight is {self.network_weight} for family {self.family!r}; it is set exactly "
+                "when the blend family is served"
+            )
+        return self
 
 
 class TestVector(StrictModel, frozen=True):
@@ -306,6 +331,10 @@ class Manifest(StrictModel, frozen=True):
             raise ValueError(
                 f"a bundle with model families {sorted(families)} or a serving choice needs format_version "
                 f"{FAMILY_FORMAT_VERSION}, got {self.format_version}"
+            )
+        if "blend" in families and self.format_version < BLEND_FORMAT_VERSION:
+            raise ValueError(
+                f"a bundle with a blend artefact needs format_version {BLEND_FORMAT_VERSION}, got {self.format_version}"
             )
         if self.serving is not None and self.serving.family not in families:
             raise ValueError(

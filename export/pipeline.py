@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edge_agent.arrays import FloatArray
 from edge_agent.bundle import (
+    BLEND_FORMAT_VERSION,
     FAMILY_FORMAT_VERSION,
     Artefact,
     Family,
@@ -42,6 +43,7 @@ from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
 from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS
 from gridedge.export import compat_envs, converters
+from gridedge.export.blend_onnx import blend_onnx
 from gridedge.export.errors import CompatibilityError, ExportError, ParityError
 from gridedge.export.evaluate import (
     TestSplit,
@@ -61,6 +63,8 @@ from gridedge.trainer.gbm import GbmModel, train_gbm
 DEFAULT_TARGETS: dict[Framework, tuple[str, ...]] = {"keras": ("litert", "ort"), "torch": ("ort",)}
 TEST_VECTOR_COUNT = 3
 LATENCY_RUNS = 300
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BLEND_FAMILY: Family = "blend"
 
 
 @dataclass
@@ -136,6 +140,11 @@ class ExportOptions(BaseModel):
     moved. Off by default: on in-distribution data the wider ranges cost resolution (shipped W1, Keras, ORT int8:
     +0.8 % MAE at 0, +5.9 % at 2, over the 2 % gate). `fleet retrain` uses 2, its default drift threshold."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
+    blend_weights: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field(default=BLEND_WEIGHTS, min_length=1)
+    """Network shares w tried on the validation windows when a LightGBM candidate exists: the device serves
+    w·network + (1−w)·LightGBM for the w with the lowest validation MAE (ties go to the simpler end). 1 serves the
+    network, 0 LightGBM, a share between them the blend of the network's int8 and LightGBM as one ONNX file.
+    Leave 0 and 1 out to always serve a blend."""
 
 
 @dataclass
@@ -265,23 +274,50 @@ def _gbm_candidate(
     return result, model
 
 
+def _blend_key(weight: float) -> str:
+    """Name of network share ``weight`` in ``Serving.scores``: a family alone, or ``blend:<w>``."""
+    return "network" if weight == 1 else GBM_FAMILY if weight == 0 else f"{BLEND_FAMILY}:{weight:g}"
+
+
 def _choose_serving(
-    source: ExportSource, gbm: GbmModel | None, metric: str, notes: list[str]
+    source: ExportSource, gbm: GbmModel | None, metric: str, weights: Sequence[float], notes: list[str]
 ) -> Serving | None:
-    """The family the device serves: the better float model on the VALIDATION windows (ties keep the network)."""
+    """What the device serves: w·network + (1−w)·LightGBM (floats) with the best metric on the VALIDATION windows.
+
+    w = 1 is the network, w = 0 LightGBM; ties go to the simpler end (a single family, the network first).
+    """
     if gbm is None or source.gbm is None:
         return None
     validation = source.gbm.validation
+    network = predict_batched(source.predict, validation.feeds)
+    booster = predict_batched(gbm.predict, validation.feeds)
+    # Each family alone is scored too, for the record, even when the grid leaves it out.
     scores = {
-        family: task_metrics(predict_batched(predict, validation.feeds), validation, source.spec, source.output)[metric]
-        for family, predict in (("network", source.predict), (GBM_FAMILY, gbm.predict))
+        _blend_key(w): task_metrics(w * network + (1 - w) * booster, validation, source.spec, source.output)[metric]
+        for w in sorted({1.0, 0.0, *weights}, reverse=True)
     }
-    family: Family = GBM_FAMILY if scores[GBM_FAMILY] < scores["network"] else "network"
+    weight = min(weights, key=lambda w: (scores[_blend_key(w)], min(w, 1 - w), -w))
+    family: Family = "network" if weight == 1 else GBM_FAMILY if weight == 0 else BLEND_FAMILY
+    listed = ", ".join(f"{key} {value:.4g}" for key, value in scores.items())
+    chosen = f"blend w={weight:g} (w·network + (1−w)·{GBM_FAMILY})" if family == BLEND_FAMILY else family
     notes.append(
-        f"served model: {family}, chosen on {len(validation)} validation windows ({metric} network "
-        f"{scores['network']:.4g}, {GBM_FAMILY} {scores[GBM_FAMILY]:.4g}); the test split only reports"
+        f"served model: {chosen}, chosen on {len(validation)} validation windows ({metric} {listed}); the test "
+        "split only reports"
     )
-    return Serving(family=family, metric=metric, scores=scores)
+    return Serving(
+        family=family, metric=metric, scores=scores, network_weight=weight if family == BLEND_FAMILY else None
+    )
+
+
+def _blend_candidate(
+    results: Sequence[ArtefactResult], gbm: ArtefactResult, weight: float, workdir: Path, stem: str
+) -> ArtefactResult:
+    """The served blend as one ONNX file: the network's static-int8 ONNX artefact and the LightGBM graph."""
+    network = next(r for r in results if r.runtime == "onnx" and r.precision == "int8" and r.family == "network")
+    path = blend_onnx(network.path, gbm.path, weight, workdir / f"{stem}.{BLEND_FAMILY}.int8.onnx")
+    result = ArtefactResult(path.name, path, "onnx", "int8", family=BLEND_FAMILY)
+    result.details.update(converters.onnx_description(path))
+    return result
 
 
 def _open(result: ArtefactResult, source: ExportSource) -> ModelRuntime:
@@ -387,17 +423,27 @@ def export_bundle(
         results = _convert(source, targets, workdir, options, notes)
         gbm = _gbm_candidate(source, targets, workdir, options.name, notes, progress)
         references = {"network": (float_outputs, float_metrics)}
+        serving = _choose_serving(source, gbm[1] if gbm else None, metric, options.blend_weights, notes)
         if gbm is not None:
             results.append(gbm[0])
             gbm_outputs = predict_batched(gbm[1].predict, source.test.feeds)
             references[GBM_FAMILY] = (gbm_outputs, task_metrics(gbm_outputs, source.test, source.spec, source.output))
+        if gbm is not None and serving is not None and serving.network_weight is not None:
+            w = serving.network_weight
+            progress(f"composing the served blend, network share {w:g}")
+            results.append(_blend_candidate(results, gbm[0], w, workdir, options.name))
+            blend_outputs = w * float_outputs + (1 - w) * gbm_outputs
+            references[BLEND_FAMILY] = (
+                blend_outputs, task_metrics(blend_outputs, source.test, source.spec, source.output)
+            )
         refused: list[str] = []
         problems: list[str] = []
         for result in results:
             progress(f"evaluating {result.file}")
             runtime = _open(result, source)
             outputs = predict_batched(runtime.run, source.test.feeds)
-            # Each artefact is gated against the float model of its own family (the network, or the booster).
+            # Each artefact is gated against the float model of its own family (the network, the booster, or the
+            # float blend of the two with the served weight).
             reference_outputs, reference_metrics = references[result.family]
             result.metrics = task_metrics(outputs, source.test, source.spec, source.output)
             result.metrics["max_abs_error"] = float(np.max(np.abs(outputs - reference_outputs)))
@@ -436,7 +482,6 @@ def export_bundle(
                 "parity gate refused the export (no bundle written): " + "; ".join(refused)
                 + ". Retrain, use more calibration data, or raise --max-degradation knowingly"
             )
-        serving = _choose_serving(source, gbm[1] if gbm else None, metric, notes)
         if gbm is not None:
             notes.append(
                 f"{gbm[0].file}: LightGBM on the bundle's own inputs, features computed in the graph; max abs "
@@ -499,9 +544,10 @@ def _manifest(
         update={"library_versions": {**source.provenance.library_versions, **_library_versions()}}
     )
     families = {r.family for r in results}
+    family_version = FAMILY_FORMAT_VERSION if serving or families != {"network"} else 0
     return Manifest(
         format_version=max(
-            source.output.format_version, FAMILY_FORMAT_VERSION if serving or families != {"network"} else 0
+            source.output.format_version, BLEND_FORMAT_VERSION if BLEND_FAMILY in families else family_version
         ),
         name=options.name,
         version=options.version,

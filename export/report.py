@@ -137,9 +137,11 @@ def _skill_lines(summary: dict[str, Any] | None) -> list[str]:
     serving = summary["serving"]
     if serving is not None:
         scores = ", ".join(f"{family} {value:.4g}" for family, value in serving["scores"].items())
+        weight = serving.get("network_weight")
+        family = serving["family"] if weight is None else f"blend w={weight:g} (w·network + (1−w)·lightgbm)"
         lines += [
             "",
-            f"Served family: {serving['family']}, chosen on the {serving['split']} split ({serving['metric']}: "
+            f"Served family: {family}, chosen on the {serving['split']} split ({serving['metric']}: "
             f"{scores}); the test split above only reports.",
         ]
     return lines

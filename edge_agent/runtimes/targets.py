@@ -77,9 +77,9 @@ def choose_artefact(
 ) -> Artefact:
     """Pick the artefact to run: ``file`` if given, else the best-ranked one proven on ``target``.
 
-    A bundle that marks a served model family (``manifest.serving``, chosen at export on validation skill)
-    is served from that family when the runtime has it, else from the family it has (with a warning); a
-    pinned ``file`` overrides the mark.
+    A bundle that marks a served model family (``manifest.serving``, chosen at export on validation skill:
+    the network, LightGBM or the blend of both in one ONNX file) is served from that family when the runtime
+    has it, else from the family it has (with a warning); a pinned ``file`` overrides the mark.
 
     Artefacts proven on ``target`` come first; among them the order of ``prefer_precision`` decides
     (by default int8 beats dynamic-int8, fp16 and fp32), precisions it omits come last. With

@@ -3,6 +3,8 @@
 A short run of the shipped W1 config (a few months of data, a tiny network, one epoch, 40 trees) exported for
 ``ort`` and ``ort-1.16``: the bundle carries the network's artefacts and ``<name>.lightgbm.onnx``, marks the
 family the device serves (chosen on the validation windows), and the agent's own runtime loads and runs it.
+The same run exported again with blend weights strictly between 0 and 1 serves the blend of both families,
+``<name>.blend.int8.onnx``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edge_agent.bundle import FAMILY_FORMAT_VERSION, MANIFEST_NAME, SIGNATURE_NAME, Serving, read_bundle
+from edge_agent.bundle import (
+    BLEND_FORMAT_VERSION,
+    FAMILY_FORMAT_VERSION,
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    Serving,
+    read_bundle,
+)
 from edge_agent.errors import BundleFormatError, IntegrityError
 from edge_agent.keys import load_private_key, load_public_key
 from edge_agent.runtimes import load_model, run_self_test
@@ -53,8 +62,38 @@ def exported(
     return {"source": source, "result": result, "report": report, "root": root}
 
 
+@pytest.fixture(scope="module")
+def blended(exported: dict[str, Any], signing_keys: tuple[Path, Path]) -> dict[str, Any]:
+    """The same trained run exported with only blend weights to choose from, so the blend is what is served."""
+    from gridedge.export.pipeline import ExportOptions, export_bundle
+
+    options = ExportOptions(
+        name="w1-blend", targets=("ort", "ort-1.16"), max_degradation=1.0, latency_runs=10,
+        blend_weights=BLEND_GRID,
+    )  # fmt: skip
+    result = export_bundle(exported["source"], exported["root"] / "blend", load_private_key(signing_keys[0]), options)
+    return {"source": exported["source"], "result": result}
+
+
+BLEND_GRID = (0.25, 0.5, 0.75)
+
+
 def _gbm_file(exported: dict[str, Any]) -> str:
     return next(a.file for a in exported["result"].manifest.artefacts if a.family == "lightgbm")
+
+
+def _validation_grid(source: Any, booster: Any, weights: tuple[float, ...]) -> tuple[dict[float, float], float]:
+    """Validation MAE of w·network + (1−w)·LightGBM per w, and the w chosen (lowest; ties to the simpler end)."""
+    validation = source.gbm.validation
+    network = predict_batched(source.predict, validation.feeds)
+    trees = predict_batched(booster.predict, validation.feeds)
+    maes = {
+        w: task_metrics(w * network + (1 - w) * trees, validation, source.spec, source.output)["mae"]
+        for w in (0.0, 1.0, *weights)
+    }
+    best = min(maes[w] for w in weights)
+    tied = [w for w in weights if maes[w] == best]
+    return maes, min(tied, key=lambda w: (min(w, 1 - w), -w))
 
 
 def test_bundle_carries_a_lightgbm_onnx_proven_on_both_ort_targets(exported, signing_keys) -> None:
@@ -95,13 +134,11 @@ def test_served_family_is_chosen_on_validation_and_loaded_by_the_agent(exported,
     source, result = exported["source"], exported["result"]
     serving = result.manifest.serving
     assert serving is not None and serving.split == "val" and serving.metric == "mae"
-    validation = source.gbm.validation
-    scores = {
-        family: task_metrics(predict_batched(predict, validation.feeds), validation, source.spec, source.output)["mae"]
-        for family, predict in (("network", source.predict), ("lightgbm", result.gbm.predict))
-    }
+    maes, weight = _validation_grid(source, result.gbm, (0.0, 0.25, 0.5, 0.75, 1.0))
+    scores = {"network": maes[1.0], "lightgbm": maes[0.0], **{f"blend:{w:g}": maes[w] for w in (0.25, 0.5, 0.75)}}
     assert serving.scores == pytest.approx(scores)
-    assert serving.family == ("lightgbm" if scores["lightgbm"] < scores["network"] else "network")
+    assert serving.family == {1.0: "network", 0.0: "lightgbm"}.get(weight, "blend")
+    assert serving.network_weight == (weight if serving.family == "blend" else None)
     bundle = read_bundle(result.bundle_dir, load_public_key(signing_keys[1]))
     artefact, _runtime = load_model(bundle, None, ORT)
     assert artefact.family == serving.family
@@ -146,3 +183,57 @@ def test_bundle_whose_served_artefact_is_missing_is_refused(exported, signing_ke
     _resign(bundle_dir, raw, signing_keys[0])
     with pytest.raises(BundleFormatError, match=r"serving\.family is 'lightgbm' but the bundle lists no lightgbm"):
         read_bundle(bundle_dir, load_public_key(signing_keys[1]))
+
+
+def _blend_file(result: Any) -> str:
+    return next(a.file for a in result.manifest.artefacts if a.family == "blend")
+
+
+def test_blend_weight_is_the_one_validation_picks(blended, signing_keys) -> None:
+    source, result = blended["source"], blended["result"]
+    maes, weight = _validation_grid(source, result.gbm, BLEND_GRID)
+    serving = result.manifest.serving
+    assert serving is not None and serving.family == "blend"
+    assert serving.network_weight == weight
+    assert serving.scores[f"blend:{weight:g}"] == pytest.approx(maes[weight])
+    bundle = read_bundle(result.bundle_dir, load_public_key(signing_keys[1]))
+    assert bundle.manifest.format_version == BLEND_FORMAT_VERSION
+    assert bundle.manifest.serving == serving
+    entry = bundle.manifest.artefact(_blend_file(result))
+    assert (entry.file, entry.runtime, entry.precision) == ("w1-blend.blend.int8.onnx", "onnx", "int8")
+    # The blend's own parity gate: against the float blend of the network and the booster on the test windows.
+    feeds = source.test.feeds
+    network, trees = predict_batched(source.predict, feeds), predict_batched(result.gbm.predict, feeds)
+    float_blend = weight * network + (1 - weight) * trees
+    float_mae = task_metrics(float_blend, source.test, source.spec, source.output)["mae"]
+    assert entry.metrics["mae_degradation"] == pytest.approx((entry.metrics["mae"] - float_mae) / float_mae, abs=1e-6)
+
+
+def test_agent_serves_the_blend_and_it_weighs_the_two_artefacts(blended, signing_keys, caplog) -> None:
+    result = blended["result"]
+    bundle = read_bundle(result.bundle_dir, load_public_key(signing_keys[1]))
+    manifest = bundle.manifest
+    weight = manifest.serving.network_weight
+    artefact, runtime = load_model(bundle, None, ORT)
+    assert artefact.file == _blend_file(result)
+    run_self_test(runtime, manifest, artefact)
+    network_file = next(a.file for a in manifest.artefacts if a.family == "network" and a.precision == "int8")
+    _, network = load_model(bundle, network_file, ORT)
+    _, trees = load_model(bundle, _gbm_file(blended), ORT)
+    feeds = blended["source"].test.feeds
+    served = predict_batched(runtime.run, feeds)
+    parts = weight * predict_batched(network.run, feeds) + (1 - weight) * predict_batched(trees.run, feeds)
+    assert served.shape == parts.shape
+    np.testing.assert_allclose(served, parts, rtol=1e-6, atol=1e-6 * (1 + float(np.max(np.abs(parts)))))
+    # Proven on JetPack 5's runtime too, and within what it reads.
+    assert set(artefact.compatibility_targets) == {"ort", "ort-1.16"}
+    assert artefact.min_runtime_versions["ort-1.16"] == "1.16.3"
+    model = onnx.load(str(bundle.path_of(artefact)))
+    opsets = {o.domain: o.version for o in model.opset_import}
+    assert model.ir_version <= 9 and opsets[""] <= 17
+    # A LiteRT device cannot run it: it runs the network, and says so.
+    network_only = [a.model_copy(update={"runtime": "tflite"}) for a in manifest.artefacts if a.family == "network"]
+    with caplog.at_level(logging.WARNING, logger="edge_agent.runtimes.targets"):
+        chosen = choose_artefact(manifest.model_copy(update={"artefacts": network_only}), "tflite", "litert")
+    assert chosen.family == "network"
+    assert "serves its blend model, which has no tflite artefact: running its network model" in caplog.text
