@@ -49,6 +49,16 @@ def export_command(
             "(for data that moved; 0 = off)."
         ),
     ] = 0.0,
+    blend_weight: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--blend-weight",
+            min=0.0,
+            max=1.0,
+            help="Network share w tried on validation for the served w·network + (1−w)·LightGBM, repeatable "
+            "(default: 0 0.25 0.5 0.75 1; 1 = the network, 0 = LightGBM).",
+        ),
+    ] = None,
 ) -> None:
     """Export TRAIN_DIR into a signed bundle; anything refused exits 2 with the reason (`gridedge --help`)."""
     from rich.console import Console
@@ -70,6 +80,7 @@ def export_command(
         onnx_dynamic_int8=onnx_dynamic_int8,
         fault_margin_std=fault_margin_std,
         level_margin_std=level_margin_std,
+        **({"blend_weights": tuple(blend_weight)} if blend_weight else {}),
     )
     console.print(f"loading {train_dir}")
     source = load_source(train_dir)
