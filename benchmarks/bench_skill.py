@@ -28,6 +28,8 @@ from typing import Any
 
 from benchreport import markdown_table, publish
 
+from gridedge.export.errors import ExportError
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS = {"w1_load": "W1 load", "w2_pv": "W2 PV"}
 # Compatibility targets per framework: LiteRT (raspberry-pi-4) for Keras, and ORT, where LightGBM can be served.
@@ -136,8 +138,16 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=context, max_tasks_per_child=1) as pool:
         futures = [pool.submit(measure, w, f, s, args.workdir) for w, f, s in combos]
         rows: list[dict[str, Any]] = []
-        for done, future in enumerate(futures, 1):
-            row = future.result()
+        failed: list[str] = []
+        for done, (future, (workload, framework, seed)) in enumerate(zip(futures, combos, strict=True), 1):
+            try:
+                row = future.result()
+            except ExportError as exc:
+                # A refused export (e.g. an artefact over the parity bound) is a result too: the others still count.
+                failed.append(f"{workload} {framework} seed {seed}: {exc}")
+                print(f"[{done}/{len(combos)}] {failed[-1]}", flush=True)
+                _publish(rows, args.jobs, load_start, time.perf_counter() - started, done == len(combos), failed)
+                continue
             rows.append(row)
             print(
                 f"[{done}/{len(combos)}] {row['workload']} {row['framework']} seed {row['seed']}: int8 skill "
@@ -147,7 +157,7 @@ def main() -> None:
                 flush=True,
             )
             # Published after every run: the results so far survive an interrupted measurement.
-            _publish(rows, args.jobs, load_start, time.perf_counter() - started, done == len(combos))
+            _publish(rows, args.jobs, load_start, time.perf_counter() - started, done == len(combos), failed)
 
 
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,12 +185,15 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return summary
 
 
-def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...], wall: float, final: bool) -> None:
+def _publish(
+    rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...], wall: float, final: bool, failed: list[str]
+) -> None:
     load_end = os.getloadavg()
     loads = [value for r in rows for value in r["load_average_1min"]]
     summary = _summary(rows)
     payload = {
-        "complete": final,
+        "complete": final and not failed,
+        "failed": failed,
         "rows": rows,
         "summary": summary,
         "jobs": jobs,
@@ -239,6 +252,7 @@ def _publish(rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...
         f"average seen at the start and end of the runs ranged {min(loads):.1f}-{max(loads):.1f} (a shared "
         "machine: fit times are longer than on an idle one; per-run values in the JSON)."
         + ("" if final else " Measurement still running or interrupted: not every run is in yet.")
+        + "".join(f" Refused at export, no row: {reason}" for reason in failed)
     )
     publish("skill", payload, "Forecast skill of the device's model vs LightGBM", intro, table)
 
