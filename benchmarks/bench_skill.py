@@ -188,6 +188,8 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _publish(
     rows: list[dict[str, Any]], jobs: int, load_start: tuple[float, ...], wall: float, final: bool, failed: list[str]
 ) -> None:
+    if not rows:
+        return  # nothing measured yet (the first runs were refused): keep the published results as they are
     load_end = os.getloadavg()
     loads = [value for r in rows for value in r["load_average_1min"]]
     summary = _summary(rows)
