@@ -191,13 +191,17 @@ def test_a_full_disk_degrades_once_logs_little_and_recovers_without_restart(
         caplog.clear()
         for cycle in range(1, 201):
             reporter.publish_summary(summary(cycle))
-        assert collector.wait_for(lambda: collector.of_kind("status")[-1]["state"] == "degraded")
+        def status_is(state: str) -> bool:  # the birth status may not have arrived yet: nothing to index
+            statuses = collector.of_kind("status")
+            return bool(statuses) and statuses[-1]["state"] == state
+
+        assert collector.wait_for(lambda: status_is("degraded"))
         assert "disk" in collector.of_kind("status")[-1]["reason"]
         assert reporter.watchdog.is_alive("outbox-pump") and reporter.watchdog.is_alive("commands")
         disk_lines = [r for r in caplog.records if "disk" in r.getMessage().lower()]
         assert 1 <= len(disk_lines) <= 5, [r.getMessage() for r in disk_lines]
         filler.unlink()
-        assert collector.wait_for(lambda: collector.of_kind("status")[-1]["state"] == "online", 15)
+        assert collector.wait_for(lambda: status_is("online"), 15)
         delivered = lambda: {s["health"]["cycles"] for s in collector.of_kind("summary")}  # noqa: E731
         assert collector.wait_for(lambda: delivered() == set(range(201)), 15), sorted(set(range(201)) - delivered())
         alerts = sorted(collector.of_kind("alert"), key=lambda alert: alert["seq"])
