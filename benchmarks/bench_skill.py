@@ -1,10 +1,11 @@
 """Forecast skill of the model the device runs, next to LightGBM's, on the shipped W1 and W2, over seeds.
 
 For every workload x framework x seed, the shipped config (seed replaced) is trained by gridedge's trainer
-and exported through the real pipeline: Keras to LiteRT int8 (what a Pi runs) and ORT, PyTorch to ORT. The
-export also writes the LightGBM candidate (ONNX) and marks the family a device serves, chosen on validation;
-"served" is the artefact an ORT device loads by that mark (the LightGBM model, the network's int8, or the blend
-w·network int8 + (1−w)·LightGBM as one ONNX file, w chosen on validation).
+and exported through the real pipeline: Keras to LiteRT int8 and ORT, PyTorch to ORT. The export also writes
+the LightGBM candidate (ONNX) and marks the family a device serves, chosen on validation; "served" is the
+artefact a device loads by that mark (the LightGBM model, the network's int8, or the blend w·network int8 +
+(1−w)·LightGBM as one ONNX file), on ONNX Runtime: ORT devices, and Pis configured for LiteRT, which run a
+served ONNX-only model on the onnxruntime their profile installs.
 Skill is 1 - MAE / MAE of the better seasonal naive (yesterday or last week) on the same test windows, read
 from each export report (``skill``), where LightGBM's skill is computed on those windows too. Each run is a
 separate process (``--jobs`` at a time, one thread each); its wall time and the load average are recorded,
@@ -26,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchreport import markdown_table, publish
+from benchreport import RESULTS, markdown_table, publish
 
 from gridedge.export.errors import ExportError
 
@@ -246,9 +247,11 @@ def _publish(
     intro = (
         "Skill = 1 − MAE / MAE of the better seasonal naive (yesterday or last week), on each run's test windows "
         "(one origin per local midnight), from the export report. int8 = the network's int8 artefact (Keras: "
-        "LiteRT int8, what a Pi runs; PyTorch: ORT static int8). Served = what an ORT device loads: the family the "
-        "bundle marks (LightGBM, the network, or blend w = w·network int8 + (1−w)·LightGBM as one ONNX file; the "
-        "family and w chosen on validation MAE over w ∈ {0, 0.25, 0.5, 0.75, 1}, never test), then its file. "
+        "LiteRT int8; PyTorch: ORT static int8). Served = what a device loads: the family the bundle marks (LightGBM, "
+        "the network, or blend w = w·network int8 + (1−w)·LightGBM as one ONNX file; w ∈ {0, 0.25, 0.5, 0.75, 1} "
+        "by the share rule on validation, never test: ½ unless another share beats it by more than two standard "
+        "errors over week-long blocks), run on ONNX Runtime, also by a Pi configured for LiteRT, which hands a "
+        "served ONNX-only model to the onnxruntime its profile installs. "
         "Shipped configs, seed replaced. "
         f"Runs in parallel processes, one thread each, at nice 10, on {os.cpu_count()} cores; the 1-minute load "
         f"average seen at the start and end of the runs ranged {min(loads):.1f}-{max(loads):.1f} (a shared "
@@ -256,7 +259,33 @@ def _publish(
         + ("" if final else " Measurement still running or interrupted: not every run is in yet.")
         + "".join(f" Refused at export, no row: {reason}" for reason in failed)
     )
+    table += ["", "![skill per seed](skill.png)"]
     publish("skill", payload, "Forecast skill of the device's model vs LightGBM", intro, table)
+    _plot(rows)
+
+
+def _plot(rows: list[dict[str, Any]]) -> None:
+    """Per workload and framework, each seed's skill: the network's int8 artefact, the served model, LightGBM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["workload"], r["framework"]) for r in rows))
+    series = (("int8_skill", "network int8", "o"), ("served_skill", "served", "s"), ("lightgbm_skill", "LightGBM", "_"))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for offset, (key, label, marker) in zip((-0.2, 0.0, 0.2), series, strict=True):
+        xs = [i + offset for i, g in enumerate(groups) for r in rows if (r["workload"], r["framework"]) == g]
+        ys = [r[key] for g in groups for r in rows if (r["workload"], r["framework"]) == g]
+        ax.scatter(xs, ys, marker=marker, s=60, label=label)
+    ax.set_xticks(range(len(groups)), [f"{WORKLOADS[w]}\n{f}" for w, f in groups])
+    ax.set_ylabel("skill (1 − MAE / best seasonal naive)")
+    ax.set_title("Test skill per seed")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "skill.png", dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

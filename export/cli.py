@@ -55,8 +55,9 @@ def export_command(
             "--blend-weight",
             min=0.0,
             max=1.0,
-            help="Network share w tried on validation for the served w·network + (1−w)·LightGBM, repeatable "
-            "(default: 0 0.25 0.5 0.75 1; 1 = the network, 0 = LightGBM).",
+            help="Network share w the served w·network + (1−w)·LightGBM may take, repeatable (default: 0 0.25 "
+            "0.5 0.75 1; 1 = the network, 0 = LightGBM). The share nearest 0.5 is served unless another is "
+            "clearly better on validation.",
         ),
     ] = None,
 ) -> None:

@@ -101,6 +101,12 @@ def task_metrics(outputs: FloatArray, split: TestSplit, spec: FeatureSpec, outpu
     return metrics
 
 
+def forecast_window_errors(outputs: FloatArray, split: TestSplit, spec: FeatureSpec, output: OutputSpec) -> FloatArray:
+    """Each window's absolute error in the targets' units, averaged over its steps and targets (MAE is their mean)."""
+    decoded = decode_forecast(outputs, output, FeaturePipeline(spec), split.step_times)
+    return np.abs(decoded.point - split.targets).reshape(len(split.targets), -1).mean(axis=1)
+
+
 def quantile_parity(
     metrics: dict[str, float],
     float_metrics: Mapping[str, float],

@@ -43,11 +43,13 @@ from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
 from edge_agent.runtimes.targets import COMPATIBILITY_TARGETS
 from gridedge.export import compat_envs, converters
+from gridedge.export.blend_choice import block_index, choose_share
 from gridedge.export.blend_onnx import blend_onnx
 from gridedge.export.errors import CompatibilityError, ExportError, ParityError
 from gridedge.export.evaluate import (
     TestSplit,
     degradation,
+    forecast_window_errors,
     measure_latency,
     predict_batched,
     primary_metric,
@@ -141,10 +143,10 @@ class ExportOptions(BaseModel):
     +0.8 % MAE at 0, +5.9 % at 2, over the 2 % gate). `fleet retrain` uses 2, its default drift threshold."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
     blend_weights: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field(default=BLEND_WEIGHTS, min_length=1)
-    """Network shares w tried on the validation windows when a LightGBM candidate exists: the device serves
-    w·network + (1−w)·LightGBM for the w with the lowest validation MAE (ties go to the simpler end). 1 serves the
-    network, 0 LightGBM, a share between them the blend of the network's int8 and LightGBM as one ONNX file.
-    Leave 0 and 1 out to always serve a blend."""
+    """Network shares w the device may serve as w·network + (1−w)·LightGBM when a LightGBM candidate exists: the
+    share nearest ½, unless another beats it on the validation windows by more than two standard errors
+    (:mod:`gridedge.export.blend_choice`). 1 serves the network, 0 LightGBM, a share between them the blend of the
+    network's int8 and LightGBM as one ONNX file. Leave 0 and 1 out to always serve a blend."""
 
 
 @dataclass
@@ -282,9 +284,10 @@ def _blend_key(weight: float) -> str:
 def _choose_serving(
     source: ExportSource, gbm: GbmModel | None, metric: str, weights: Sequence[float], notes: list[str]
 ) -> Serving | None:
-    """What the device serves: w·network + (1−w)·LightGBM (floats) with the best metric on the VALIDATION windows.
+    """What the device serves: w·network + (1−w)·LightGBM (floats), w chosen on the VALIDATION windows by
+    :func:`~gridedge.export.blend_choice.choose_share` (equal shares unless another share is clearly better).
 
-    w = 1 is the network, w = 0 LightGBM; ties go to the simpler end (a single family, the network first).
+    w = 1 is the network, w = 0 LightGBM.
     """
     if gbm is None or source.gbm is None:
         return None
@@ -292,17 +295,21 @@ def _choose_serving(
     network = predict_batched(source.predict, validation.feeds)
     booster = predict_batched(gbm.predict, validation.feeds)
     # Each family alone is scored too, for the record, even when the grid leaves it out.
-    scores = {
-        _blend_key(w): task_metrics(w * network + (1 - w) * booster, validation, source.spec, source.output)[metric]
+    errors = {
+        w: forecast_window_errors(w * network + (1 - w) * booster, validation, source.spec, source.output)
         for w in sorted({1.0, 0.0, *weights}, reverse=True)
     }
-    weight = min(weights, key=lambda w: (scores[_blend_key(w)], min(w, 1 - w), -w))
+    scores = {_blend_key(w): float(np.mean(e)) for w, e in errors.items()}
+    steps = validation.step_times
+    blocks = np.zeros(len(validation), dtype=np.int64) if steps is None else block_index(steps)
+    choice = choose_share(errors, blocks, weights)
+    weight = choice.weight
     family: Family = "network" if weight == 1 else GBM_FAMILY if weight == 0 else BLEND_FAMILY
     listed = ", ".join(f"{key} {value:.4g}" for key, value in scores.items())
     chosen = f"blend w={weight:g} (w·network + (1−w)·{GBM_FAMILY})" if family == BLEND_FAMILY else family
     notes.append(
-        f"served model: {chosen}, chosen on {len(validation)} validation windows ({metric} {listed}); the test "
-        "split only reports"
+        f"served model: {chosen}, chosen on {len(validation)} validation windows ({metric} {listed}) by the rule "
+        f"{choice.describe()}; the test split only reports"
     )
     return Serving(
         family=family, metric=metric, scores=scores, network_weight=weight if family == BLEND_FAMILY else None

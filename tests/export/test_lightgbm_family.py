@@ -28,12 +28,14 @@ from edge_agent.bundle import (
     Serving,
     read_bundle,
 )
-from edge_agent.errors import BundleFormatError, IntegrityError
+from edge_agent.errors import BundleError, BundleFormatError, IntegrityError
 from edge_agent.keys import load_private_key, load_public_key
 from edge_agent.runtimes import load_model, run_self_test
+from edge_agent.runtimes.litert import LiteRTConfig
 from edge_agent.runtimes.ort import OnnxRuntimeConfig
 from edge_agent.runtimes.targets import choose_artefact
-from gridedge.export.evaluate import predict_batched, task_metrics
+from gridedge.export.blend_choice import block_index, choose_share
+from gridedge.export.evaluate import forecast_window_errors, predict_batched, task_metrics
 
 pytestmark = pytest.mark.slow
 # Float32 features and leaf sums against LightGBM's doubles: the thresholds themselves decide identically
@@ -83,17 +85,18 @@ def _gbm_file(exported: dict[str, Any]) -> str:
 
 
 def _validation_grid(source: Any, booster: Any, weights: tuple[float, ...]) -> tuple[dict[float, float], float]:
-    """Validation MAE of w·network + (1−w)·LightGBM per w, and the w chosen (lowest; ties to the simpler end)."""
+    """Validation MAE of w·network + (1−w)·LightGBM per w, and the w the share rule picks from ``weights``."""
     validation = source.gbm.validation
     network = predict_batched(source.predict, validation.feeds)
     trees = predict_batched(booster.predict, validation.feeds)
-    maes = {
-        w: task_metrics(w * network + (1 - w) * trees, validation, source.spec, source.output)["mae"]
+    errors = {
+        w: forecast_window_errors(w * network + (1 - w) * trees, validation, source.spec, source.output)
         for w in (0.0, 1.0, *weights)
     }
-    best = min(maes[w] for w in weights)
-    tied = [w for w in weights if maes[w] == best]
-    return maes, min(tied, key=lambda w: (min(w, 1 - w), -w))
+    maes = {w: float(np.mean(e)) for w, e in errors.items()}
+    blend = task_metrics(0.5 * network + 0.5 * trees, validation, source.spec, source.output)["mae"]
+    assert maes[0.5] == pytest.approx(blend, rel=1e-5)  # window errors average to the MAE the report gives
+    return maes, choose_share(errors, block_index(validation.step_times), weights).weight
 
 
 def test_bundle_carries_a_lightgbm_onnx_proven_on_both_ort_targets(exported, signing_keys) -> None:
@@ -189,7 +192,7 @@ def _blend_file(result: Any) -> str:
     return next(a.file for a in result.manifest.artefacts if a.family == "blend")
 
 
-def test_blend_weight_is_the_one_validation_picks(blended, signing_keys) -> None:
+def test_blend_weight_is_the_one_the_share_rule_picks_on_validation(blended, signing_keys) -> None:
     source, result = blended["source"], blended["result"]
     maes, weight = _validation_grid(source, result.gbm, BLEND_GRID)
     serving = result.manifest.serving
@@ -237,3 +240,32 @@ def test_agent_serves_the_blend_and_it_weighs_the_two_artefacts(blended, signing
         chosen = choose_artefact(manifest.model_copy(update={"artefacts": network_only}), "tflite", "litert")
     assert chosen.family == "network"
     assert "serves its blend model, which has no tflite artefact: running its network model" in caplog.text
+
+
+def test_a_litert_device_runs_the_served_blend_on_onnxruntime(blended, signing_keys, caplog) -> None:
+    """A Pi (LiteRT configured, onnxruntime installed beside it) runs the blend the bundle serves, not the network."""
+    bundle = read_bundle(blended["result"].bundle_dir, load_public_key(signing_keys[1]))
+    with caplog.at_level(logging.INFO, logger="edge_agent.runtimes.registry"):
+        artefact, runtime = load_model(bundle, None, LiteRTConfig(num_threads=2))
+    assert artefact.file == _blend_file(blended["result"])
+    assert runtime.info.name == "onnxruntime"
+    assert "serves its blend model, which LiteRT cannot run: running it on onnxruntime (installed)" in caplog.text
+    run_self_test(runtime, bundle.manifest, artefact)
+    # Told not to hand over, the device runs what LiteRT can: this PyTorch bundle has no LiteRT artefact at all.
+    with pytest.raises(BundleError, match="has no tflite artefact"):
+        load_model(bundle, None, LiteRTConfig(served_on_onnxruntime=False))
+
+
+def test_provisioning_a_pi_for_a_served_blend_checks_it_on_the_profiles_onnxruntime(
+    blended, signing_keys, tmp_path
+) -> None:
+    from gridedge.provision import provision
+    from gridedge.sites import EXAMPLE_SITE, site_file
+
+    config, artefact = provision(
+        "raspberry-pi-4", site_file(EXAMPLE_SITE), blended["result"].bundle_dir, signing_keys[1], tmp_path / "pi4"
+    )
+    assert config.runtime.type == "litert"
+    assert artefact == _blend_file(blended["result"])
+    notes = (tmp_path / "pi4" / "INSTALL.md").read_text()
+    assert f"artefact `{artefact}`\nproven on `ort`." in notes
