@@ -36,6 +36,7 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.fsutil import atomic_write_text, fsync_dir
 from edge_agent.keys import OPERATOR_KEY_NAME, PUBLIC_KEY_NAME, load_public_key
+from edge_agent.runtimes.registry import served_model_needs_onnxruntime
 from edge_agent.runtimes.targets import choose_artefact, compatibility_target
 from edge_agent.sensors.registers import register_map_path
 from edge_agent.yamlconfig import StrictModel, load_yaml_model, read_yaml_mapping, validate_data
@@ -152,14 +153,33 @@ def _point_tls_at_device_identity(raw: dict[str, Any]) -> None:
     }
 
 
-def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target_name: str) -> str:
-    """The artefact the device will run: proven on the profile's target, as the device itself ranks them."""
-    target = compatibility_target(target_name)
+def _onnxruntime_target(info: ProfileInfo) -> str | None:
+    """The ONNX Runtime compatibility target of the onnxruntime the profile installs beside its runtime, if any."""
+    for requirement in info.requirements:
+        name, _, version = requirement.partition("==")
+        if name.strip().lower() == "onnxruntime" and version:
+            major, minor = (int(v) for v in version.strip().split(".")[:2])
+            return "ort" if (major, minor) >= (1, 17) else f"ort-{major}.{minor}"
+    return None
+
+
+def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, info: ProfileInfo) -> tuple[str, str]:
+    """The artefact the device will run and the target it is proven on, as the device itself chooses.
+
+    A LiteRT profile that installs onnxruntime runs a served model only ONNX Runtime runs (LightGBM, the blend)
+    on it, so that model must be proven on the onnxruntime the profile pins.
+    """
+    target = compatibility_target(info.compatibility_target)
     if target.backend != config.runtime.type:
         raise ConfigError(
             f"the profile's compatibility target {target.name!r} runs on the {target.backend!r} runtime but "
             f"runtime.type is {config.runtime.type!r}; make them agree"
         )
+    onnx_target = _onnxruntime_target(info)
+    if onnx_target is not None and served_model_needs_onnxruntime(
+        bundle.manifest, config.bundle.artefact, config.runtime
+    ):
+        target = compatibility_target(onnx_target)
     artefact = choose_artefact(
         bundle.manifest,
         target.artefact_runtime,
@@ -168,7 +188,7 @@ def _check_artefact_for_target(bundle: Bundle, config: AgentConfig, target_name:
         proven_only=True,
         prefer_precision=config.runtime.prefer_precision,
     )
-    return artefact.file
+    return artefact.file, target.name
 
 
 @dataclass(frozen=True)
@@ -243,13 +263,13 @@ def _build_device_folder(
     header = f"# gridedge agent config: profile {profile.profile.name}, built by `gridedge provision`\n"
     atomic_write_text(config_path, header + yaml.safe_dump(raw, sort_keys=False))
     config = load_config(config_path)
-    artefact = _check_artefact_for_target(bundle, config, profile.profile.compatibility_target)
+    artefact, target = _check_artefact_for_target(bundle, config, profile.profile)
     _write_service(out_dir)
     if extras.ca_cert is not None and extras.ca_key is not None:
         issue_device_certificate(extras.ca_cert, extras.ca_key, config.site, config.device, out_dir / "keys")
     if extras.wheelhouse:
         _write_installer(out_dir, profile.profile, extras.gridedge_wheel)
-    _write_install_notes(out_dir, profile, config, bundle, artefact)
+    _write_install_notes(out_dir, profile, config, bundle, artefact, target)
     return artefact
 
 
@@ -300,14 +320,14 @@ def _write_service(out_dir: Path) -> None:
 
 
 def _write_install_notes(
-    out_dir: Path, profile: DeviceProfile, config: AgentConfig, bundle: Bundle, artefact: str
+    out_dir: Path, profile: DeviceProfile, config: AgentConfig, bundle: Bundle, artefact: str, target: str
 ) -> None:
     manifest = bundle.manifest
     text = f"""# Installing gridedge on {config.site}/{config.device}
 
 Profile: {profile.profile.name} — {profile.profile.description}
 Model: {manifest.name} {manifest.version} ({manifest.task}), artefact `{artefact}`
-proven on `{profile.profile.compatibility_target}`.
+proven on `{target}`.
 
 {_install_steps(out_dir, profile.profile)}
 Check everything in plain words: `/opt/gridedge/current/venv/bin/gridedge agent doctor --config

@@ -27,6 +27,10 @@ class LiteRTConfig(RuntimeSettings, frozen=True):
     """LiteRT / TFLite."""
     num_threads: int = Field(default=1, ge=1, le=64, title="Threads")
     """CPU threads for one inference; 1 suits tiny models."""
+    served_on_onnxruntime: bool = Field(default=True, title="Run a served ONNX-only model on ONNX Runtime")
+    """When the bundle serves a model LiteRT cannot run (LightGBM, or the blend of the network and LightGBM) and
+    onnxruntime is installed (the Pi 4 and Pi 5 profiles install both), run that model on onnxruntime with these
+    threads and precisions; off, or without onnxruntime, the device runs the bundle's network on LiteRT."""
 
 
 def _interpreter_module() -> tuple[ModuleType, str, str]:

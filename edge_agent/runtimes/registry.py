@@ -5,6 +5,8 @@ The runtime modules import their library (ai-edge-litert, onnxruntime) only when
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +21,8 @@ from edge_agent.runtimes.litert import LiteRTConfig, LiteRTRuntime
 from edge_agent.runtimes.ort import RUNTIME_KEY as ORT_KEY
 from edge_agent.runtimes.ort import OnnxRuntime, OnnxRuntimeConfig
 from edge_agent.runtimes.targets import choose_artefact
+
+log = logging.getLogger(__name__)
 
 RUNTIMES: BackendRegistry[type[Any]] = BackendRegistry("runtime", {LITERT_KEY: LiteRTRuntime, ORT_KEY: OnnxRuntime})
 RuntimeConfig = Annotated[LiteRTConfig | OnnxRuntimeConfig, Field(discriminator="type")]
@@ -49,10 +53,43 @@ def model_shape_hints(manifest: Manifest) -> dict[str, tuple[int, int]]:
     return hints
 
 
+def served_model_needs_onnxruntime(
+    manifest: Manifest, artefact_file: str | None, config: LiteRTConfig | OnnxRuntimeConfig
+) -> bool:
+    """True when a LiteRT device that may hand over (``served_on_onnxruntime``), with no artefact pinned, is given
+    a bundle whose served model only ONNX Runtime runs (LightGBM, or the blend of the network and LightGBM)."""
+    if not isinstance(config, LiteRTConfig) or not config.served_on_onnxruntime:
+        return False
+    if artefact_file is not None or manifest.serving is None:
+        return False
+    kinds = {a.runtime for a in manifest.artefacts if a.family == manifest.serving.family}
+    return kinds == {OnnxRuntime.ARTEFACT_RUNTIME}
+
+
+def onnxruntime_for(config: LiteRTConfig) -> OnnxRuntimeConfig:
+    """The ONNX Runtime settings a LiteRT device runs a served ONNX model with: its threads and precisions."""
+    return OnnxRuntimeConfig(intra_op_threads=config.num_threads, prefer_precision=config.prefer_precision)
+
+
 def load_model(
     bundle: Bundle, artefact_file: str | None, config: LiteRTConfig | OnnxRuntimeConfig
 ) -> tuple[Artefact, ModelRuntime]:
-    """Load the bundle's artefact that suits the configured runtime; returns it with its entry."""
+    """Load the bundle's artefact that suits the configured runtime; returns it with its entry.
+
+    A LiteRT device runs a served model that only ONNX Runtime runs on onnxruntime when it is installed (see
+    :func:`served_model_needs_onnxruntime`); without it, the network on LiteRT, with a warning.
+    """
+    manifest = bundle.manifest
+    if (
+        isinstance(config, LiteRTConfig)
+        and served_model_needs_onnxruntime(manifest, artefact_file, config)
+        and importlib.util.find_spec("onnxruntime") is not None
+    ):
+        log.info(
+            "bundle %s %s serves its %s model, which LiteRT cannot run: running it on onnxruntime (installed)",
+            manifest.name, manifest.version, manifest.serving.family if manifest.serving else "",
+        )  # fmt: skip
+        config = onnxruntime_for(config)
     backend = RUNTIMES.get(config.type)
     artefact = choose_artefact(
         bundle.manifest,

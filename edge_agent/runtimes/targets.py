@@ -96,7 +96,7 @@ def choose_artefact(
             # the best model it can run, and says so.
             log.warning(
                 "bundle %s %s serves its %s model, which has no %s artefact: running its %s model instead; "
-                "configure a runtime that runs the served model to use it",
+                "install onnxruntime (a LiteRT device then runs the served model on it) or configure that runtime",
                 manifest.name, manifest.version, family, artefact_runtime, candidates[0].family,
             )  # fmt: skip
     if file is not None:
