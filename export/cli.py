@@ -29,8 +29,15 @@ def export_command(
         ),
     ] = None,
     max_degradation: Annotated[
-        float, typer.Option(help="Largest relative loss of the test metric any artefact may show.")
+        float,
+        typer.Option(
+            help="Largest relative loss of the test metric an artefact may show; one over it is left out of the "
+            "bundle while every target and the served model keep one that passed."
+        ),
     ] = 0.02,
+    require_all_artefacts: Annotated[
+        bool, typer.Option(help="Refuse the export when any artefact fails the parity gate.")
+    ] = False,
     name: Annotated[
         str | None, typer.Option(help="Bundle name (default: the task config's name and the framework).")
     ] = None,
@@ -78,6 +85,7 @@ def export_command(
         version=version,
         targets=tuple(target) if target else None,
         max_degradation=max_degradation,
+        require_all_artefacts=require_all_artefacts,
         onnx_dynamic_int8=onnx_dynamic_int8,
         fault_margin_std=fault_margin_std,
         level_margin_std=level_margin_std,

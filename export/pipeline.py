@@ -130,7 +130,8 @@ class ExportOptions(BaseModel):
     targets: tuple[str, ...] | None = Field(default=None)
     """Compatibility targets; default litert+ort (Keras) or ort (PyTorch)."""
     max_degradation: float = Field(default=0.02, ge=0)
-    """Largest relative loss of the task metric an artefact may show."""
+    """Largest relative loss of the task metric an artefact may show; one over it is left out of the bundle (see
+    ``require_all_artefacts``)."""
     onnx_dynamic_int8: bool = Field(default=False)
     """Also write a dynamic-int8 ONNX artefact."""
     fault_margin_std: float = Field(default=4.0, gt=0)
@@ -142,6 +143,9 @@ class ExportOptions(BaseModel):
     moved. Off by default: on in-distribution data the wider ranges cost resolution (shipped W1, Keras, ORT int8:
     +0.8 % MAE at 0, +5.9 % at 2, over the 2 % gate). `fleet retrain` uses 2, its default drift threshold."""
     latency_runs: int = Field(default=LATENCY_RUNS, ge=10)
+    require_all_artefacts: bool = Field(default=False)
+    """Refuse the export when any artefact fails the parity gate; by default a failing artefact is left out (the
+    report says why) as long as every target and the served family keep one that passed."""
     blend_weights: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field(default=BLEND_WEIGHTS, min_length=1)
     """Network shares w the device may serve as w·network + (1−w)·LightGBM when a LightGBM candidate exists: the
     share nearest ½, unless another beats it on the validation windows by more than two standard errors
@@ -413,7 +417,8 @@ def export_bundle(
     options: ExportOptions,
     progress: Callable[[str], None] = lambda _message: None,
 ) -> ExportResult:
-    """Convert, evaluate, gate, prove and sign; raises ParityError (after writing nothing) on refusal."""
+    """Convert, evaluate, gate, prove and sign; raises ParityError (after writing nothing) when the gate leaves
+    the bundle nothing to run."""
     targets = _check_targets(source, options.targets or DEFAULT_TARGETS[source.framework])
     if not targets:
         raise ExportError("no compatibility target given; pass at least one --target")
@@ -443,7 +448,7 @@ def export_bundle(
             references[BLEND_FAMILY] = (
                 blend_outputs, task_metrics(blend_outputs, source.test, source.spec, source.output)
             )
-        refused: list[str] = []
+        refused: dict[str, list[str]] = {}
         problems: list[str] = []
         for result in results:
             progress(f"evaluating {result.file}")
@@ -458,8 +463,8 @@ def export_bundle(
                 result.metrics[metric], reference_metrics[metric], higher_is_better
             )
             if result.metrics[f"{metric}_degradation"] > options.max_degradation:
-                refused.append(
-                    f"{result.file}: test {metric} {result.metrics[metric]:.4g} vs its float model "
+                refused.setdefault(result.file, []).append(
+                    f"test {metric} {result.metrics[metric]:.4g} vs its float model "
                     f"{reference_metrics[metric]:.4g} ({100 * result.metrics[f'{metric}_degradation']:.2f} % worse, "
                     f"bound {100 * options.max_degradation:.2f} %)"
                 )
@@ -472,7 +477,8 @@ def export_bundle(
                     options.max_degradation,
                     _output_step(result),
                 )
-                refused += [f"{result.file}: {reason}" for reason in levels_refused]
+                if levels_refused:
+                    refused.setdefault(result.file, []).extend(levels_refused)
             result.latency = measure_latency(runtime, source.test.feeds, options.latency_runs)
             result.test_outputs = [runtime.run(v) for v in vectors]
             progress(f"proving {result.file} on its targets")
@@ -484,11 +490,7 @@ def export_bundle(
                 f"compatibility targets not proven (no bundle written){f'; none runs {missing}' if missing else ''}: "
                 + "; ".join(problems or ["nothing converted"])
             )
-        if refused:
-            raise ParityError(
-                "parity gate refused the export (no bundle written): " + "; ".join(refused)
-                + ". Retrain, use more calibration data, or raise --max-degradation knowingly"
-            )
+        results = _leave_out_refused(results, refused, targets, serving, options.require_all_artefacts, notes)
         if gbm is not None:
             notes.append(
                 f"{gbm[0].file}: LightGBM on the bundle's own inputs, features computed in the graph; max abs "
@@ -503,6 +505,43 @@ def export_bundle(
     for result in results:
         result.path = bundle_dir / result.file
     return ExportResult(manifest, bundle_dir, results, float_metrics, notes, source.origin, gbm[1] if gbm else None)
+
+
+def _leave_out_refused(
+    results: list[ArtefactResult],
+    refused: Mapping[str, list[str]],
+    targets: Sequence[str],
+    serving: Serving | None,
+    require_all: bool,
+    notes: list[str],
+) -> list[ArtefactResult]:
+    """The artefacts that passed the parity gate; refuses the export when one failed and ``require_all`` is set,
+    or when what passed leaves a target, or the served family, without an artefact.
+
+    One variant over the bound (say the Keras model's static-int8 ONNX on data whose ranges int8 resolves badly)
+    need not cost the device every other variant that passed: it is left out and the report says why.
+    """
+    if not refused:
+        return results
+    kept = [r for r in results if r.file not in refused]
+    bare = [t for t in targets if not any(t in r.targets for r in kept)]
+    served_missing = serving is not None and not any(r.family == serving.family for r in kept)
+    reasons = "; ".join(f"{file}: {reason}" for file, failed in refused.items() for reason in failed)
+    why = ""
+    if require_all:
+        why = "every artefact must pass (--require-all-artefacts)"
+    elif bare:
+        why = f"nothing that passed runs on {bare}"
+    elif served_missing and serving is not None:
+        why = f"nothing that passed is of the served family {serving.family}"
+    if why:
+        raise ParityError(
+            f"parity gate refused the export (no bundle written; {why}): {reasons}. Retrain, use more calibration "
+            "data, or raise --max-degradation knowingly"
+        )
+    for file, failed in refused.items():
+        notes.append(f"{file}: left out of the bundle by the parity gate: {'; '.join(failed)}")
+    return kept
 
 
 def _in_process_target(runtime: Runtime) -> str:

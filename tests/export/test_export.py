@@ -192,15 +192,43 @@ def test_self_test_names_the_artefact_vector_and_error(exports, signing_keys) ->
         run_self_test(runtime, manifest, artefact)
 
 
-def test_parity_gate_refuses_badly_calibrated_int8_and_writes_nothing(w1_keras_source, signing_keys, tmp_path):
+def test_parity_gate_leaves_out_a_badly_calibrated_int8_or_refuses_when_told(
+    w1_keras_source, signing_keys, tmp_path
+) -> None:
     # Calibrating on windows shrunk 100x makes every real input saturate the int8 range.
     from dataclasses import replace
 
     shrunk = replace(w1_keras_source, calibration={k: v / 100 for k, v in w1_keras_source.calibration.items()})
+    result = _export(shrunk, tmp_path / "kept", signing_keys[0], ("litert",), "kept")
+    files = {a.file for a in result.manifest.artefacts}
+    assert "kept.int8.tflite" not in files and "kept.fp32.tflite" in files
+    assert not (result.bundle_dir / "kept.int8.tflite").exists()
+    left_out = [n for n in result.target_notes if n.startswith("kept.int8.tflite: left out of the bundle")]
+    assert len(left_out) == 1 and re.search(r"parity gate: test mae .* worse, bound 2\.00 %", left_out[0])
+
     out = tmp_path / "refused"
-    with pytest.raises(ParityError, match=r"int8\.tflite: test mae .* worse, bound 2\.00 %"):
-        _export(shrunk, out, signing_keys[0], ("litert",), "refused")
+    options = ExportOptions(name="refused", targets=("litert",), latency_runs=50, require_all_artefacts=True)
+    with pytest.raises(ParityError, match=r"every artefact must pass .*int8\.tflite: test mae .* worse, bound 2\.00 %"):
+        export_bundle(shrunk, out, load_private_key(signing_keys[0]), options)
     assert not out.exists()
+
+
+def test_parity_gate_refuses_when_nothing_that_passed_runs_a_target_or_the_served_model() -> None:
+    from edge_agent.bundle import Serving
+    from gridedge.export.pipeline import ArtefactResult, _leave_out_refused
+
+    network = ArtefactResult("m.int8.onnx", Path("m.int8.onnx"), "onnx", "int8", targets=["ort"])
+    trees = ArtefactResult("m.gbm.onnx", Path("m.gbm.onnx"), "onnx", "fp32", targets=["ort"], family="lightgbm")
+    lite = ArtefactResult("m.int8.tflite", Path("m.int8.tflite"), "tflite", "int8", targets=["litert"])
+    refused = {"m.int8.tflite": ["test mae 2 vs its float model 1"]}
+    with pytest.raises(ParityError, match=r"nothing that passed runs on \['litert'\]\): m\.int8\.tflite: test mae 2"):
+        _leave_out_refused([network, trees, lite], refused, ("litert", "ort"), None, False, [])
+    served = Serving(family="lightgbm", metric="mae", scores={})
+    with pytest.raises(ParityError, match="nothing that passed is of the served family lightgbm"):
+        _leave_out_refused([network, trees], {"m.gbm.onnx": ["worse"]}, ("ort",), served, False, [])
+    notes: list[str] = []
+    assert _leave_out_refused([network, trees], {"m.int8.onnx": ["worse"]}, ("ort",), served, False, notes) == [trees]
+    assert notes == ["m.int8.onnx: left out of the bundle by the parity gate: worse"]
 
 
 def test_report_has_json_markdown_and_plot(exports, tmp_path) -> None:
