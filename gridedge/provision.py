@@ -36,6 +36,7 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import ConfigError
 from edge_agent.fsutil import atomic_write_text, fsync_dir
 from edge_agent.keys import OPERATOR_KEY_NAME, PUBLIC_KEY_NAME, load_public_key
+from edge_agent.runtimes.ort import target_of_version
 from edge_agent.runtimes.registry import served_model_needs_onnxruntime
 from edge_agent.runtimes.targets import choose_artefact, compatibility_target
 from edge_agent.sensors.registers import register_map_path
@@ -158,8 +159,7 @@ def _onnxruntime_target(info: ProfileInfo) -> str | None:
     for requirement in info.requirements:
         name, _, version = requirement.partition("==")
         if name.strip().lower() == "onnxruntime" and version:
-            major, minor = (int(v) for v in version.strip().split(".")[:2])
-            return "ort" if (major, minor) >= (1, 17) else f"ort-{major}.{minor}"
+            return target_of_version(version.strip())
     return None
 
 

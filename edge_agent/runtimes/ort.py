@@ -46,11 +46,15 @@ def _onnxruntime():  # type: ignore[no-untyped-def]
         raise missing_extra("onnxruntime", "edge") from exc
 
 
-def available_target() -> str:
-    """The compatibility target of the onnxruntime installed here (``ort`` or e.g. ``ort-1.16``)."""
-    version = str(_onnxruntime().__version__)
+def target_of_version(version: str) -> str:
+    """The compatibility target an onnxruntime version satisfies (``ort`` from 1.17, else e.g. ``ort-1.16``)."""
     major, minor = (int(v) for v in version.split(".")[:2])
     return "ort" if (major, minor) >= (1, 17) else f"ort-{major}.{minor}"
+
+
+def available_target() -> str:
+    """The compatibility target of the onnxruntime installed here (``ort`` or e.g. ``ort-1.16``)."""
+    return target_of_version(str(_onnxruntime().__version__))
 
 
 def resolve_providers(config: OnnxRuntimeConfig, available: Sequence[str]) -> list[str]:
